@@ -1,0 +1,27 @@
+# Two commands do everything on a fresh machine: `make run` (the default pipeline) and `make test` (the tests).
+# Both create the virtual environment .venv and install the pinned packages on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test setup dry-run clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -c constraints.txt -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/snakemake --profile profiles/default
+
+dry-run: $(STAMP)
+	$(BIN)/snakemake --profile profiles/default -n
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+clean:
+	rm -rf results logs .snakemake

@@ -1,0 +1,28 @@
+# medaug: from a small set of medical images to a validated synthetic data set.
+# Stages: ingest -> preprocess -> autoencoder -> diffusion -> generate -> evaluate / classify -> report.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/autoencoder.smk"
+include: "workflow/rules/diffusion.smk"
+include: "workflow/rules/generate.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/classify.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

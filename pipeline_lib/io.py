@@ -1,0 +1,110 @@
+"""Atomic file output, logging for rule entry points, and image I/O.
+
+Every output the pipeline promises is first written under a temporary name in the same folder and then
+renamed (``os.replace``), so a killed job never leaves a half-written Parquet table, PNG or model folder
+under its final name.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger("pipeline_lib")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    Works for files and for folders (a model saved with ``save_pretrained``).
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    target = tmp / final.name
+    try:
+        yield target
+        if not target.exists():
+            raise FileNotFoundError(f"nothing was written to the temporary path for {final}")
+        if final.is_dir() and not final.is_symlink():
+            shutil.rmtree(final)
+        os.replace(target, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write ``df`` to ``path`` atomically (pyarrow engine, no index)."""
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, engine="pyarrow", index=False)
+
+
+def read_parquet(path: str | os.PathLike, required: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read a Parquet table and check that the ``required`` columns are present."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: table not found")
+    df = pd.read_parquet(path, engine="pyarrow")
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: expected columns {list(required)}, missing {missing}")
+    return df
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as an RGB uint8 array of shape (H, W, 3)."""
+    import cv2
+
+    arr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if arr is None:
+        raise ValueError(f"{path}: cannot be read as an image (expected PNG or JPEG)")
+    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+
+
+def write_png(image: np.ndarray, path: str | os.PathLike) -> None:
+    """Write an RGB (H, W, 3) or grey (H, W) uint8 array as PNG, atomically."""
+    import cv2
+
+    if image.dtype != np.uint8:
+        raise ValueError(f"{path}: expected a uint8 image, got dtype {image.dtype}")
+    if Path(path).suffix.lower() != ".png":
+        raise ValueError(f"{path}: expected a .png file name")
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), image):
+            raise OSError(f"{path}: could not write PNG")
+
+
+@contextlib.contextmanager
+def stage_log(log_path: str | os.PathLike | None) -> Iterator[logging.Logger]:
+    """Send the ``pipeline_lib`` logger, stdout and stderr (tqdm progress) of a rule to its log file."""
+    if log_path is None:
+        yield log
+        return
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", buffering=1) as fh:
+        handler = logging.StreamHandler(fh)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        old_out, old_err = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = fh
+        try:
+            yield log
+        except BaseException:
+            log.exception("stage failed")
+            raise
+        finally:
+            sys.stdout, sys.stderr = old_out, old_err
+            root.removeHandler(handler)

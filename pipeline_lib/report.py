@@ -1,0 +1,96 @@
+"""Report: mean ± std over seeds as Parquet, a real-vs-synthetic grid per class and an F1-vs-ratio plot."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .data import resolve_path
+from .io import atomic_path, log, read_parquet, read_rgb, write_parquet
+
+
+def summarise(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str]) -> pd.DataFrame:
+    """Mean, sample std (ddof = 1; NaN for one seed) and number of seeds of ``values`` per ``keys`` group."""
+    long = df.melt(id_vars=list(keys), value_vars=list(values), var_name="metric", value_name="value")
+    out = long.groupby(list(keys) + ["metric"], dropna=False)["value"].agg(["mean", "std", "count"]).reset_index()
+    return out.rename(columns={"count": "n_seeds"})
+
+
+def _save_figure(fig, path: str | Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def image_grid(real_manifest: str | Path, gen_manifest: str | Path, label: str, path: str | Path,
+               n: int = 8, seed: int = 0) -> None:
+    """Top row: ``n`` real train_a images of ``label``; bottom row: ``n`` synthetic ones."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(2, n, figsize=(1.2 * n, 2.6))
+    for row, (manifest, split, title) in enumerate(((real_manifest, "train_a", "real"),
+                                                    (gen_manifest, "synthetic", "synthetic"))):
+        df = read_parquet(manifest, required=("path", "label", "split"))
+        df = df[(df["label"] == label) & (df["split"] == split)]
+        pick = df.iloc[rng.permutation(len(df))[:n]] if len(df) else df
+        for i, ax in enumerate(axes[row]):
+            ax.axis("off")
+            if i < len(pick):
+                ax.imshow(read_rgb(resolve_path(manifest, pick["path"].iloc[i])))
+        axes[row][0].set_title(title, fontsize=8, loc="left")
+    fig.suptitle(label)
+    _save_figure(fig, path)
+
+
+def f1_vs_ratio(summary: pd.DataFrame, path: str | Path, n_classes: int) -> None:
+    """Macro-F1 (mean ± std over seeds) against the replacement ratio, one line per test set and setting;
+    the hybrid protocol is drawn as a marker at ratio 1; the dotted line is chance (1 / n_classes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f1 = summary[summary["metric"] == "f1_macro"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for (variant, setting, arch, test_set), g in f1.groupby(["variant", "setting", "arch", "test_set"]):
+        rep = g[g["protocol"] == "replace"].sort_values("ratio")
+        line = ax.errorbar(rep["ratio"] * 100, rep["mean"], yerr=rep["std"].fillna(0), marker="o", capsize=3,
+                           label=f"{variant}/{setting}/{arch} on {test_set}")
+        hyb = g[g["protocol"] == "hybrid"]
+        if len(hyb):
+            ax.errorbar(hyb["ratio"] * 100, hyb["mean"], yerr=hyb["std"].fillna(0), marker="*", markersize=11,
+                        color=line[0].get_color(), linestyle="none", capsize=3)
+    ax.set_xlabel("synthetic share of the training set (%)  (star: 100 % synthetic + all real)")
+    ax.set_ylabel("macro-F1")
+    ax.set_ylim(0, 1)
+    ax.axhline(1 / n_classes, color="grey", lw=0.8, ls=":")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    _save_figure(fig, path)
+
+
+def report(classify_tables: Sequence[str], evaluate_tables: Sequence[str], real_manifest: str | Path,
+           gen_manifests: Sequence[str], outputs: Mapping[str, Any], params: Mapping[str, Any]) -> None:
+    """Entry point of the report rule."""
+    cls = pd.concat([read_parquet(p) for p in classify_tables], ignore_index=True)
+    ev = pd.concat([read_parquet(p) for p in evaluate_tables], ignore_index=True)
+    cls_summary = summarise(cls, ["variant", "setting", "arch", "protocol", "ratio", "test_set"],
+                            ["f1_macro", "auc_ovr", "accuracy"])
+    ev_summary = ev.groupby(["variant", "setting", "reference", "class", "metric"])["value"].agg(
+        ["mean", "std", "count"]).reset_index().rename(columns={"count": "n_seeds"})
+    write_parquet(cls_summary, outputs["classify_summary"])
+    write_parquet(ev_summary, outputs["evaluate_summary"])
+    f1_vs_ratio(cls_summary, outputs["f1_plot"], len(params["classes"]))
+    for label, path in zip(params["classes"], outputs["grids"]):
+        image_grid(real_manifest, gen_manifests[0], label, path, seed=int(params["seed"]))
+    pd.set_option("display.width", 160)
+    log.info("classification, mean ± std over seeds:\n%s", cls_summary.to_string(index=False))
+    log.info("image quality, mean ± std over seeds:\n%s", ev_summary.to_string(index=False))

@@ -1,0 +1,105 @@
+"""Seeding, device choice, image tensors and resumable training state, shared by the training stages."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .data import resolve_path
+from .io import atomic_path, log, read_parquet, read_rgb
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a CPU generator for the stage's own random draws."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def select_device(device: str = "auto") -> torch.device:
+    """``auto`` takes the first visible GPU if there is one, else the CPU."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was asked for but torch sees no GPU")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def load_images(manifest_path: str | Path, splits: Sequence[str], classes: Sequence[str]
+                ) -> tuple[torch.Tensor, torch.Tensor, pd.DataFrame]:
+    """Images of ``splits`` as a float tensor in [-1, 1] of shape (N, 3, H, W), labels (N,), and their rows."""
+    df = read_parquet(manifest_path, required=("image_id", "path", "label", "split"))
+    df = df[df["split"].isin(list(splits))].reset_index(drop=True)
+    if df.empty:
+        raise ValueError(f"{manifest_path}: no images in splits {list(splits)}")
+    unknown = sorted(set(df["label"]) - set(classes))
+    if unknown:
+        raise ValueError(f"{manifest_path}: labels {unknown} are not in the configured classes {list(classes)}")
+    arr = np.stack([read_rgb(resolve_path(manifest_path, p)) for p in df["path"]])
+    x = to_tensor(arr)
+    y = torch.tensor([list(classes).index(lbl) for lbl in df["label"]], dtype=torch.long)
+    return x, y, df
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1] (the papers' normalisation)."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3)."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+class Checkpoint:
+    """Resumable training state kept beside an output until the job finishes.
+
+    Holds the modules, the optimizer, the step, the random state and the loss rows so far, so a killed job
+    continues where it stopped when rerun and ends with the same numbers as an uninterrupted run.
+    ``signature`` (the stage's params) guards against resuming with other settings.
+    """
+
+    def __init__(self, path: str | Path, signature: Mapping[str, Any]):
+        self.path = Path(path)
+        self.signature = repr(sorted(signature.items()))
+
+    def load(self, modules: Mapping[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+             generator: torch.Generator) -> tuple[int, list[dict]]:
+        if not self.path.exists():
+            return 0, []
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        if state["signature"] != self.signature:
+            log.info("checkpoint %s was made with other settings; starting afresh", self.path)
+            return 0, []
+        for name, module in modules.items():
+            module.load_state_dict(state["modules"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resuming from %s at step %d", self.path, state["step"])
+        return int(state["step"]), list(state["rows"])
+
+    def save(self, modules: Mapping[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+             generator: torch.Generator, step: int, rows: list[dict]) -> None:
+        state = {"signature": self.signature, "step": step, "rows": rows, "generator": generator.get_state(),
+                 "torch_rng": torch.get_rng_state(), "optimizer": optimizer.state_dict(),
+                 "modules": {k: m.state_dict() for k, m in modules.items()}}
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+
+    def remove(self) -> None:
+        if self.path.exists():
+            os.remove(self.path)

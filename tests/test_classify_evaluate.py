@@ -1,0 +1,81 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline_lib.classify import replacement_indices
+from pipeline_lib.evaluate import quality_table
+from pipeline_lib.nets import build_classifier, train_classifier
+from pipeline_lib.report import summarise
+
+
+def test_replacement_keeps_size_and_class_balance():
+    y_real = np.repeat([0, 1, 2], 10)
+    y_syn = np.repeat([0, 1, 2], 12)
+    rng = np.random.default_rng(0)
+    for ratio in (0.0, 0.3, 0.5, 1.0):
+        keep, add = replacement_indices(y_real, y_syn, ratio, rng)
+        assert len(keep) + len(add) == len(y_real)
+        for c in range(3):
+            assert (y_real[keep] == c).sum() == 10 - round(10 * ratio)
+            assert (y_syn[add] == c).sum() == round(10 * ratio)
+        assert len(set(keep)) == len(keep) and len(set(add)) == len(add)
+
+
+def test_replacement_errors_name_the_problem():
+    with pytest.raises(ValueError, match=r"ratios must lie in \[0, 1\], got 1.5"):
+        replacement_indices(np.zeros(4, int), np.zeros(4, int), 1.5, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="needs 4 synthetic images of class 0, only 2 were generated"):
+        replacement_indices(np.zeros(4, int), np.zeros(2, int), 1.0, np.random.default_rng(0))
+
+
+def _blobs(n, rng):
+    """Three classes that differ in mean colour: learnable in a few epochs."""
+    y = np.repeat(np.arange(3), n)
+    x = rng.normal(0, 0.3, (3 * n, 3, 16, 16)).astype(np.float32)
+    for c in range(3):
+        x[y == c, c] += 0.8
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def test_train_classifier_learns_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    x, y = _blobs(20, rng)
+    xv, yv = _blobs(8, rng)
+    params = {"arch": "small_cnn", "feature_dim": 16, "epochs": 4, "early_stopping_patience": 4, "batch_size": 16,
+              "lr": 1e-3, "lr_patience": 2, "lr_factor": 0.5}
+    m1, log1 = train_classifier(x, y, xv, yv, 3, params, seed=1, device=torch.device("cpu"))
+    m2, log2 = train_classifier(x, y, xv, yv, 3, params, seed=1, device=torch.device("cpu"))
+    assert log1 == log2
+    assert log1[-1]["val_f1_macro"] > 0.9
+    with pytest.raises(ValueError, match="training set is empty"):
+        train_classifier(x[:0], y[:0], xv, yv, 3, params, seed=1, device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("arch", ["small_cnn", "resnet18"])
+def test_classifier_features_shape(arch):
+    m = build_classifier(arch, 3, feature_dim=16).eval()
+    with torch.no_grad():
+        f = m.features(torch.zeros(2, 3, 32, 32))
+    assert f.shape == (2, 16 if arch == "small_cnn" else 512)
+
+
+def test_quality_table_rows_and_identical_sets():
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(60, 4))
+    labels = np.repeat([0, 1], 30)
+    splits = np.array(["train_a", "test"] * 30)
+    t = quality_table(feats, labels, splits, feats, labels, ["a", "b"], k=3)
+    assert set(t["reference"]) == {"train", "test", "train+test"}
+    assert set(t["class"]) == {"a", "b", "all"} and set(t["metric"]) == {"fid", "recall"}
+    both = t[(t["reference"] == "train+test") & (t["class"] == "all")].set_index("metric")["value"]
+    assert both["fid"] == pytest.approx(0.0, abs=1e-6)  # generated == real
+    assert 0.0 <= both["recall"] <= 1.0
+
+
+def test_summarise_mean_and_sample_std():
+    df = pd.DataFrame({"arch": ["x", "x", "y"], "f1": [0.6, 0.8, 0.5]})
+    s = summarise(df, ["arch"], ["f1"]).set_index("arch")
+    assert s.loc["x", "mean"] == pytest.approx(0.7)
+    assert s.loc["x", "std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
+    assert s.loc["x", "n_seeds"] == 2 and np.isnan(s.loc["y", "std"])

@@ -1,0 +1,126 @@
+"""Metrics against independent implementations (scikit-image, scipy, scikit-learn) and hand-worked cases."""
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from sklearn.metrics import f1_score, roc_auc_score
+from sklearn.neighbors import NearestNeighbors
+
+from pipeline_lib.metrics import classification_scores, fid, fid_from_stats, knn_recall, mse, psnr, ssim
+
+
+@pytest.fixture
+def image_pair():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(-1, 1, (2, 3, 32, 32))
+    b = np.clip(a + rng.normal(0, 0.2, a.shape), -1, 1)
+    return a, b
+
+
+def test_ssim_matches_skimage(image_pair):
+    a, b = image_pair
+    ours = ssim(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    ref = [structural_similarity(x, y, channel_axis=0, data_range=2.0, gaussian_weights=True, sigma=1.5,
+                                 use_sample_covariance=False) for x, y in zip(a, b)]
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6)
+
+
+def test_ssim_hand_cases():
+    x = torch.rand(1, 3, 16, 16)
+    assert ssim(x, x).item() == pytest.approx(1.0, abs=1e-6)
+    # Two constant images: SSIM = (2 m1 m2 + C1) / (m1^2 + m2^2 + C1), the structure term is 1.
+    c1 = (0.01 * 2.0) ** 2
+    s = ssim(torch.full((1, 1, 16, 16), 0.5), torch.full((1, 1, 16, 16), -0.5)).item()
+    assert s == pytest.approx((2 * 0.5 * -0.5 + c1) / (0.25 + 0.25 + c1), abs=1e-6)
+
+
+def test_ssim_rejects_small_and_mismatched():
+    with pytest.raises(ValueError, match="at least 11 px"):
+        ssim(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="same shape"):
+        ssim(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 17))
+
+
+def test_psnr_mse_match_skimage(image_pair):
+    a, b = image_pair
+    ours = psnr(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    ref = [peak_signal_noise_ratio(x, y, data_range=2.0) for x, y in zip(a, b)]
+    np.testing.assert_allclose(ours, ref, rtol=1e-10)
+    # Hand case: every pixel off by 0.1 -> MSE 0.01, PSNR = 10 log10(4 / 0.01) = 26.0206 dB.
+    x = torch.zeros(1, 3, 4, 4, dtype=torch.float64)
+    assert mse(x, x + 0.1).item() == pytest.approx(0.01)
+    assert psnr(x, x + 0.1).item() == pytest.approx(10 * np.log10(400), abs=1e-9)
+
+
+def _fid_by_eigenvalues(a, b):
+    """Independent route: Tr((S1 S2)^1/2) = sum of sqrt(eig(S1^1/2 S2 S1^1/2)), with eigh only."""
+    m1, m2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = linalg.eigh(s1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    ev = linalg.eigvalsh(root1 @ s2 @ root1)
+    return ((m1 - m2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.clip(ev, 0, None)).sum()
+
+
+def test_fid_matches_eigenvalue_route():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(400, 8))
+    b = rng.normal(size=(300, 8)) @ rng.normal(size=(8, 8)) * 0.5 + 0.3
+    assert fid(a, b) == pytest.approx(_fid_by_eigenvalues(a, b), rel=1e-7)
+
+
+def test_fid_hand_case_diagonal_gaussians():
+    # Diagonal covariances: FID = |mu1 - mu2|^2 + sum_i (s1_i + s2_i - 2 sqrt(s1_i s2_i)).
+    mu1, mu2 = np.array([0.0, 1.0]), np.array([3.0, 1.0])
+    s1, s2 = np.diag([1.0, 4.0]), np.diag([4.0, 1.0])
+    expected = 9.0 + (1 + 4 - 2 * 2) + (4 + 1 - 2 * 2)
+    assert fid_from_stats(mu1, s1, mu2, s2) == pytest.approx(expected, abs=1e-9)
+    x = np.random.default_rng(2).normal(size=(50, 4))
+    assert fid(x, x) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_fid_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"expected \(N, D\) and \(M, D\)"):
+        fid(np.zeros((5, 3)), np.zeros((5, 4)))
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        fid(np.zeros((1, 3)), np.zeros((5, 3)))
+
+
+def _recall_sklearn(real, gen, k):
+    nn = NearestNeighbors(n_neighbors=k + 1).fit(gen)
+    tau = np.median(nn.kneighbors(gen)[0][:, k])
+    kth = NearestNeighbors(n_neighbors=k).fit(gen).kneighbors(real)[0][:, k - 1]
+    return np.mean(kth <= tau)
+
+
+def test_knn_recall_matches_sklearn():
+    rng = np.random.default_rng(3)
+    real, gen = rng.normal(size=(120, 6)), rng.normal(size=(150, 6)) * 0.7 + 0.2
+    assert knn_recall(real, gen, k=10) == pytest.approx(_recall_sklearn(real, gen, 10), abs=1e-12)
+
+
+def test_knn_recall_hand_case():
+    # Generated points 0, 1, 2, 3 on a line, k = 1: each one's nearest other point is 1 away, tau = 1.
+    gen = np.array([[0.0], [1.0], [2.0], [3.0]])
+    # Real points: 0.5 (nearest 0.5 <= 1), 2.9 (0.1), 4.5 (1.5 > 1), -2 (2 > 1) -> recall 2 / 4.
+    real = np.array([[0.5], [2.9], [4.5], [-2.0]])
+    assert knn_recall(real, gen, k=1) == pytest.approx(0.5)
+    # k = 2: tau = median(2, 1, 1, 2) = 1.5; 2nd-nearest: 0.5 -> 0.5 (ok), 2.9 -> 0.9 (ok), 4.5 -> 2.5, -2 -> 3.
+    assert knn_recall(real, gen, k=2) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="more than 4 generated samples"):
+        knn_recall(real, gen, k=4)
+
+
+def test_classification_scores_against_sklearn_and_hand():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    proba = np.array([[.8, .1, .1], [.3, .6, .1], [.2, .7, .1], [.1, .8, .1], [.1, .2, .7], [.5, .1, .4]])
+    s = classification_scores(y, proba, 3)
+    pred = proba.argmax(1)  # [0, 1, 1, 1, 2, 0]
+    assert s["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro"))
+    # By hand: class 0 P=1/2 R=1/2 F1=1/2; class 1 P=2/3 R=1 F1=4/5; class 2 P=1 R=1/2 F1=2/3.
+    assert s["f1_macro"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    assert s["auc_ovr"] == pytest.approx(roc_auc_score(y, proba, multi_class="ovr"))
+    assert s["accuracy"] == pytest.approx(4 / 6)
+    with pytest.raises(ValueError, match=r"expected probabilities of shape \(6, 4\)"):
+        classification_scores(y, proba, 4)

@@ -1,0 +1,111 @@
+"""The whole DAG through Snakemake on the tiny config, in a copy of the workflow (results stay in tmp)."""
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config.yaml", *args]
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=1500)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    text = proc.stdout + proc.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:", 1)[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_config):
+    work = tmp_path_factory.mktemp("workflow")
+    for part in ("Snakefile", "workflow", "pipeline_lib", "profiles"):
+        src = ROOT / part
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / part)
+    (work / "config").mkdir()
+    shutil.copy(ROOT / "config" / "config.yaml", work / "config" / "config.yaml")
+    (work / "config.yaml").write_text(yaml.safe_dump(tiny_config))
+    snakemake(work)
+    return work, work / "results" / tiny_config["experiment"]
+
+
+def test_tables_have_the_promised_columns_and_ranges(run, tiny_config):
+    _, res = run
+    manifest = pd.read_parquet(res / "data" / "manifest.parquet")
+    assert list(manifest.columns) == ["image_id", "path", "label", "split", "group", "source"]
+    qc = pd.read_parquet(res / "preprocess" / "qc.parquet")
+    assert len(qc) == len(manifest) and set(qc["status"]) <= {"ok", "dropped"}
+    assert (qc.loc[qc["status"] == "ok", "r"] > 0).all()
+    recon = pd.read_parquet(res / "autoencoder" / "kl8" / "recon_metrics.parquet")
+    assert recon["ssim"].between(-1, 1).all() and (recon["psnr"] > 0).all()
+    for stage in ("autoencoder/kl8", "diffusion/class", "evaluate/feature_net"):
+        log = pd.read_parquet(res / stage / "train_log.parquet")
+        assert len(log) > 0
+    seeds = tiny_config["generate"]["seeds"]
+    for seed in seeds:
+        gen = pd.read_parquet(res / "generate" / "class" / "cfg2" / f"seed{seed}" / "manifest.parquet")
+        assert set(gen["label"]) == set(tiny_config["data"]["classes"]) and (gen["seed"] == seed).all()
+    quality = pd.read_parquet(res / "report" / "evaluate_summary.parquet")
+    fid = quality[quality["metric"] == "fid"]["mean"]
+    recall = quality[quality["metric"] == "recall"]["mean"]
+    assert (fid > -1e-6).all() and np.isfinite(fid).all() and recall.between(0, 1).all()
+    scores = pd.read_parquet(res / "report" / "classify_summary.parquet")
+    assert {"variant", "setting", "arch", "protocol", "ratio", "test_set", "metric", "mean", "std",
+            "n_seeds"} <= set(scores.columns)
+    assert (scores["n_seeds"] == len(seeds)).all()
+    f1 = scores[scores["metric"] == "f1_macro"]
+    assert f1["mean"].between(0, 1).all()
+    assert set(f1["test_set"]) == {"test", "external"}
+    assert set(f1.loc[f1["protocol"] == "replace", "ratio"]) == set(tiny_config["classify"]["ratios"])
+    assert set(f1["protocol"]) == {"replace", "hybrid"}
+    for png in ["f1_vs_ratio.png"] + [f"grid_{c}.png" for c in tiny_config["data"]["classes"]]:
+        assert (res / "report" / "figures" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_second_dry_run_finds_nothing_to_do(run):
+    work, _ = run
+    assert planned_jobs(snakemake(work, "-n")) == {}
+
+
+def _edited(work: Path, tiny_config: dict, section: str, key: str, value) -> None:
+    cfg = yaml.safe_load(yaml.safe_dump(tiny_config))
+    cfg[section][key] = value
+    (work / "edited.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_classifier_edit_reruns_only_classifier_and_report(run, tiny_config):
+    work, _ = run
+    _edited(work, tiny_config, "classify", "epochs", tiny_config["classify"]["epochs"] + 1)
+    jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
+    assert set(jobs) == {"classify", "report", "all"}
+    assert jobs["classify"] == len(tiny_config["generate"]["seeds"]) * len(tiny_config["classify"]["archs"])
+
+
+def test_diffusion_edit_keeps_autoencoder_and_feature_network(run, tiny_config):
+    work, _ = run
+    _edited(work, tiny_config, "diffusion", "steps", tiny_config["diffusion"]["steps"] + 1)
+    jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
+    assert set(jobs) == {"diffusion", "generate", "evaluate", "classify", "report", "all"}
+
+
+def test_unknown_config_key_fails_with_its_name(run, tiny_config):
+    work, _ = run
+    _edited(work, tiny_config, "classify", "epochz", 3)
+    proc = snakemake(work, "-n", "--configfile", "edited.yaml", check=False)
+    assert proc.returncode != 0
+    assert "epochz" in proc.stdout + proc.stderr

@@ -1,0 +1,12 @@
+rule ingest:
+    input:
+        code=code("ingest"),
+    output:
+        manifest=f"{R}/data/manifest.parquet",
+        images=directory(f"{R}/data/images"),
+    params:
+        cfg=data_params(),
+    log:
+        f"{LOGS}/ingest.log",
+    script:
+        "../scripts/ingest.py"

@@ -1,0 +1,19 @@
+rule diffusion:
+    input:
+        manifest=rules.preprocess.output.manifest,
+        autoencoder=rules.autoencoder.output.model,
+        code=code("diffusion"),
+    output:
+        model=directory(f"{R}/diffusion/{{variant}}/model"),
+        train_log=f"{R}/diffusion/{{variant}}/train_log.parquet",
+    params:
+        cfg=diffusion_params,
+    threads: 2
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/diffusion/{{variant}}.log",
+    benchmark:
+        f"{LOGS}/diffusion/{{variant}}.benchmark.tsv"
+    script:
+        "../scripts/diffusion.py"

@@ -1,0 +1,36 @@
+rule feature_net:
+    input:
+        manifest=rules.preprocess.output.manifest,
+        code=code("feature_net"),
+    output:
+        model=f"{R}/evaluate/feature_net/model.pt",
+        train_log=f"{R}/evaluate/feature_net/train_log.parquet",
+    params:
+        cfg={k: v for k, v in stage_params("evaluate").items() if k != "recall_k"},
+    threads: 1
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/evaluate/feature_net.log",
+    script:
+        "../scripts/feature_net.py"
+
+
+rule evaluate:
+    input:
+        manifest=rules.preprocess.output.manifest,
+        feature_net=rules.feature_net.output.model,
+        generated=f"{R}/generate/{{variant}}/{{setting}}/seed{{seed}}/manifest.parquet",
+        images=f"{R}/generate/{{variant}}/{{setting}}/seed{{seed}}/images",
+        code=code("evaluate"),
+    output:
+        table=f"{R}/evaluate/{{variant}}/{{setting}}/seed{{seed}}/quality.parquet",
+    params:
+        cfg=evaluate_params,
+    threads: 1
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/evaluate/{{variant}}/{{setting}}/seed{{seed}}.log",
+    script:
+        "../scripts/evaluate.py"

@@ -1,0 +1,20 @@
+rule generate:
+    input:
+        manifest=rules.preprocess.output.manifest,
+        autoencoder=rules.autoencoder.output.model,
+        model=f"{R}/diffusion/{{variant}}/model",
+        code=code("generate"),
+    output:
+        images=directory(f"{R}/generate/{{variant}}/{{setting}}/seed{{seed}}/images"),
+        manifest=f"{R}/generate/{{variant}}/{{setting}}/seed{{seed}}/manifest.parquet",
+    params:
+        cfg=generate_params,
+    threads: 1
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/generate/{{variant}}/{{setting}}/seed{{seed}}.log",
+    benchmark:
+        f"{LOGS}/generate/{{variant}}/{{setting}}/seed{{seed}}.benchmark.tsv"
+    script:
+        "../scripts/generate.py"

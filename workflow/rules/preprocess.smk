@@ -1,0 +1,16 @@
+rule preprocess:
+    input:
+        manifest=rules.ingest.output.manifest,
+        code=code("preprocess"),
+    output:
+        manifest=f"{R}/preprocess/manifest.parquet",
+        qc=f"{R}/preprocess/qc.parquet",
+        images=directory(f"{R}/preprocess/images"),
+        masks=directory(f"{R}/preprocess/masks"),
+    params:
+        cfg=config["preprocess"],
+        image_dir=f"{R}/preprocess",
+    log:
+        f"{LOGS}/preprocess.log",
+    script:
+        "../scripts/preprocess.py"

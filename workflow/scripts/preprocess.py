@@ -1,0 +1,6 @@
+from pipeline_lib.io import stage_log
+from pipeline_lib.preprocess import preprocess
+
+with stage_log(snakemake.log[0]):
+    out = snakemake.output
+    preprocess(snakemake.input.manifest, out.manifest, out.qc, snakemake.params.image_dir, snakemake.params.cfg)
