@@ -46,7 +46,8 @@ def train_feature_net(manifest: str | Path, model_out: str | Path, log_table: st
 
 def load_feature_net(path: str | Path, device: torch.device) -> torch.nn.Module:
     state = torch.load(path, map_location="cpu", weights_only=False)
-    model = build_classifier(state["params"]["arch"], state["n_classes"], int(state["params"]["feature_dim"]))
+    model = build_classifier(state["params"]["arch"], state["n_classes"], int(state["params"]["feature_dim"]),
+                             int(state["params"]["width"]))
     model.load_state_dict(state["state_dict"])
     return model.to(device).eval()
 

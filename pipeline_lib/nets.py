@@ -24,7 +24,7 @@ ARCHS = ("small_cnn", "resnet18", "inception_v3")
 class SmallCNN(nn.Module):
     """Three conv stages and a ``feature_dim`` penultimate layer (the features used for FID and recall)."""
 
-    def __init__(self, n_classes: int, feature_dim: int = 64, width: int = 32):
+    def __init__(self, n_classes: int, feature_dim: int = 64, width: int = 16):
         super().__init__()
 
         def stage(cin: int, cout: int) -> nn.Sequential:
@@ -74,9 +74,9 @@ class TorchvisionNet(nn.Module):
         return self.head(self.features(x))
 
 
-def build_classifier(arch: str, n_classes: int, feature_dim: int = 64) -> nn.Module:
+def build_classifier(arch: str, n_classes: int, feature_dim: int = 64, width: int = 16) -> nn.Module:
     if arch == "small_cnn":
-        return SmallCNN(n_classes, feature_dim)
+        return SmallCNN(n_classes, feature_dim, width)
     return TorchvisionNet(arch, n_classes)
 
 
@@ -102,7 +102,7 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_va
         raise ValueError("classifier training set is empty")
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = build_classifier(params["arch"], n_classes, int(params.get("feature_dim", 64))).to(device)
+    model = build_classifier(params["arch"], n_classes, int(params["feature_dim"]), int(params["width"])).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=float(params["lr"]))
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=float(params["lr_factor"]),
                                                        patience=int(params["lr_patience"]))
@@ -123,7 +123,7 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_va
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         proba = predict(model, x_val, device)
         val_loss = float(F.nll_loss(torch.log(torch.from_numpy(proba).clamp_min(1e-12)), y_val))
         scores = classification_scores(y_val.numpy(), proba, n_classes)

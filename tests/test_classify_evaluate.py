@@ -42,7 +42,7 @@ def test_train_classifier_learns_and_is_deterministic():
     rng = np.random.default_rng(0)
     x, y = _blobs(20, rng)
     xv, yv = _blobs(8, rng)
-    params = {"arch": "small_cnn", "feature_dim": 16, "epochs": 4, "early_stopping_patience": 4, "batch_size": 16,
+    params = {"arch": "small_cnn", "feature_dim": 16, "width": 8, "epochs": 10, "early_stopping_patience": 10, "batch_size": 16,
               "lr": 1e-3, "lr_patience": 2, "lr_factor": 0.5}
     m1, log1 = train_classifier(x, y, xv, yv, 3, params, seed=1, device=torch.device("cpu"))
     m2, log2 = train_classifier(x, y, xv, yv, 3, params, seed=1, device=torch.device("cpu"))
