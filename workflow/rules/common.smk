@@ -2,6 +2,8 @@
 # only its own config slice (plus the shared seed, device and classes) through `params:`, so an edit to one
 # stage's settings reruns that stage and what depends on it, nothing else.
 
+import re
+
 R = f"results/{config['experiment']}"
 LOGS = f"logs/{config['experiment']}"
 AE = config["autoencoder"]["name"]
@@ -13,10 +15,10 @@ CLASSES = list(config["data"]["classes"])
 
 
 wildcard_constraints:
-    variant="|".join(VARIANTS),
-    setting="|".join(SETTINGS),
+    variant="|".join(map(re.escape, VARIANTS)),
+    setting="|".join(map(re.escape, SETTINGS)),
     seed=r"\d+",
-    arch="|".join(ARCHS),
+    arch="|".join(map(re.escape, ARCHS)),
 
 
 # The pipeline_lib modules each stage runs: listed as inputs, so an edit to the code reruns the stage.
