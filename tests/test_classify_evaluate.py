@@ -42,7 +42,7 @@ def test_train_classifier_learns_and_is_deterministic():
     rng = np.random.default_rng(0)
     x, y = _blobs(20, rng)
     xv, yv = _blobs(8, rng)
-    params = {"arch": "small_cnn", "feature_dim": 16, "width": 8, "epochs": 10, "early_stopping_patience": 10, "batch_size": 16,
+    params = {"arch": "small_cnn", "feature_dim": 16, "width": 8, "shift_pixels": 1, "epochs": 10, "early_stopping_patience": 10, "batch_size": 16,
               "lr": 1e-3, "lr_patience": 2, "lr_factor": 0.5}
     m1, log1 = train_classifier(x, y, xv, yv, 3, params, seed=1, device=torch.device("cpu"))
     m2, log2 = train_classifier(x, y, xv, yv, 3, params, seed=1, device=torch.device("cpu"))
@@ -79,3 +79,24 @@ def test_summarise_mean_and_sample_std():
     assert s.loc["x", "mean"] == pytest.approx(0.7)
     assert s.loc["x", "std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
     assert s.loc["x", "n_seeds"] == 2 and np.isnan(s.loc["y", "std"])
+
+
+def test_augment_flips_and_shifts_with_black_border():
+    from pipeline_lib.nets import augment
+
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 3, 6, 6) / 100
+    out = augment(x, 2, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    # Every output is the input (or its mirror) moved by at most 2 px, with -1 (black) where it moved out.
+    for i in range(2):
+        ok = False
+        for img in (x[i], x[i].flip(-1)):
+            for dy in range(-2, 3):
+                for dx in range(-2, 3):
+                    moved = torch.full_like(img, -1.0)
+                    ys, yd = (slice(max(0, dy), 6 + min(0, dy)), slice(max(0, -dy), 6 + min(0, -dy)))
+                    xs, xd = (slice(max(0, dx), 6 + min(0, dx)), slice(max(0, -dx), 6 + min(0, -dx)))
+                    moved[:, yd, xd] = img[:, ys, xs]
+                    ok |= torch.equal(moved, out[i])
+        assert ok
+    assert torch.equal(augment(x, 0, torch.Generator().manual_seed(1)).abs().sum(), x.abs().sum())
