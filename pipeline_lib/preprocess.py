@@ -77,11 +77,12 @@ def mask_crop_resize(image: np.ndarray, cx: float, cy: float, r: float, size: in
     return out, out_mask
 
 
-def preprocess(manifest_in: str | Path, manifest_out: str | Path, qc_out: str | Path, image_dir: str | Path,
+def preprocess(manifest_in: str | Path, manifest_out: str | Path, qc_out: str | Path,
                params: Mapping[str, Any]) -> pd.DataFrame:
-    """Entry point of the preprocess rule. Writes images, masks, the QC table and the preprocessed manifest."""
+    """Entry point of the preprocess rule. Writes ``images/`` and ``masks/`` beside ``manifest_out``, the QC
+    table and the preprocessed manifest (image paths relative to its folder)."""
     df = read_parquet(manifest_in, required=("image_id", "path", "label", "split"))
-    image_dir = Path(image_dir)
+    image_dir = Path(manifest_out).parent
     size, threshold = int(params["image_size"]), int(params["threshold"])
     hair_cfg = params["hair_removal"]
     qc_rows, kept = [], []
@@ -121,8 +122,5 @@ def preprocess(manifest_in: str | Path, manifest_out: str | Path, qc_out: str | 
                          f"first: {first.image_id}: {first.reason}")
     write_parquet(qc, qc_out)
     out_df = pd.DataFrame(kept, columns=list(df.columns))
-    # Paths of preprocessed images are relative to the folder of the preprocessed manifest.
-    if Path(manifest_out).parent.resolve() != image_dir.resolve():
-        raise ValueError(f"preprocessed manifest {manifest_out} must sit in the image folder {image_dir}")
     write_parquet(out_df, manifest_out)
     return out_df

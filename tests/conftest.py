@@ -15,3 +15,16 @@ def default_config() -> dict:
 @pytest.fixture(scope="session")
 def tiny_config() -> dict:
     return yaml.safe_load((ROOT / "tests" / "tiny_config.yaml").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tmp_path_factory, tiny_config) -> Path:
+    """The tiny embedded data set, ingested and preprocessed; returns the preprocessed manifest."""
+    from pipeline_lib.data import ingest
+    from pipeline_lib.preprocess import preprocess
+
+    root = tmp_path_factory.mktemp("tiny")
+    ingest(root / "data" / "manifest.parquet", root / "data" / "images", {**tiny_config["data"], "seed": 0})
+    preprocess(root / "data" / "manifest.parquet", root / "pre" / "manifest.parquet", root / "pre" / "qc.parquet",
+               tiny_config["preprocess"])
+    return root / "pre" / "manifest.parquet"

@@ -4,20 +4,10 @@ import pytest
 import torch
 
 from pipeline_lib import autoencoder, diffusion, evaluate
-from pipeline_lib.data import CLASSES, ingest
-from pipeline_lib.preprocess import preprocess
+from pipeline_lib.data import CLASSES
 from pipeline_lib.torchutils import load_images
 
 SHARED = {"seed": 0, "device": "cpu", "classes": list(CLASSES)}
-
-
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory, tiny_config):
-    root = tmp_path_factory.mktemp("leak")
-    ingest(root / "d" / "manifest.parquet", root / "d" / "images", {**tiny_config["data"], "seed": 0})
-    preprocess(root / "d" / "manifest.parquet", root / "p" / "manifest.parquet", root / "p" / "qc.parquet",
-               root / "p", tiny_config["preprocess"])
-    return root / "p" / "manifest.parquet"
 
 
 def _record_splits(monkeypatch, module):
@@ -31,20 +21,23 @@ def _record_splits(monkeypatch, module):
     return seen
 
 
-def test_autoencoder_and_diffusion_train_on_train_splits_only(manifest, tmp_path, monkeypatch, tiny_config):
+def test_autoencoder_and_diffusion_train_on_train_splits_only(tiny_manifest, tmp_path, monkeypatch,
+                                                             tiny_config):
     seen_ae = _record_splits(monkeypatch, autoencoder)
     ae_params = {**tiny_config["autoencoder"], **SHARED, "steps": 2}
-    autoencoder.train_autoencoder(manifest, tmp_path / "ae", tmp_path / "l.parquet", tmp_path / "r.parquet", ae_params)
+    autoencoder.train_autoencoder(tiny_manifest, tmp_path / "ae", tmp_path / "l.parquet", tmp_path / "r.parquet",
+                                  ae_params)
     assert seen_ae[0] == ("train_a", "train_b")  # training
     assert all(set(s) <= {"train_a", "train_b"} for s in seen_ae)  # and the reconstruction table (train_b)
     seen_d = _record_splits(monkeypatch, diffusion)
     d = {k: v for k, v in tiny_config["diffusion"].items() if k != "variants"}
-    diffusion.train_diffusion(manifest, tmp_path / "ae", tmp_path / "dm", tmp_path / "dl.parquet",
+    diffusion.train_diffusion(tiny_manifest, tmp_path / "ae", tmp_path / "dm", tmp_path / "dl.parquet",
                               {**d, **SHARED, "steps": 2, "variant": "class", "conditioning": "class"})
     assert seen_d == [("train_a", "train_b")]
 
 
-def test_feature_network_trains_on_train_a_and_selects_on_train_b(manifest, tmp_path, monkeypatch, tiny_config):
+def test_feature_network_trains_on_train_a_and_selects_on_train_b(tiny_manifest, tmp_path, monkeypatch,
+                                                                  tiny_config):
     got = {}
     real_train = evaluate.train_classifier
 
@@ -54,9 +47,9 @@ def test_feature_network_trains_on_train_a_and_selects_on_train_b(manifest, tmp_
 
     monkeypatch.setattr(evaluate, "train_classifier", spy)
     params = {k: v for k, v in tiny_config["evaluate"].items() if k != "recall_k"} | SHARED
-    evaluate.train_feature_net(manifest, tmp_path / "f.pt", tmp_path / "f.parquet", params)
-    xa, _, _ = load_images(manifest, ["train_a"], CLASSES)
-    xb, _, _ = load_images(manifest, ["train_b"], CLASSES)
+    evaluate.train_feature_net(tiny_manifest, tmp_path / "f.pt", tmp_path / "f.parquet", params)
+    xa, _, _ = load_images(tiny_manifest, ["train_a"], CLASSES)
+    xb, _, _ = load_images(tiny_manifest, ["train_b"], CLASSES)
     assert torch.equal(got["x"], xa) and torch.equal(got["xv"], xb)
-    rows = pd.read_parquet(manifest)
+    rows = pd.read_parquet(tiny_manifest)
     assert {"test", "external"} <= set(rows["split"])  # the manifest did hold them

@@ -5,29 +5,18 @@ import pytest
 import torch
 
 from pipeline_lib.autoencoder import autoencoder_loss, build_autoencoder, load_autoencoder, train_autoencoder
-from pipeline_lib.data import CLASSES, ingest
+from pipeline_lib.data import CLASSES
 from pipeline_lib.diffusion import PromptEncoder, build_unet, load_diffusion, noise_scheduler, train_diffusion
 from pipeline_lib.generate import generate
-from pipeline_lib.preprocess import preprocess
 
 SHARED = {"seed": 0, "device": "cpu", "classes": list(CLASSES)}
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory, tiny_config):
-    root = tmp_path_factory.mktemp("data")
-    ingest(root / "data" / "manifest.parquet", root / "data" / "images",
-           {**tiny_config["data"], "seed": 0})
-    preprocess(root / "data" / "manifest.parquet", root / "pre" / "manifest.parquet", root / "pre" / "qc.parquet",
-               root / "pre", tiny_config["preprocess"])
-    return root / "pre" / "manifest.parquet"
-
-
-@pytest.fixture(scope="module")
-def trained_ae(tiny_data, tmp_path_factory, tiny_config):
+def trained_ae(tiny_manifest, tmp_path_factory, tiny_config):
     out = tmp_path_factory.mktemp("ae")
     params = {**tiny_config["autoencoder"], **SHARED}
-    train_autoencoder(tiny_data, out / "model", out / "log.parquet", out / "recon.parquet", params)
+    train_autoencoder(tiny_manifest, out / "model", out / "log.parquet", out / "recon.parquet", params)
     return out
 
 
@@ -47,7 +36,7 @@ def test_autoencoder_loss_terms():
     t["loss"].backward()
 
 
-def test_train_autoencoder_writes_model_tables_and_8_channel_latents(trained_ae, tiny_data):
+def test_train_autoencoder_writes_model_tables_and_8_channel_latents(trained_ae, tiny_manifest):
     log = pd.read_parquet(trained_ae / "log.parquet")
     assert list(log["step"]) == list(range(1, len(log) + 1)) and np.isfinite(log["loss"]).all()
     recon = pd.read_parquet(trained_ae / "recon.parquet")
@@ -58,10 +47,10 @@ def test_train_autoencoder_writes_model_tables_and_8_channel_latents(trained_ae,
     assert not (trained_ae / "model.resume.pt").exists()
 
 
-def test_autoencoder_refuses_test_split(tiny_data, tmp_path, tiny_config):
+def test_autoencoder_refuses_test_split(tiny_manifest, tmp_path, tiny_config):
     params = {**tiny_config["autoencoder"], **SHARED, "train_splits": ["train_a", "test"]}
     with pytest.raises(ValueError, match=r"train_splits may only hold \('train_a', 'train_b'\), got \['test'\]"):
-        train_autoencoder(tiny_data, tmp_path / "m", tmp_path / "l.parquet", tmp_path / "r.parquet", params)
+        train_autoencoder(tiny_manifest, tmp_path / "m", tmp_path / "l.parquet", tmp_path / "r.parquet", params)
 
 
 def test_prompt_encoder_shapes_and_null_prompt():
@@ -88,11 +77,11 @@ def test_unet_attention_levels_must_match():
 
 
 @pytest.fixture(scope="module")
-def trained_diffusion(trained_ae, tiny_data, tmp_path_factory, tiny_config):
+def trained_diffusion(trained_ae, tiny_manifest, tmp_path_factory, tiny_config):
     out = tmp_path_factory.mktemp("diff")
     d = {k: v for k, v in tiny_config["diffusion"].items() if k != "variants"}
     params = {**d, "conditioning": "class", "variant": "class", **SHARED}
-    train_diffusion(tiny_data, trained_ae / "model", out / "model", out / "log.parquet", params)
+    train_diffusion(tiny_manifest, trained_ae / "model", out / "model", out / "log.parquet", params)
     return out, params
 
 
@@ -104,13 +93,14 @@ def test_train_diffusion_artefacts(trained_diffusion):
     assert sched.config.prediction_type == "v_prediction" and list(penc.config.classes) == list(CLASSES)
 
 
-def test_generate_counts_determinism_and_mask(trained_ae, trained_diffusion, tiny_data, tmp_path, tiny_config):
+def test_generate_counts_determinism_and_mask(trained_ae, trained_diffusion, tiny_manifest, tmp_path,
+                                              tiny_config):
     out, _ = trained_diffusion
     g = {k: v for k, v in tiny_config["generate"].items() if k not in ("settings", "seeds")}
     params = {**g, "guidance_scale": 2.0, "variant": "class", "setting": "cfg2", **SHARED, "seed": 3}
-    a = generate(tiny_data, trained_ae / "model", out / "model", tmp_path / "a" / "images",
+    a = generate(tiny_manifest, trained_ae / "model", out / "model", tmp_path / "a" / "images",
                  tmp_path / "a" / "manifest.parquet", params)
-    real = pd.read_parquet(tiny_data)
+    real = pd.read_parquet(tiny_manifest)
     per_class = real[real["split"] == "train_a"].groupby("label").size()
     assert a.groupby("label").size().to_dict() == per_class.to_dict()
     import cv2
@@ -122,7 +112,7 @@ def test_generate_counts_determinism_and_mask(trained_ae, trained_diffusion, tin
     partial.mkdir(parents=True)
     first = a["image_id"].iloc[0]
     (partial / f"{first}.png").write_bytes((tmp_path / "a" / "images" / f"{first}.png").read_bytes())
-    b = generate(tiny_data, trained_ae / "model", out / "model", tmp_path / "b" / "images",
+    b = generate(tiny_manifest, trained_ae / "model", out / "model", tmp_path / "b" / "images",
                  tmp_path / "b" / "manifest.parquet", params)
     for image_id in b["image_id"]:
         assert (tmp_path / "a" / "images" / f"{image_id}.png").read_bytes() == \

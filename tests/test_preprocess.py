@@ -78,7 +78,7 @@ def _manifest_with_a_black_frame(tmp_path):
 def test_preprocess_stage_records_every_image(tmp_path):
     manifest, df = _manifest_with_a_black_frame(tmp_path)
     out = tmp_path / "pre"
-    kept = preprocess(manifest, out / "manifest.parquet", out / "qc.parquet", out, _params())
+    kept = preprocess(manifest, out / "manifest.parquet", out / "qc.parquet", _params())
     qc = pd.read_parquet(out / "qc.parquet")
     assert list(qc.columns) == ["image_id", "cx", "cy", "r", "hair_fraction", "status", "reason"]
     assert len(qc) == len(df) and (qc["status"] == "dropped").sum() == 1
@@ -92,5 +92,5 @@ def test_preprocess_fail_policy_names_the_image_and_writes_nothing(tmp_path):
     manifest, df = _manifest_with_a_black_frame(tmp_path)
     out = tmp_path / "pre"
     with pytest.raises(ValueError, match=f"first: {df['image_id'].iloc[0]}: no region brighter"):
-        preprocess(manifest, out / "manifest.parquet", out / "qc.parquet", out, _params(on_failure="fail"))
+        preprocess(manifest, out / "manifest.parquet", out / "qc.parquet", _params(on_failure="fail"))
     assert not (out / "manifest.parquet").exists() and not (out / "qc.parquet").exists()

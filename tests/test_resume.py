@@ -3,19 +3,9 @@ import pandas as pd
 import pytest
 
 from pipeline_lib import autoencoder, diffusion
-from pipeline_lib.data import CLASSES, ingest
-from pipeline_lib.preprocess import preprocess
+from pipeline_lib.data import CLASSES
 
 SHARED = {"seed": 0, "device": "cpu", "classes": list(CLASSES)}
-
-
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory, tiny_config):
-    root = tmp_path_factory.mktemp("resume")
-    ingest(root / "d" / "manifest.parquet", root / "d" / "images", {**tiny_config["data"], "seed": 0})
-    preprocess(root / "d" / "manifest.parquet", root / "p" / "manifest.parquet", root / "p" / "qc.parquet",
-               root / "p", tiny_config["preprocess"])
-    return root / "p" / "manifest.parquet"
 
 
 class Killed(Exception):
@@ -39,45 +29,45 @@ def _train_ae(manifest, out, params):
     return pd.read_parquet(out / "log.parquet"), pd.read_parquet(out / "recon.parquet")
 
 
-def test_autoencoder_is_deterministic_and_resumes(manifest, tmp_path, monkeypatch, tiny_config):
+def test_autoencoder_is_deterministic_and_resumes(tiny_manifest, tmp_path, monkeypatch, tiny_config):
     params = {**tiny_config["autoencoder"], **SHARED, "steps": 8, "checkpoint_every": 3}
-    log_a, recon_a = _train_ae(manifest, tmp_path / "a", params)
-    log_b, recon_b = _train_ae(manifest, tmp_path / "b", params)
+    log_a, recon_a = _train_ae(tiny_manifest, tmp_path / "a", params)
+    log_b, recon_b = _train_ae(tiny_manifest, tmp_path / "b", params)
     pd.testing.assert_frame_equal(log_a, log_b)
     pd.testing.assert_frame_equal(recon_a, recon_b)
 
     with monkeypatch.context() as m:
         _kill_at(m, autoencoder, "autoencoder_loss", 8)  # dies in step 8, after the checkpoint at step 6
         with pytest.raises(Killed):
-            _train_ae(manifest, tmp_path / "c", params)
+            _train_ae(tiny_manifest, tmp_path / "c", params)
     assert (tmp_path / "c" / "model.resume.pt").exists()
     assert not (tmp_path / "c" / "model").exists() and not (tmp_path / "c" / "log.parquet").exists()
-    log_c, recon_c = _train_ae(manifest, tmp_path / "c", params)
+    log_c, recon_c = _train_ae(tiny_manifest, tmp_path / "c", params)
     pd.testing.assert_frame_equal(log_a, log_c)
     pd.testing.assert_frame_equal(recon_a, recon_c)
     assert not (tmp_path / "c" / "model.resume.pt").exists()
 
 
-def test_checkpoint_with_other_settings_is_not_resumed(manifest, tmp_path, monkeypatch, tiny_config):
+def test_checkpoint_with_other_settings_is_not_resumed(tiny_manifest, tmp_path, monkeypatch, tiny_config):
     params = {**tiny_config["autoencoder"], **SHARED, "steps": 6, "checkpoint_every": 2}
     with monkeypatch.context() as m:
         _kill_at(m, autoencoder, "autoencoder_loss", 4)
         with pytest.raises(Killed):
-            _train_ae(manifest, tmp_path / "x", params)
+            _train_ae(tiny_manifest, tmp_path / "x", params)
     other = {**params, "lr": params["lr"] / 2}
-    log_x, _ = _train_ae(manifest, tmp_path / "x", other)
-    log_y, _ = _train_ae(manifest, tmp_path / "y", other)
+    log_x, _ = _train_ae(tiny_manifest, tmp_path / "x", other)
+    log_y, _ = _train_ae(tiny_manifest, tmp_path / "y", other)
     pd.testing.assert_frame_equal(log_x, log_y)
 
 
-def test_diffusion_resumes_to_the_same_numbers(manifest, tmp_path, monkeypatch, tiny_config):
+def test_diffusion_resumes_to_the_same_numbers(tiny_manifest, tmp_path, monkeypatch, tiny_config):
     ae_params = {**tiny_config["autoencoder"], **SHARED, "steps": 3}
-    _train_ae(manifest, tmp_path / "ae", ae_params)
+    _train_ae(tiny_manifest, tmp_path / "ae", ae_params)
     d = {k: v for k, v in tiny_config["diffusion"].items() if k != "variants"}
     params = {**d, **SHARED, "steps": 7, "checkpoint_every": 3, "variant": "class", "conditioning": "class"}
 
     def train(name):
-        diffusion.train_diffusion(manifest, tmp_path / "ae" / "model", tmp_path / name / "model",
+        diffusion.train_diffusion(tiny_manifest, tmp_path / "ae" / "model", tmp_path / name / "model",
                                   tmp_path / name / "log.parquet", params)
         return pd.read_parquet(tmp_path / name / "log.parquet")
 

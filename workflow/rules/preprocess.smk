@@ -9,7 +9,6 @@ rule preprocess:
         masks=directory(f"{R}/preprocess/masks"),
     params:
         cfg=config["preprocess"],
-        image_dir=f"{R}/preprocess",
     log:
         f"{LOGS}/preprocess.log",
     script:
