@@ -54,6 +54,8 @@ def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: st
         raise ValueError(f"autoencoder.train_splits may only hold {GENERATIVE_SPLITS}, got {bad}")
     ae = build_autoencoder(x.shape[-1], params["latent_channels"], params["block_out_channels"],
                            params["layers_per_block"], params["norm_num_groups"]).to(device)
+    log.info("autoencoder trained from scratch (no pretrained weights): %.2f M parameters on %d images",
+             sum(p.numel() for p in ae.parameters()) / 1e6, len(x))
     opt = torch.optim.AdamW(ae.parameters(), lr=float(params["lr"]))
     ckpt = Checkpoint(Path(model_dir).with_name(Path(model_dir).name + ".resume.pt"), params)
     start, rows = ckpt.load({"ae": ae}, opt, gen)

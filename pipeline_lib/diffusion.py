@@ -120,8 +120,8 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
     unet = build_unet(mean.shape[-1], mean.shape[1], params).to(device)
     penc = PromptEncoder(classes, [params["prompts"][c] for c in classes], dim=int(params["cross_attention_dim"]),
                          max_length=int(params["max_prompt_length"])).to(device)
-    log.info("UNet %.2f M parameters, latents %s", sum(p.numel() for p in unet.parameters()) / 1e6,
-             tuple(mean.shape[1:]))
+    log.info("UNet and prompt encoder trained from scratch (no pretrained weights): UNet %.2f M parameters, "
+             "latents %s", sum(p.numel() for p in unet.parameters()) / 1e6, tuple(mean.shape[1:]))
     sched = noise_scheduler(params)
     opt = torch.optim.AdamW(list(unet.parameters()) + list(penc.parameters()), lr=float(params["lr"]))
     ckpt = Checkpoint(Path(model_dir).with_name(Path(model_dir).name + ".resume.pt"), params)
