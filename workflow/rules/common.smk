@@ -62,6 +62,11 @@ def generate_params(wildcards):
             "setting": wildcards.setting, **shared(), "seed": int(wildcards.seed)}
 
 
+def feature_net_params():
+    """The evaluate slice without the metric settings: editing recall_k does not retrain the network."""
+    return {k: v for k, v in stage_params("evaluate").items() if k != "recall_k"}
+
+
 def evaluate_params(wildcards):
     return {"recall_k": config["evaluate"]["recall_k"], "variant": wildcards.variant,
             "setting": wildcards.setting, **shared(), "seed": int(wildcards.seed)}

@@ -6,12 +6,14 @@ rule feature_net:
         model=f"{R}/evaluate/feature_net/model.pt",
         train_log=f"{R}/evaluate/feature_net/train_log.parquet",
     params:
-        cfg={k: v for k, v in stage_params("evaluate").items() if k != "recall_k"},
+        cfg=feature_net_params(),
     threads: 1
     resources:
         gpu=1,
     log:
         f"{LOGS}/evaluate/feature_net.log",
+    benchmark:
+        f"{LOGS}/evaluate/feature_net.benchmark.tsv"
     script:
         "../scripts/feature_net.py"
 
@@ -32,5 +34,7 @@ rule evaluate:
         gpu=1,
     log:
         f"{LOGS}/evaluate/{{variant}}/{{setting}}/seed{{seed}}.log",
+    benchmark:
+        f"{LOGS}/evaluate/{{variant}}/{{setting}}/seed{{seed}}.benchmark.tsv"
     script:
         "../scripts/evaluate.py"
