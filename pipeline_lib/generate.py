@@ -2,11 +2,14 @@
 
 Each seed is one independent synthetic data set (CLUE section 4.5). Batch ``b`` of class ``c`` draws its
 initial noise from a generator seeded with (seed, c, b), so a killed job that resumes from its partial folder
-produces the same images as an uninterrupted one. Generated images get the circular field-of-view mask that
-preprocessing gives every real image ("finalized by applying the same preprocessing", CLUE section 4.5).
+produces the same images as an uninterrupted one. Every decoded image goes through the same preprocessing as
+the real images ("Generated images were finalized by applying the same preprocessing pipeline", CLUE section
+4.5); a synthetic frame in which no usable aperture is found keeps the plain field-of-view mask instead, and the
+manifest's ``finalize`` column says which of the two happened.
 """
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -20,7 +23,8 @@ from tqdm import tqdm
 
 from .autoencoder import load_autoencoder
 from .diffusion import load_diffusion
-from .io import atomic_path, log, read_parquet, read_rgb, write_parquet, write_png
+from .io import atomic_path, log, read_parquet, write_parquet, write_png
+from .preprocess import preprocess_image
 from .torchutils import select_device, set_threads, to_uint8
 
 
@@ -65,7 +69,8 @@ def generate(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, ou
     if list(penc.config.classes) != classes:
         raise ValueError(f"{model_dir}: model was trained for classes {penc.config.classes}, config has {classes}")
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    size = int(real_image_size(manifest))
+    pre = params["preprocess"]
+    size = int(pre["image_size"])
     mask = fov_mask(size)[..., None]
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
@@ -75,30 +80,29 @@ def generate(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, ou
         n = math.ceil(float(params["scale"]) * int(counts.get(label, 0)))
         for b in tqdm(range(math.ceil(n / bs)), desc=f"generate {label}", mininterval=10):
             ids = [f"{params['variant']}_{setting}_s{seed}_{label}_{i:05d}" for i in range(b * bs, min(n, (b + 1) * bs))]
-            if not all((partial / f"{i}.png").exists() for i in ids):
+            done = partial / f".finalize_{ci}_{b}.json"  # written after the batch's images: the batch is complete
+            if not done.exists():
                 g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, ci, b]).generate_state(1)[0]))
                 lat = sample_latents(unet, penc, sched, ci, len(ids), shape, int(params["num_inference_steps"]),
                                      float(params["guidance_scale"]), g, device)
-                imgs = to_uint8(ae.decode(lat / ae.config.scaling_factor).sample)
-                if imgs.shape[1] != size:
-                    imgs = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_LINEAR) for im in imgs])
-                for image_id, im in zip(ids, imgs):
-                    write_png(im * mask, partial / f"{image_id}.png")
+                status = {}
+                for image_id, im in zip(ids, to_uint8(ae.decode(lat / ae.config.scaling_factor).sample)):
+                    out, _, record = preprocess_image(im, pre)
+                    if out is None:
+                        out = cv2.resize(im, (size, size), interpolation=cv2.INTER_LINEAR) * mask
+                    status[image_id] = "preprocessed" if record["status"] == "ok" else f"fov_mask: {record['reason']}"
+                    write_png(out, partial / f"{image_id}.png")
+                with atomic_path(done) as tmp:
+                    tmp.write_text(json.dumps(status))
+            status = json.loads(done.read_text())
             rows += [{"image_id": i, "path": f"images/{i}.png", "label": label, "split": "synthetic", "group": i,
-                      "source": "generated", "variant": params["variant"], "setting": setting, "seed": seed}
-                     for i in ids]
+                      "source": "generated", "variant": params["variant"], "setting": setting, "seed": seed,
+                      "finalize": status[i]} for i in ids]
     df = pd.DataFrame(rows)
     with atomic_path(out_dir) as tmp:
-        shutil.copytree(partial, tmp)
+        shutil.copytree(partial, tmp, ignore=shutil.ignore_patterns(".finalize_*"))
     write_parquet(df, out_manifest)
     shutil.rmtree(partial)
     log.info("generated %d images (%s)", len(df), df.groupby("label").size().to_dict())
     return df
 
-
-def real_image_size(manifest: str | Path) -> int:
-    """Side of the preprocessed real images (all are square and the same size)."""
-    from .data import resolve_path
-
-    df = read_parquet(manifest, required=("path",))
-    return read_rgb(resolve_path(manifest, df["path"].iloc[0])).shape[0]

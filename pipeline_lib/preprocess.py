@@ -6,16 +6,18 @@ pixels. A pixel belongs to the field of view when its grey value is strictly gre
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping
 
 import cv2
 import numpy as np
 import pandas as pd
+from PIL import Image
 from tqdm import tqdm
 
 from .data import resolve_path
-from .io import log, read_parquet, read_rgb, write_parquet, write_png
+from .io import log, read_parquet, write_parquet, write_png
 
 QC_COLUMNS = ("image_id", "cx", "cy", "r", "hair_fraction", "status", "reason")
 
@@ -77,49 +79,121 @@ def mask_crop_resize(image: np.ndarray, cx: float, cy: float, r: float, size: in
     return out, out_mask
 
 
-def preprocess(manifest_in: str | Path, manifest_out: str | Path, qc_out: str | Path,
-               params: Mapping[str, Any]) -> pd.DataFrame:
-    """Entry point of the preprocess rule. Writes ``images/`` and ``masks/`` beside ``manifest_out``, the QC
-    table and the preprocessed manifest (image paths relative to its folder)."""
-    df = read_parquet(manifest_in, required=("image_id", "path", "label", "split"))
-    image_dir = Path(manifest_out).parent
-    size, threshold = int(params["image_size"]), int(params["threshold"])
-    hair_cfg = params["hair_removal"]
-    qc_rows, kept = [], []
-    for row in tqdm(df.itertuples(index=False), total=len(df), desc="preprocess", mininterval=5):
-        img = read_rgb(resolve_path(manifest_in, row.path))
-        cx, cy, r = find_circle(img, threshold)
-        _, hair = remove_hair(img, hair_cfg["kernel_size"], hair_cfg["threshold"], hair_cfg["inpaint_radius"],
+def load_frame(path: str | Path) -> np.ndarray:
+    """Decode an image file as an 8-bit RGB array (H, W, 3).
+
+    Opaque RGBA is accepted (alpha dropped); empty, truncated or undecodable files, grayscale, palette, 16-bit
+    and transparent images raise ``ValueError`` naming the file and what was expected.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: image file not found")
+    if p.stat().st_size == 0:
+        raise ValueError(f"{p}: empty file (0 bytes), expected an 8-bit RGB PNG or JPEG")
+    try:
+        with Image.open(p) as im:
+            im.load()  # decodes everything: a truncated file raises here
+            mode, arr = im.mode, np.asarray(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{p}: cannot be decoded as an image ({e}); expected an 8-bit RGB PNG or JPEG") from e
+    if mode == "RGBA":
+        if (arr[..., 3] < 255).any():
+            raise ValueError(f"{p}: RGBA image with transparent pixels, expected an opaque 8-bit RGB image")
+        arr = arr[..., :3]
+    elif mode != "RGB":
+        kinds = {"L": "grayscale", "LA": "grayscale with alpha", "P": "palette", "1": "1-bit",
+                 "I;16": "16-bit grayscale", "I": "32-bit integer", "F": "32-bit float", "CMYK": "CMYK"}
+        raise ValueError(f"{p}: image mode {mode} ({kinds.get(mode, 'not RGB')}), expected 8-bit RGB")
+    return np.ascontiguousarray(arr)
+
+
+def preprocess_image(image: np.ndarray, params: Mapping[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None, dict]:
+    """The whole preprocessing of one RGB frame, for real and synthetic images alike.
+
+    Circle (CLUE section 4.3), optional DullRazor, circular mask, crop and resize. Returns the image, the mask
+    and the QC record (cx, cy, r, hair_fraction, status, reason); image and mask are None when the frame has no
+    usable aperture (status ``dropped``).
+    """
+    threshold, hair_cfg = int(params["threshold"]), params["hair_removal"]
+    cx, cy, r = find_circle(image, threshold)
+    clean, hair = remove_hair(image, hair_cfg["kernel_size"], hair_cfg["threshold"], hair_cfg["inpaint_radius"],
                               hair_cfg["method"])
-        inside = np.zeros(img.shape[:2], np.uint8)
-        if r > 0:
-            cv2.circle(inside, (int(round(cx)), int(round(cy))), int(round(r)), 1, -1)
-        hair_fraction = float((hair > 0)[inside > 0].mean()) if inside.any() else float("nan")
-        min_r = float(params["min_radius_fraction"]) * min(img.shape[:2])
-        if r <= 0:
-            status, reason = "dropped", f"no region brighter than threshold {threshold}"
-        elif r < min_r:
-            status, reason = "dropped", f"radius {r:.1f} px below {params['min_radius_fraction']} of the image side"
-        else:
-            status, reason = "ok", ""
-        qc_rows.append({"image_id": row.image_id, "cx": cx, "cy": cy, "r": r, "hair_fraction": hair_fraction,
-                        "status": status, "reason": reason})
-        if status != "ok":
-            continue
-        if hair_cfg["enabled"]:
-            img, _ = remove_hair(img, hair_cfg["kernel_size"], hair_cfg["threshold"], hair_cfg["inpaint_radius"],
-                                 hair_cfg["method"])
-        out, out_mask = mask_crop_resize(img, cx, cy, r, size)
-        write_png(out, image_dir / "images" / f"{row.image_id}.png")
-        write_png(out_mask, image_dir / "masks" / f"{row.image_id}.png")
-        kept.append(row._asdict() | {"path": str(Path("images") / f"{row.image_id}.png")})
+    inside = np.zeros(image.shape[:2], np.uint8)
+    if r > 0:
+        cv2.circle(inside, (int(round(cx)), int(round(cy))), int(round(r)), 1, -1)
+    hair_fraction = float((hair > 0)[inside > 0].mean()) if inside.any() else float("nan")
+    record = {"cx": cx, "cy": cy, "r": r, "hair_fraction": hair_fraction, "status": "ok", "reason": ""}
+    min_r = float(params["min_radius_fraction"]) * min(image.shape[:2])
+    if r <= 0:
+        record.update(status="dropped", reason=f"no region brighter than threshold {threshold}")
+    elif r < min_r:
+        record.update(status="dropped", reason=f"radius {r:.1f} px below {params['min_radius_fraction']} of the "
+                                               f"shorter image side ({min_r:.1f} px)")
+    if record["status"] != "ok":
+        return None, None, record
+    out, out_mask = mask_crop_resize(clean if hair_cfg["enabled"] else image, cx, cy, r, int(params["image_size"]))
+    return out, out_mask, record
+
+
+def _preprocess_row(task: tuple[dict, str, str, Mapping[str, Any]]) -> tuple[dict, dict | None]:
+    """Worker: read, preprocess and write one image; returns its QC record and manifest row (None: not kept)."""
+    row, source, out_dir, params = task
+    try:
+        image = load_frame(source)
+    except (ValueError, FileNotFoundError) as e:
+        nan = float("nan")
+        return {"image_id": row["image_id"], "cx": nan, "cy": nan, "r": nan, "hair_fraction": nan,
+                "status": "rejected", "reason": str(e)}, None
+    out, out_mask, record = preprocess_image(image, params)
+    record = {"image_id": row["image_id"], **record}
+    if out is None:
+        return record, None
+    write_png(out, Path(out_dir) / "images" / f"{row['image_id']}.png")
+    write_png(out_mask, Path(out_dir) / "masks" / f"{row['image_id']}.png")
+    return record, row | {"path": f"images/{row['image_id']}.png"}
+
+
+def preprocess(manifest_in: str | Path, manifest_out: str | Path, qc_out: str | Path,
+               params: Mapping[str, Any], threads: int | None = None) -> pd.DataFrame:
+    """Entry point of the preprocess rule. Writes ``images/`` and ``masks/`` beside ``manifest_out``, the QC
+    table (every input image, kept or not) and the preprocessed manifest (image paths relative to its folder).
+
+    Images are streamed: each of ``threads`` workers reads, processes and writes one image at a time, so memory
+    does not grow with the data set.
+    """
+    df = read_parquet(manifest_in, required=("image_id", "path", "label", "split"))
+    out_dir = Path(manifest_out).parent
+    for sub in ("images", "masks"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    tasks = [(row, str(resolve_path(manifest_in, row["path"])), str(out_dir), params)
+             for row in df.to_dict("records")]
+    workers = max(1, int(threads or 1))
+    # Threads, not processes: OpenCV and Pillow release the GIL in their heavy calls, and worker processes would
+    # have to re-import the rule's script (spawn) or could inherit a lock held by an OpenCV thread (fork).
+    cv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1 if workers > 1 else cv_threads)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            qc_rows, kept = [], []
+            # map() keeps the input order; each worker holds one image at a time.
+            for record, row in tqdm(pool.map(_preprocess_row, tasks), total=len(tasks), desc="preprocess",
+                                    mininterval=5):
+                qc_rows.append(record)
+                if row is not None:
+                    kept.append(row)
+    finally:
+        cv2.setNumThreads(cv_threads)
     qc = pd.DataFrame(qc_rows, columns=list(QC_COLUMNS))
-    dropped = qc[qc["status"] != "ok"]
-    log.info("preprocess: %d kept, %d dropped", len(kept), len(dropped))
-    if len(dropped) and params["on_failure"] == "fail":
-        first = dropped.iloc[0]
-        raise ValueError(f"{manifest_in}: {len(dropped)} images have no usable aperture (policy on_failure=fail); "
+    counts = qc["status"].value_counts().to_dict()
+    log.info("preprocess: %d images: %d kept, %d dropped (no usable aperture), %d rejected (unreadable file)",
+             len(qc), counts.get("ok", 0), counts.get("dropped", 0), counts.get("rejected", 0))
+    bad = qc[qc["status"] != "ok"]
+    if len(bad) and params["on_failure"] == "fail":
+        first = bad.iloc[0]
+        raise ValueError(f"{manifest_in}: {len(bad)} images were not usable (policy on_failure=fail); "
                          f"first: {first.image_id}: {first.reason}")
+    for record in bad.itertuples():
+        log.info("not kept: %s (%s): %s", record.image_id, record.status, record.reason)
     write_parquet(qc, qc_out)
     out_df = pd.DataFrame(kept, columns=list(df.columns))
     write_parquet(out_df, manifest_out)

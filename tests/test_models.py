@@ -97,7 +97,8 @@ def test_generate_counts_determinism_and_mask(trained_ae, trained_diffusion, tin
                                               tiny_config):
     out, _ = trained_diffusion
     g = {k: v for k, v in tiny_config["generate"].items() if k not in ("settings", "seeds")}
-    params = {**g, "guidance_scale": 2.0, "variant": "class", "setting": "cfg2", **SHARED, "seed": 3}
+    params = {**g, "guidance_scale": 2.0, "variant": "class", "setting": "cfg2", **SHARED, "seed": 3,
+              "preprocess": tiny_config["preprocess"]}
     a = generate(tiny_manifest, trained_ae / "model", out / "model", tmp_path / "a" / "images",
                  tmp_path / "a" / "manifest.parquet", params)
     real = pd.read_parquet(tiny_manifest)
@@ -118,3 +119,6 @@ def test_generate_counts_determinism_and_mask(trained_ae, trained_diffusion, tin
         assert (tmp_path / "a" / "images" / f"{image_id}.png").read_bytes() == \
             (tmp_path / "b" / "images" / f"{image_id}.png").read_bytes()
     assert not partial.exists()
+    assert (b["finalize"] == a["finalize"]).all()
+    assert set(a["finalize"]) <= {"preprocessed"} | {f for f in a["finalize"] if f.startswith("fov_mask: ")}
+    assert not list((tmp_path / "a" / "images").glob(".finalize_*"))

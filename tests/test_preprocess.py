@@ -94,3 +94,111 @@ def test_preprocess_fail_policy_names_the_image_and_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match=f"first: {df['image_id'].iloc[0]}: no region brighter"):
         preprocess(manifest, out / "manifest.parquet", out / "qc.parquet", _params(on_failure="fail"))
     assert not (out / "manifest.parquet").exists() and not (out / "qc.parquet").exists()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_find_circle_within_one_pixel_off_centre_with_noisy_border(seed):
+    rng = np.random.default_rng(seed)
+    h, w = 200, 260
+    r = int(rng.integers(40, 95))
+    cx, cy = int(rng.integers(r, w - r)), int(rng.integers(r, h - r)) if 2 * r < h else h // 2
+    img = rng.integers(0, 20, (h, w, 3)).astype(np.uint8)  # sensor noise under the threshold
+    cv2.circle(img, (cx, cy), r, (180, 120, 100), -1)
+    for _ in range(30):  # bright specks outside the aperture: never the largest region
+        cv2.circle(img, (int(rng.integers(0, w)), int(rng.integers(0, h))), 1, (220, 220, 220), -1)
+    fx, fy, fr = find_circle(img)
+    assert abs(fx - cx) <= 1 and abs(fy - cy) <= 1 and abs(fr - r) <= 1
+
+
+def test_find_circle_of_a_partly_clipped_aperture():
+    # Aperture of radius 80 centred 30 px from the left edge: the inscribed circle of the visible part is
+    # bounded by the edge on the left and the arc on the right: r = (30 + 80) / 2 = 55 at x = 55.
+    img = np.zeros((240, 240, 3), np.uint8)
+    cv2.circle(img, (30, 120), 80, (200, 200, 200), -1)
+    cx, cy, r = find_circle(img)
+    assert cx == pytest.approx(54.5, abs=1) and cy == pytest.approx(120, abs=1) and r == pytest.approx(55, abs=1)
+
+
+def _hairy(seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:120, 0:160]
+    background = np.stack([150 + 30 * np.sin(xx / 25), 110 + 20 * np.cos(yy / 30), 90 + 0 * xx], -1).astype(np.uint8)
+    drawn = np.zeros((120, 160), np.uint8)
+    for _ in range(4):
+        p = rng.uniform([0, 0], [160, 120], (3, 2))
+        t = np.linspace(0, 1, 60)[:, None]
+        pts = ((1 - t) ** 2 * p[0] + 2 * (1 - t) * t * p[1] + t**2 * p[2]).round().astype(np.int32)
+        cv2.polylines(drawn, [pts], False, 255, 2)
+    img = background.copy()
+    img[drawn > 0] = (20, 15, 10)
+    return img, background, drawn > 0
+
+
+@pytest.mark.parametrize("method", ["telea", "ns"])
+def test_dullrazor_restores_the_background_and_finds_the_drawn_hair(method):
+    img, background, drawn = _hairy()
+    clean, mask = remove_hair(img, kernel_size=9, threshold=10, inpaint_radius=3, method=method)
+
+    def psnr(a, b):
+        return 10 * np.log10(255**2 / np.mean((a.astype(float) - b) ** 2))
+
+    assert psnr(clean, background) > psnr(img, background) + 15  # measured: 20 dB -> 58 dB
+    found = mask > 0
+    recall = (found & drawn).sum() / drawn.sum()
+    precision = (found & drawn).sum() / found.sum()
+    assert recall > 0.95 and precision > 0.95
+
+
+def _bad_files(folder):
+    from PIL import Image
+
+    folder.mkdir()
+    good = disc_image()
+    Image.fromarray(good[..., 0]).save(folder / "grey.png")
+    Image.fromarray(good[..., 0].astype(np.uint16) * 256).save(folder / "deep.png")  # 16-bit grayscale
+    rgba = np.dstack([good, np.full(good.shape[:2], 128, np.uint8)])
+    Image.fromarray(rgba).save(folder / "transparent.png")
+    Image.fromarray(np.dstack([good, np.full(good.shape[:2], 255, np.uint8)])).save(folder / "opaque.png")
+    Image.fromarray(good).save(folder / "full.jpg", quality=95)
+    (folder / "truncated.jpg").write_bytes((folder / "full.jpg").read_bytes()[:400])
+    (folder / "empty.png").write_bytes(b"")
+    return folder
+
+
+@pytest.mark.parametrize("name, message", [
+    ("grey.png", r"image mode L \(grayscale\), expected 8-bit RGB"),
+    ("deep.png", r"image mode I;16 \(16-bit grayscale\), expected 8-bit RGB"),
+    ("transparent.png", "RGBA image with transparent pixels"),
+    ("truncated.jpg", "cannot be decoded as an image"),
+    ("empty.png", r"empty file \(0 bytes\)"),
+])
+def test_load_frame_names_the_file_and_the_problem(tmp_path, name, message):
+    from pipeline_lib.preprocess import load_frame
+
+    folder = _bad_files(tmp_path / "f")
+    with pytest.raises(ValueError, match=f"{name}: {message}"):
+        load_frame(folder / name)
+
+
+def test_load_frame_accepts_rgb_jpeg_and_opaque_rgba(tmp_path):
+    from pipeline_lib.preprocess import load_frame
+
+    folder = _bad_files(tmp_path / "f")
+    assert load_frame(folder / "opaque.png").shape == (80, 100, 3)
+    assert load_frame(folder / "full.jpg").dtype == np.uint8
+
+
+def test_bad_files_are_recorded_rejections_in_parallel(tmp_path):
+    folder = _bad_files(tmp_path / "f")
+    names = ["grey.png", "deep.png", "transparent.png", "truncated.jpg", "empty.png", "opaque.png", "full.jpg"]
+    manifest = tmp_path / "m.parquet"
+    pd.DataFrame({"image_id": [n.split(".")[0] for n in names], "path": [str(folder / n) for n in names],
+                  "label": "normal", "split": "train_a", "group": "g", "source": "user"}).to_parquet(manifest)
+    out = tmp_path / "pre"
+    kept = preprocess(manifest, out / "manifest.parquet", out / "qc.parquet", _params(), threads=2)
+    qc = pd.read_parquet(out / "qc.parquet").set_index("image_id")
+    assert set(kept["image_id"]) == {"opaque", "full"}
+    assert (qc.loc[["grey", "deep", "transparent", "truncated", "empty"], "status"] == "rejected").all()
+    assert "truncated.jpg: cannot be decoded" in qc.loc["truncated", "reason"]
+    with pytest.raises(ValueError, match="5 images were not usable .* first: grey: .*grey.png: image mode L"):
+        preprocess(manifest, out / "m2.parquet", out / "q2.parquet", _params(on_failure="fail"), threads=2)

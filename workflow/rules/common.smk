@@ -27,7 +27,7 @@ CODE = {
     "preprocess": ["preprocess", "data", "io"],
     "autoencoder": ["autoencoder", "metrics", "torchutils", "data", "io"],
     "diffusion": ["diffusion", "autoencoder", "torchutils", "data", "io"],
-    "generate": ["generate", "diffusion", "autoencoder", "torchutils", "data", "io"],
+    "generate": ["generate", "preprocess", "diffusion", "autoencoder", "torchutils", "data", "io"],
     "feature_net": ["evaluate", "nets", "metrics", "torchutils", "data", "io"],
     "evaluate": ["evaluate", "nets", "metrics", "torchutils", "data", "io"],
     "classify": ["classify", "nets", "metrics", "torchutils", "data", "io"],
@@ -59,7 +59,7 @@ def diffusion_params(wildcards):
 def generate_params(wildcards):
     g = {k: v for k, v in config["generate"].items() if k not in ("settings", "seeds")}
     return {**g, **config["generate"]["settings"][wildcards.setting], "variant": wildcards.variant,
-            "setting": wildcards.setting, **shared(), "seed": int(wildcards.seed)}
+            "setting": wildcards.setting, "preprocess": config["preprocess"], **shared(), "seed": int(wildcards.seed)}
 
 
 def feature_net_params():

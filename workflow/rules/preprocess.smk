@@ -9,6 +9,7 @@ rule preprocess:
         masks=directory(f"{R}/preprocess/masks"),
     params:
         cfg=config["preprocess"],
+    threads: 2
     log:
         f"{LOGS}/preprocess.log",
     script:

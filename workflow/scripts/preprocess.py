@@ -3,4 +3,4 @@ from pipeline_lib.preprocess import preprocess
 
 with stage_log(snakemake.log[0]):
     out = snakemake.output
-    preprocess(snakemake.input.manifest, out.manifest, out.qc, snakemake.params.cfg)
+    preprocess(snakemake.input.manifest, out.manifest, out.qc, snakemake.params.cfg, threads=snakemake.threads)
