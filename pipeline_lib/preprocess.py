@@ -47,17 +47,22 @@ def find_circle(image: np.ndarray, threshold: int = 26) -> tuple[float, float, f
     return float(cx - 1), float(cy - 1), float(r)
 
 
-def remove_hair(image: np.ndarray, kernel_size: int = 9, threshold: int = 10, inpaint_radius: int = 3,
-                method: str = "telea") -> tuple[np.ndarray, np.ndarray]:
-    """DullRazor (Fig. 14 of the multi-level embedding paper): black-hat, threshold, inpaint.
+KERNEL_SHAPES = {"cross": cv2.MORPH_CROSS, "rect": cv2.MORPH_RECT, "ellipse": cv2.MORPH_ELLIPSE}
 
-    Returns ``(clean, hair_mask)``: the inpainted RGB image and the uint8 hair mask (0 or 255).
+
+def remove_hair(image: np.ndarray, kernel_size: int = 9, threshold: int = 10, inpaint_radius: int = 3,
+                method: str = "telea", kernel_shape: str = "cross") -> tuple[np.ndarray, np.ndarray]:
+    """DullRazor (Fig. 14 of the multi-level embedding paper): grayscale, morphological black-hat with a
+    ``kernel_shape`` structuring element of ``kernel_size`` px, threshold to a hair mask, inpaint (Telea or
+    Navier-Stokes). Returns ``(clean, hair_mask)``: the inpainted RGB image and the uint8 hair mask (0 or 255).
     """
     methods = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
     if method not in methods:
         raise ValueError(f"inpaint method must be one of {sorted(methods)}, got {method!r}")
+    if kernel_shape not in KERNEL_SHAPES:
+        raise ValueError(f"kernel_shape must be one of {sorted(KERNEL_SHAPES)}, got {kernel_shape!r}")
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    kernel = cv2.getStructuringElement(cv2.MORPH_CROSS, (kernel_size, kernel_size))
+    kernel = cv2.getStructuringElement(KERNEL_SHAPES[kernel_shape], (kernel_size, kernel_size))
     blackhat = cv2.morphologyEx(gray, cv2.MORPH_BLACKHAT, kernel)
     _, hair = cv2.threshold(blackhat, threshold, 255, cv2.THRESH_BINARY)
     clean = cv2.inpaint(image, hair, inpaint_radius, methods[method])
@@ -116,8 +121,7 @@ def preprocess_image(image: np.ndarray, params: Mapping[str, Any]) -> tuple[np.n
     """
     threshold, hair_cfg = int(params["threshold"]), params["hair_removal"]
     cx, cy, r = find_circle(image, threshold)
-    clean, hair = remove_hair(image, hair_cfg["kernel_size"], hair_cfg["threshold"], hair_cfg["inpaint_radius"],
-                              hair_cfg["method"])
+    clean, hair = remove_hair(image, **_hair_args(params))
     inside = np.zeros(image.shape[:2], np.uint8)
     if r > 0:
         cv2.circle(inside, (int(round(cx)), int(round(cy))), int(round(r)), 1, -1)
@@ -150,20 +154,67 @@ def _preprocess_row(task: tuple[dict, str, str, Mapping[str, Any]]) -> tuple[dic
         return record, None
     write_png(out, Path(out_dir) / "images" / f"{row['image_id']}.png")
     write_png(out_mask, Path(out_dir) / "masks" / f"{row['image_id']}.png")
-    return record, row | {"path": f"images/{row['image_id']}.png"}
+    lesion = None
+    if params.get("lesion_masks"):
+        mask_path = find_lesion_mask(params["lesion_masks"], source, row["image_id"])
+        if mask_path is not None:
+            clean = remove_hair(image, **_hair_args(params))[0] if params["hair_removal"]["enabled"] else image
+            crop = lesion_crop(clean, load_mask(mask_path, image.shape[:2]), float(params["lesion_margin"]),
+                               int(params["image_size"]))
+            if crop is not None:
+                lesion = f"lesion_crops/{row['image_id']}.png"
+                write_png(crop, Path(out_dir) / lesion)
+    return record, row | {"path": f"images/{row['image_id']}.png", "lesion_crop": lesion}
+
+
+def _hair_args(params: Mapping[str, Any]) -> dict:
+    h = params["hair_removal"]
+    return {k: h[k] for k in ("kernel_size", "kernel_shape", "threshold", "inpaint_radius", "method")}
+
+
+def find_lesion_mask(folder: str | Path, source: str | Path, image_id: str) -> Path | None:
+    """HAM10000 layout: ``<folder>/<name>_segmentation.png``, ``name`` the image file's stem or its image_id."""
+    for name in (Path(source).stem, image_id):
+        p = Path(folder) / f"{name}_segmentation.png"
+        if p.is_file():
+            return p
+    return None
+
+
+def load_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+    """A binary lesion mask (any non-zero pixel is lesion) of the image's ``shape`` (H, W)."""
+    with Image.open(path) as im:
+        mask = np.asarray(im.convert("L")) > 0
+    if mask.shape != tuple(shape):
+        raise ValueError(f"{path}: lesion mask is {mask.shape[1]}x{mask.shape[0]} px, its image {shape[1]}x{shape[0]}")
+    return mask
+
+
+def lesion_crop(image: np.ndarray, mask: np.ndarray, margin: float, size: int) -> np.ndarray | None:
+    """Crop to the bounding box of ``mask`` widened by ``margin`` times its size on every side (clipped to the
+    image), resized bilinearly to ``size`` x ``size``; None for an empty mask."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return None
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    dy, dx = int(round(margin * (y1 - y0))), int(round(margin * (x1 - x0)))
+    h, w = mask.shape
+    crop = image[max(0, y0 - dy):min(h, y1 + dy), max(0, x0 - dx):min(w, x1 + dx)]
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 def preprocess(manifest_in: str | Path, manifest_out: str | Path, qc_out: str | Path,
                params: Mapping[str, Any], threads: int | None = None) -> pd.DataFrame:
-    """Entry point of the preprocess rule. Writes ``images/`` and ``masks/`` beside ``manifest_out``, the QC
-    table (every input image, kept or not) and the preprocessed manifest (image paths relative to its folder).
+    """Entry point of the preprocess rule. Writes ``images/``, ``masks/`` and, where lesion masks are configured
+    and found, ``lesion_crops/`` beside ``manifest_out``; the QC table (every input image, kept or not) and the
+    preprocessed manifest (image paths relative to its folder; ``lesion_crop`` empty where there is none).
 
     Images are streamed: each of ``threads`` workers reads, processes and writes one image at a time, so memory
     does not grow with the data set.
     """
     df = read_parquet(manifest_in, required=("image_id", "path", "label", "split"))
     out_dir = Path(manifest_out).parent
-    for sub in ("images", "masks"):
+    for sub in ("images", "masks", "lesion_crops"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     tasks = [(row, str(resolve_path(manifest_in, row["path"])), str(out_dir), params)
              for row in df.to_dict("records")]
@@ -195,6 +246,6 @@ def preprocess(manifest_in: str | Path, manifest_out: str | Path, qc_out: str | 
     for record in bad.itertuples():
         log.info("not kept: %s (%s): %s", record.image_id, record.status, record.reason)
     write_parquet(qc, qc_out)
-    out_df = pd.DataFrame(kept, columns=list(df.columns))
+    out_df = pd.DataFrame(kept, columns=[*df.columns, "lesion_crop"])
     write_parquet(out_df, manifest_out)
     return out_df

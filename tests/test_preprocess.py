@@ -56,11 +56,14 @@ def test_remove_hair_finds_and_inpaints_a_dark_line():
     assert clean[40, 55].mean() > 120
     with pytest.raises(ValueError, match="inpaint method must be one of"):
         remove_hair(img, method="fast")
+    with pytest.raises(ValueError, match=r"kernel_shape must be one of \['cross', 'ellipse', 'rect'\], got 'disk'"):
+        remove_hair(img, kernel_shape="disk")
 
 
 def _params(**kw):
     p = {"threshold": 26, "image_size": 24, "min_radius_fraction": 0.1, "on_failure": "drop",
-         "hair_removal": {"enabled": True, "kernel_size": 9, "threshold": 10, "inpaint_radius": 3, "method": "telea"}}
+         "hair_removal": {"enabled": True, "kernel_size": 9, "kernel_shape": "cross", "threshold": 10,
+                          "inpaint_radius": 3, "method": "telea"}}
     p.update(kw)
     return p
 
@@ -134,10 +137,11 @@ def _hairy(seed=0):
     return img, background, drawn > 0
 
 
-@pytest.mark.parametrize("method", ["telea", "ns"])
-def test_dullrazor_restores_the_background_and_finds_the_drawn_hair(method):
+@pytest.mark.parametrize("method, shape", [("telea", "cross"), ("ns", "cross"), ("telea", "ellipse")])
+def test_dullrazor_restores_the_background_and_finds_the_drawn_hair(method, shape):
     img, background, drawn = _hairy()
-    clean, mask = remove_hair(img, kernel_size=9, threshold=10, inpaint_radius=3, method=method)
+    clean, mask = remove_hair(img, kernel_size=9, threshold=10, inpaint_radius=3, method=method,
+                              kernel_shape=shape)
 
     def psnr(a, b):
         return 10 * np.log10(255**2 / np.mean((a.astype(float) - b) ** 2))
@@ -202,3 +206,50 @@ def test_bad_files_are_recorded_rejections_in_parallel(tmp_path):
     assert "truncated.jpg: cannot be decoded" in qc.loc["truncated", "reason"]
     with pytest.raises(ValueError, match="5 images were not usable .* first: grey: .*grey.png: image mode L"):
         preprocess(manifest, out / "m2.parquet", out / "q2.parquet", _params(on_failure="fail"), threads=2)
+
+
+def test_lesion_crop_hand_case():
+    from pipeline_lib.preprocess import lesion_crop
+
+    img = np.zeros((100, 100, 3), np.uint8)
+    img[40:60, 20:60] = 200  # the lesion: rows 40-59, columns 20-59
+    mask = img[..., 0] > 0
+    crop = lesion_crop(img, mask, margin=0.0, size=16)
+    assert crop.shape == (16, 16, 3) and crop.min() == 200  # exactly the box
+    wide = lesion_crop(img, mask, margin=0.5, size=40)  # 10 rows / 20 columns added each side -> 40 x 80 px
+    assert wide[0, 0].max() == 0 and wide[20, 20].min() == 200
+    assert lesion_crop(img, np.zeros((100, 100), bool), 0.1, 16) is None
+
+
+def test_preprocess_writes_lesion_crops_where_masks_exist(tmp_path):
+    from PIL import Image
+
+    src, masks = tmp_path / "src", tmp_path / "masks"
+    src.mkdir()
+    masks.mkdir()
+    rows = []
+    for i, name in enumerate(["ISIC_1", "ISIC_2"]):
+        img = disc_image(h=90, w=90, cx=45, cy=45, r=44, value=120)
+        cv2.rectangle(img, (30, 35), (50, 55), (250, 200, 200), -1)
+        Image.fromarray(img).save(src / f"{name}.png")
+        if i == 0:  # only the first image has a mask
+            m = np.zeros((90, 90), np.uint8)
+            m[35:56, 30:51] = 255
+            Image.fromarray(m).save(masks / f"{name}_segmentation.png")
+        rows.append({"image_id": f"train_a_{name}", "path": str(src / f"{name}.png"), "label": "nv",
+                     "split": "train_a", "group": name, "source": "user"})
+    manifest = tmp_path / "m.parquet"
+    pd.DataFrame(rows).to_parquet(manifest)
+    out = tmp_path / "pre"
+    kept = preprocess(manifest, out / "manifest.parquet", out / "qc.parquet",
+                      _params(lesion_masks=str(masks), lesion_margin=0.0, hair_removal={
+                          "enabled": False, "kernel_size": 9, "kernel_shape": "cross", "threshold": 10,
+                          "inpaint_radius": 3, "method": "telea"}))
+    by_id = kept.set_index("image_id")["lesion_crop"]
+    assert by_id["train_a_ISIC_1"] == "lesion_crops/train_a_ISIC_1.png" and pd.isna(by_id["train_a_ISIC_2"])
+    crop = np.asarray(Image.open(out / by_id["train_a_ISIC_1"]))
+    assert crop.shape == (24, 24, 3) and crop[..., 0].min() == 250  # only the lesion's pixels
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(masks / "ISIC_2_segmentation.png")
+    with pytest.raises(ValueError, match=r"ISIC_2_segmentation.png: lesion mask is 10x10 px, its image 90x90"):
+        preprocess(manifest, out / "m2.parquet", out / "q2.parquet",
+                   _params(lesion_masks=str(masks), lesion_margin=0.0))

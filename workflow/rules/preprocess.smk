@@ -7,6 +7,7 @@ rule preprocess:
         qc=f"{R}/preprocess/qc.parquet",
         images=directory(f"{R}/preprocess/images"),
         masks=directory(f"{R}/preprocess/masks"),
+        lesion_crops=directory(f"{R}/preprocess/lesion_crops"),
     params:
         cfg=config["preprocess"],
     threads: 2
