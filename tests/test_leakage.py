@@ -1,6 +1,5 @@
 """Nothing from test or external may reach a generative model or the feature network's training."""
 import pandas as pd
-import pytest
 import torch
 
 from pipeline_lib import autoencoder, diffusion, evaluate
