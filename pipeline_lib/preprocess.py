@@ -112,13 +112,9 @@ def load_frame(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def preprocess_image(image: np.ndarray, params: Mapping[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None, dict]:
-    """The whole preprocessing of one RGB frame, for real and synthetic images alike.
-
-    Circle (CLUE section 4.3), optional DullRazor, circular mask, crop and resize. Returns the image, the mask
-    and the QC record (cx, cy, r, hair_fraction, status, reason); image and mask are None when the frame has no
-    usable aperture (status ``dropped``).
-    """
+def inspect_frame(image: np.ndarray, params: Mapping[str, Any]) -> tuple[np.ndarray, dict]:
+    """The frame to crop (hair removed when DullRazor is switched on) and the QC record of one RGB frame:
+    cx, cy, r (CLUE section 4.3), hair_fraction, status (``ok`` or ``dropped``) and reason."""
     threshold, hair_cfg = int(params["threshold"]), params["hair_removal"]
     cx, cy, r = find_circle(image, threshold)
     clean, hair = remove_hair(image, **_hair_args(params))
@@ -133,9 +129,20 @@ def preprocess_image(image: np.ndarray, params: Mapping[str, Any]) -> tuple[np.n
     elif r < min_r:
         record.update(status="dropped", reason=f"radius {r:.1f} px below {params['min_radius_fraction']} of the "
                                                f"shorter image side ({min_r:.1f} px)")
+    return (clean if hair_cfg["enabled"] else image), record
+
+
+def preprocess_image(image: np.ndarray, params: Mapping[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None, dict]:
+    """The whole preprocessing of one RGB frame, for real and synthetic images alike.
+
+    Circle (CLUE section 4.3), optional DullRazor, circular mask, crop and resize. Returns the image, the mask
+    and the QC record (cx, cy, r, hair_fraction, status, reason); image and mask are None when the frame has no
+    usable aperture (status ``dropped``).
+    """
+    frame, record = inspect_frame(image, params)
     if record["status"] != "ok":
         return None, None, record
-    out, out_mask = mask_crop_resize(clean if hair_cfg["enabled"] else image, cx, cy, r, int(params["image_size"]))
+    out, out_mask = mask_crop_resize(frame, record["cx"], record["cy"], record["r"], int(params["image_size"]))
     return out, out_mask, record
 
 
@@ -148,18 +155,18 @@ def _preprocess_row(task: tuple[dict, str, str, Mapping[str, Any]]) -> tuple[dic
         nan = float("nan")
         return {"image_id": row["image_id"], "cx": nan, "cy": nan, "r": nan, "hair_fraction": nan,
                 "status": "rejected", "reason": str(e)}, None
-    out, out_mask, record = preprocess_image(image, params)
+    frame, record = inspect_frame(image, params)
     record = {"image_id": row["image_id"], **record}
-    if out is None:
+    if record["status"] != "ok":
         return record, None
+    out, out_mask = mask_crop_resize(frame, record["cx"], record["cy"], record["r"], int(params["image_size"]))
     write_png(out, Path(out_dir) / "images" / f"{row['image_id']}.png")
     write_png(out_mask, Path(out_dir) / "masks" / f"{row['image_id']}.png")
     lesion = None
     if params.get("lesion_masks"):
         mask_path = find_lesion_mask(params["lesion_masks"], source, row["image_id"])
         if mask_path is not None:
-            clean = remove_hair(image, **_hair_args(params))[0] if params["hair_removal"]["enabled"] else image
-            crop = lesion_crop(clean, load_mask(mask_path, image.shape[:2]), float(params["lesion_margin"]),
+            crop = lesion_crop(frame, load_mask(mask_path, image.shape[:2]), float(params["lesion_margin"]),
                                int(params["image_size"]))
             if crop is not None:
                 lesion = f"lesion_crops/{row['image_id']}.png"
