@@ -1,102 +1,283 @@
-"""KL autoencoder (``diffusers.AutoencoderKL``) with the multi-level embedding paper's loss: KL + L1 + L2 + SSIM.
+"""Autoencoders of the latent diffusion models: a KL-VAE (``diffusers.AutoencoderKL``, 4 or 8 latent channels)
+and a VQ-GAN (``diffusers.VQModel`` + perceptual loss + PatchGAN discriminator).
 
-The model is rebuilt from its own saved config (``save_pretrained``); the latent scaling factor (1 / std of
-the training latents, as Stable Diffusion's 0.18215) is measured after training and stored in that config.
+- KL (multi-level embedding paper, section III.B): loss = w_kl KL + w_l1 L1 + w_l2 L2 + w_ssim (1 - SSIM), Adam.
+- VQ (cLDM paper, section 3.2): loss = w_mse MSE + w_cb L_cb + beta L_commit + w_p perceptual
+  + w_adv adversarial (from ``adversarial_start`` on), the PatchGAN discriminator updated after every step.
+
+Several named autoencoders can be configured side by side (``autoencoder.<name>``). A model can start from a
+local diffusers folder (``pretrained``, e.g. Stable Diffusion's ``vae/``); layers whose shapes change with the
+latent channels (4 -> 8: the encoder's ``conv_out``, ``quant_conv``, ``post_quant_conv``, the decoder's
+``conv_in``) are re-initialised. The latent scaling factor (1 / std of the training latents, Stable Diffusion's
+0.18215) is measured after training and saved in the model's config, so later stages rebuild it with
+``from_pretrained`` alone.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
 import torch
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, VQModel
 from tqdm import tqdm
 
 from .io import atomic_path, log, write_parquet
-from .metrics import mse, psnr, ssim
+from .metrics import ms_ssim, ms_ssim_scales, mse, psnr, ssim
+from .perceptual import load_perceptual
 from .torchutils import Checkpoint, load_images, seed_everything, select_device, set_threads
+from .vqgan import PatchDiscriminator, discriminator_loss, generator_loss, vector_quantize
 
 GENERATIVE_SPLITS = ("train_a", "train_b")  # the only splits a generative model may see (CLUE section 4.2)
+MODEL_CLASSES = {"kl": AutoencoderKL, "vq": VQModel}
+LOSS_DEFAULTS = {
+    "kl": {"kl_weight": 1.0e-6, "l1_weight": 1.0, "l2_weight": 1.0, "ssim_weight": 0.2},
+    "vq": {"mse_weight": 1.0, "codebook_weight": 1.0, "commitment_beta": 0.2, "perceptual_weight": 1.0,
+           "adversarial_weight": 0.1},
+}
 
 
-def build_autoencoder(image_size: int, latent_channels: int = 8, block_out_channels=(16, 32),
-                      layers_per_block: int = 1, norm_num_groups: int = 8) -> AutoencoderKL:
-    if latent_channels not in (4, 8):
-        raise ValueError(f"`latent_channels` must be 4 or 8, got {latent_channels}")
-    n = len(block_out_channels)
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
-                         up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=tuple(block_out_channels),
-                         layers_per_block=layers_per_block, latent_channels=latent_channels,
-                         norm_num_groups=norm_num_groups, sample_size=image_size)
+def loss_weights(params: Mapping[str, Any]) -> dict[str, float]:
+    """The type's default loss weights updated by ``params["loss"]``; a weight of the other type is an error."""
+    kind = params["type"]
+    given = dict(params.get("loss") or {})
+    foreign = sorted(set(given) - set(LOSS_DEFAULTS[kind]))
+    if foreign:
+        raise ValueError(f"autoencoder.{params.get('name', '?')}.loss: {foreign} do not apply to type {kind!r} "
+                         f"(its terms: {sorted(LOSS_DEFAULTS[kind])})")
+    return {k: float(v) for k, v in {**LOSS_DEFAULTS[kind], **given}.items()}
 
+
+def build_autoencoder(params: Mapping[str, Any], image_size: int) -> AutoencoderKL | VQModel:
+    """A new autoencoder from ``params``, or the ``pretrained`` local folder adapted to ``latent_channels``."""
+    kind, channels = params.get("type", "kl"), int(params["latent_channels"])
+    if kind not in MODEL_CLASSES:
+        raise ValueError(f"autoencoder type must be one of {sorted(MODEL_CLASSES)}, got {kind!r}")
+    if kind == "kl" and channels not in (4, 8):
+        raise ValueError(f"`latent_channels` must be 4 or 8, got {channels}")
+    cls = MODEL_CLASSES[kind]
+    if params.get("pretrained"):
+        return _from_pretrained(cls, Path(params["pretrained"]), channels)
+    n = len(params["block_out_channels"])
+    common = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
+                  up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=tuple(params["block_out_channels"]),
+                  layers_per_block=int(params["layers_per_block"]), latent_channels=channels,
+                  norm_num_groups=int(params["norm_num_groups"]), sample_size=image_size)
+    if kind == "vq":
+        return VQModel(**common, num_vq_embeddings=int(params["num_vq_embeddings"]))
+    return AutoencoderKL(**common)
+
+
+def _from_pretrained(cls, path: Path, channels: int):
+    """The saved model's architecture with ``channels`` latent channels: every weight whose shape is unchanged
+    comes from the folder, the others keep their fresh initialisation. (diffusers' own
+    ``ignore_mismatched_sizes`` leaves some of those tensors uninitialised, so it is not used.)"""
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"autoencoder pretrained: {path} is not a local diffusers {cls.__name__} folder "
+                                f"(no config.json); the pipeline downloads nothing")
+    saved = cls.from_pretrained(str(path), low_cpu_mem_usage=False)
+    ae = cls.from_config({**saved.config, "latent_channels": channels})
+    own, theirs = ae.state_dict(), saved.state_dict()
+    reinit = sorted(k for k in own if k not in theirs or theirs[k].shape != own[k].shape)
+    ae.load_state_dict({k: (own[k] if k in reinit else theirs[k]) for k in own})
+    log.info("fine-tuning %s from %s: latent channels %s -> %d; re-initialised: %s", cls.__name__, path,
+             saved.config.latent_channels, channels, sorted({k.rsplit(".", 1)[0] for k in reinit}) or "none")
+    return ae
+
+
+# --- latents, as the later stages see them --------------------------------------------------------------------
+
+@torch.no_grad()
+def encode_latents(ae: AutoencoderKL | VQModel, x: torch.Tensor, device: torch.device, batch_size: int = 256
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled latents of images ``x`` (N, 3, H, W): the KL posterior's mean and std, or the VQ encoder output
+    before quantisation and zeros (its decoder quantises). Both (N, C, h, w), times the scaling factor."""
+    means, stds = [], []
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].to(device)
+        if isinstance(ae, VQModel):
+            h = ae.encode(xb).latents
+            means.append(h)
+            stds.append(torch.zeros_like(h))
+        else:
+            dist = ae.encode(xb).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+    sf = float(ae.config.scaling_factor)
+    return torch.cat(means) * sf, torch.cat(stds) * sf
+
+
+@torch.no_grad()
+def decode_latents(ae: AutoencoderKL | VQModel, z: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] (N, 3, H, W) from scaled latents (VQ: quantised to the codebook first)."""
+    return ae.decode(z / float(ae.config.scaling_factor)).sample.clamp(-1, 1)
+
+
+def load_autoencoder(model_dir: str | Path, device: torch.device) -> AutoencoderKL | VQModel:
+    """The saved autoencoder of either type, in eval mode."""
+    name = AutoencoderKL.load_config(str(model_dir)).get("_class_name")
+    cls = {c.__name__: c for c in MODEL_CLASSES.values()}.get(name)
+    if cls is None:
+        raise ValueError(f"{model_dir}: expected an AutoencoderKL or VQModel, the config says {name!r}")
+    return cls.from_pretrained(str(model_dir)).to(device).eval()
+
+
+# --- losses -----------------------------------------------------------------------------------------------------
 
 def autoencoder_loss(ae: AutoencoderKL, x: torch.Tensor, weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
-    """KL + L1 + L2 + (1 - SSIM), each weighted; returns every term and the total."""
+    """KL + L1 + L2 + (1 - SSIM), each weighted (multi-level paper III.B); returns every term and the total.
+    KL is that of the posterior to N(0, I), summed over latent elements and divided by the image's elements."""
     posterior = ae.encode(x).latent_dist
     rec = ae.decode(posterior.sample()).sample
     terms = {"kl": posterior.kl().mean() / x[0].numel(), "l1": (rec - x).abs().mean(), "l2": (rec - x).pow(2).mean(),
              "ssim": 1 - ssim(rec, x).mean()}
-    terms["loss"] = sum(float(weights[f"{k}_weight"]) * v for k, v in terms.items())
+    terms["loss"] = sum(weights[f"{k}_weight"] * v for k, v in terms.items())
     return terms
 
 
+def vqgan_step(ae: VQModel, disc: PatchDiscriminator, perceptual: torch.nn.Module, x: torch.Tensor,
+               weights: Mapping[str, float], optimizers: Mapping[str, torch.optim.Optimizer], adversarial: bool,
+               gan_loss: str = "hinge") -> dict[str, float]:
+    """One VQ-GAN update: the autoencoder on MSE + L_cb + beta L_commit + perceptual (+ adversarial), then,
+    when ``adversarial``, the discriminator on real ``x`` against the detached reconstructions."""
+    zq, cb, commit, idx = vector_quantize(ae, ae.encode(x).latents)
+    rec = ae.decode(zq, force_not_quantize=True).sample
+    terms = {"mse": torch.nn.functional.mse_loss(rec, x), "codebook": cb, "commitment": commit,
+             "perceptual": perceptual(rec, x).mean()}
+    terms["adversarial"] = generator_loss(disc(rec), gan_loss) if adversarial else torch.zeros((), device=x.device)
+    terms["loss"] = (weights["mse_weight"] * terms["mse"] + weights["codebook_weight"] * cb
+                     + weights["commitment_beta"] * commit + weights["perceptual_weight"] * terms["perceptual"]
+                     + weights["adversarial_weight"] * terms["adversarial"])
+    optimizers["ae"].zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    optimizers["ae"].step()
+    out = {k: v.item() for k, v in terms.items()}
+    out["codes_used"] = int(idx.unique().numel())
+    out["discriminator"] = float("nan")
+    if adversarial:
+        d_loss = discriminator_loss(disc(x), disc(rec.detach()), gan_loss)
+        optimizers["disc"].zero_grad(set_to_none=True)
+        d_loss.backward()
+        optimizers["disc"].step()
+        out["discriminator"] = d_loss.item()
+    return out
+
+
+def _patch_output_size(size: int, n_layers: int) -> int:
+    size //= 2  # first 4x4 stride-2 convolution
+    for _ in range(1, n_layers):
+        size //= 2
+    return size - 2  # the stride-1 layer and the output layer each remove one pixel
+
+
+# --- training -----------------------------------------------------------------------------------------------------
+
 def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: str | Path,
-                      recon_table: str | Path, params: Mapping[str, Any], threads: int | None = None) -> None:
-    """Entry point of the autoencoder rule: train on train_a (+ train_b), measure reconstructions on train_b."""
+                      params: Mapping[str, Any], feature_net: str | Path | None = None,
+                      threads: int | None = None) -> None:
+    """Entry point of the autoencoder rule: train on ``train_splits``, save with ``save_pretrained``.
+
+    ``feature_net`` (the domain network) is the VQ-GAN's perceptual network when no LPIPS backbone is configured.
+    A killed job resumes from its last checkpoint (``<model_dir>.resume.pt``) and ends with the same numbers.
+    """
     set_threads(threads)
     gen = seed_everything(int(params["seed"]))
     device = select_device(params["device"])
-    classes = list(params["classes"])
-    x, _, _ = load_images(manifest, params["train_splits"], classes)
+    kind, name = params.get("type", "kl"), params.get("name", "autoencoder")
     bad = sorted(set(params["train_splits"]) - set(GENERATIVE_SPLITS))
     if bad:
-        raise ValueError(f"autoencoder.train_splits may only hold {GENERATIVE_SPLITS}, got {bad}")
-    ae = build_autoencoder(x.shape[-1], params["latent_channels"], params["block_out_channels"],
-                           params["layers_per_block"], params["norm_num_groups"]).to(device)
-    log.info("autoencoder trained from scratch (no pretrained weights): %.2f M parameters on %d images",
-             sum(p.numel() for p in ae.parameters()) / 1e6, len(x))
-    opt = torch.optim.AdamW(ae.parameters(), lr=float(params["lr"]))
+        raise ValueError(f"autoencoder.{name}.train_splits may only hold {GENERATIVE_SPLITS}, got {bad}")
+    weights = loss_weights(params)
+    x, _, _ = load_images(manifest, params["train_splits"], list(params["classes"]))
+    ae = build_autoencoder(params, x.shape[-1]).to(device)
+    modules: dict[str, torch.nn.Module] = {"ae": ae}
+    optimizers = {"ae": torch.optim.Adam(ae.parameters(), lr=float(params["lr"]))}
+    if kind == "vq":
+        d = params["discriminator"]
+        if _patch_output_size(x.shape[-1], int(d["layers"])) < 1:
+            raise ValueError(f"autoencoder.{name}.discriminator.layers: {d['layers']} layers leave no patch of a "
+                             f"{x.shape[-1]} px image; use fewer")
+        disc = PatchDiscriminator(3, int(d["channels"]), int(d["layers"])).to(device)
+        modules["disc"] = disc
+        optimizers["disc"] = torch.optim.Adam(disc.parameters(), lr=float(d["lr"]), betas=(0.5, 0.9))
+        perceptual = load_perceptual(params["perceptual"], feature_net, device)
+        start_adv = int(d["start_step"])
+    if not params.get("pretrained"):
+        log.info("%s autoencoder %s trained from scratch (no pretrained weights)", kind, name)
+    log.info("%.2f M parameters, %d training images of %d px", sum(p.numel() for p in ae.parameters()) / 1e6,
+             len(x), x.shape[-1])
     ckpt = Checkpoint(Path(model_dir).with_name(Path(model_dir).name + ".resume.pt"), params)
-    start, rows = ckpt.load({"ae": ae}, opt, gen)
+    start, rows = ckpt.load(modules, optimizers, gen)
     steps, bs = int(params["steps"]), int(params["batch_size"])
     ae.train()
-    for step in tqdm(range(start, steps), initial=start, total=steps, desc="autoencoder", mininterval=10):
+    for step in tqdm(range(start, steps), initial=start, total=steps, desc=f"autoencoder {name}", mininterval=10):
         idx = torch.randint(0, len(x), (bs,), generator=gen)
         batch = x[idx].to(device)
         if torch.rand((), generator=gen) < 0.5:
             batch = batch.flip(-1)
-        terms = autoencoder_loss(ae, batch, params["loss"])
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        opt.step()
-        rows.append({"step": step + 1} | {k: v.item() for k, v in terms.items()})
+        if kind == "vq":
+            row = vqgan_step(ae, disc, perceptual, batch, weights, optimizers, step >= start_adv, d["gan_loss"])
+        else:
+            terms = autoencoder_loss(ae, batch, weights)
+            optimizers["ae"].zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizers["ae"].step()
+            row = {k: v.item() for k, v in terms.items()}
+        if not np.isfinite(row["loss"]):
+            raise FloatingPointError(f"autoencoder {name}: loss is {row['loss']} at step {step + 1} ({row})")
+        rows.append({"step": step + 1, **row})
         if (step + 1) % int(params["checkpoint_every"]) == 0 and step + 1 < steps:
-            ckpt.save({"ae": ae}, opt, gen, step + 1, rows)
+            ckpt.save(modules, optimizers, gen, step + 1, rows)
     ae.eval()
-    with torch.no_grad():
-        latents = torch.cat([ae.encode(x[i:i + 256].to(device)).latent_dist.mean for i in range(0, len(x), 256)])
+    ae.register_to_config(scaling_factor=1.0)
+    latents, _ = encode_latents(ae, x, device)
     scaling = float(1.0 / latents.std())
     ae.register_to_config(scaling_factor=scaling)
     log.info("latent shape %s, scaling factor %.4f", tuple(latents.shape[1:]), scaling)
     write_parquet(pd.DataFrame(rows), log_table)
-    write_parquet(reconstruction_metrics(ae, manifest, classes, device), recon_table)
     with atomic_path(model_dir) as tmp:
         ae.save_pretrained(tmp)
     ckpt.remove()
 
 
+# --- reconstruction quality ---------------------------------------------------------------------------------------
+
+RECON_SPLIT = "test"  # never seen by the autoencoder (GENERATIVE_SPLITS); the split of Table 1's comparison
+
+
 @torch.no_grad()
-def reconstruction_metrics(ae: AutoencoderKL, manifest: str | Path, classes: list[str],
-                           device: torch.device) -> pd.DataFrame:
-    """Per-image MSE, PSNR (dB) and SSIM of the posterior-mean reconstruction of the validation split (train_b)."""
-    x, y, rows = load_images(manifest, ["train_b"], classes)
-    recs = torch.cat([ae.decode(ae.encode(x[i:i + 256].to(device)).latent_dist.mean).sample.clamp(-1, 1).cpu()
-                      for i in range(0, len(x), 256)])
-    return pd.DataFrame({"image_id": rows["image_id"], "label": rows["label"], "split": rows["split"],
-                         "mse": mse(recs, x).numpy(), "psnr": psnr(recs, x).numpy(),
-                         "ssim": ssim(recs, x).numpy()})
-
-
-def load_autoencoder(model_dir: str | Path, device: torch.device) -> AutoencoderKL:
-    return AutoencoderKL.from_pretrained(str(model_dir)).to(device).eval()
+def reconstruction_metrics(manifest: str | Path, model_dir: str | Path, table: str | Path, per_image: str | Path,
+                           params: Mapping[str, Any], feature_net: str | Path | None = None,
+                           threads: int | None = None) -> pd.DataFrame:
+    """Entry point of the autoencoder_metrics rule: MSE, PSNR (dB), SSIM, MS-SSIM and LPIPS (or the named
+    substitute) of the posterior-mean / quantised reconstructions of the test split, per image and, as the
+    multi-level paper's Table 1, as means per class and over all images."""
+    set_threads(threads)
+    device = select_device(params["device"])
+    classes = list(params["classes"])
+    ae = load_autoencoder(model_dir, device)
+    perceptual = load_perceptual(params["perceptual"], feature_net, device)
+    x, _, rows = load_images(manifest, [RECON_SPLIT], classes)
+    cols: dict[str, list] = {"mse": [], "psnr": [], "ssim": [], "ms_ssim": [], perceptual.name: []}
+    for i in range(0, len(x), 128):
+        xb = x[i:i + 128].to(device)
+        mean, _ = encode_latents(ae, xb, device)
+        rec = decode_latents(ae, mean)
+        for key, fn in (("mse", mse), ("psnr", psnr), ("ssim", ssim), ("ms_ssim", ms_ssim),
+                        (perceptual.name, perceptual)):
+            cols[key].append(fn(rec, xb).double().cpu())
+    per = pd.DataFrame({"image_id": rows["image_id"], "label": rows["label"], "split": rows["split"],
+                        **{k: torch.cat(v).numpy() for k, v in cols.items()}})
+    summary = []
+    for label, part in [*((c, per[per["label"] == c]) for c in classes), ("all", per)]:
+        if len(part):
+            summary.append({"autoencoder": params["name"], "type": params["type"],
+                            "latent_channels": int(ae.config.latent_channels), "class": label,
+                            "n_images": len(part), **part[list(cols)].mean().to_dict()})
+    out = pd.DataFrame(summary).assign(ms_ssim_scales=ms_ssim_scales(x.shape[-1]))
+    log.info("%s on %s: %s", params["name"], RECON_SPLIT,
+             out[out["class"] == "all"][list(cols)].round(4).to_dict("records")[0])
+    write_parquet(per, per_image)
+    write_parquet(out, table)
+    return out

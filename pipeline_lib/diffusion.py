@@ -22,7 +22,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from tqdm import tqdm
 
-from .autoencoder import GENERATIVE_SPLITS, load_autoencoder
+from .autoencoder import GENERATIVE_SPLITS, encode_latents, load_autoencoder
 from .io import atomic_path, log, write_parquet
 from .torchutils import Checkpoint, load_images, seed_everything, select_device, set_threads
 
@@ -112,10 +112,7 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
     x, y, _ = load_images(manifest, params["train_splits"], classes)
     x, y = torch.cat([x, x.flip(-1)]), torch.cat([y, y])  # horizontal flips, encoded once up front
     ae = load_autoencoder(ae_dir, device)
-    with torch.no_grad():
-        enc = [ae.encode(x[i:i + 256].to(device)).latent_dist for i in range(0, len(x), 256)]
-    mean = torch.cat([e.mean for e in enc]) * ae.config.scaling_factor
-    std = torch.cat([e.std for e in enc]) * ae.config.scaling_factor
+    mean, std = encode_latents(ae, x, device)  # KL: posterior mean and std; VQ: pre-quantisation latents, std 0
     del ae
     unet = build_unet(mean.shape[-1], mean.shape[1], params).to(device)
     penc = PromptEncoder(classes, [params["prompts"][c] for c in classes], dim=int(params["cross_attention_dim"]),
@@ -125,7 +122,7 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
     sched = noise_scheduler(params)
     opt = torch.optim.AdamW(list(unet.parameters()) + list(penc.parameters()), lr=float(params["lr"]))
     ckpt = Checkpoint(Path(model_dir).with_name(Path(model_dir).name + ".resume.pt"), params)
-    start, rows = ckpt.load({"unet": unet, "prompt_encoder": penc}, opt, gen)
+    start, rows = ckpt.load({"unet": unet, "prompt_encoder": penc}, {"opt": opt}, gen)
     steps, bs = int(params["steps"]), int(params["batch_size"])
     unet.train()
     for step in tqdm(range(start, steps), initial=start, total=steps, desc="diffusion", mininterval=10):
@@ -137,7 +134,7 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
         opt.step()
         rows.append({"step": step + 1, "loss": loss.item()})
         if (step + 1) % int(params["checkpoint_every"]) == 0 and step + 1 < steps:
-            ckpt.save({"unet": unet, "prompt_encoder": penc}, opt, gen, step + 1, rows)
+            ckpt.save({"unet": unet, "prompt_encoder": penc}, {"opt": opt}, gen, step + 1, rows)
     write_parquet(pd.DataFrame(rows), log_table)
     with atomic_path(model_dir) as tmp:
         unet.save_pretrained(tmp / "unet")

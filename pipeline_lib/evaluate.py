@@ -15,7 +15,7 @@ import torch
 
 from .io import atomic_path, log, write_parquet
 from .metrics import classification_scores, fid, knn_recall
-from .nets import build_classifier, extract_features, predict, train_classifier
+from .nets import extract_features, load_feature_net, predict, train_classifier
 from .torchutils import load_images, seed_everything, select_device, set_threads
 
 REFERENCES = {"train": ("train_a", "train_b"), "test": ("test",), "train+test": ("train_a", "train_b", "test")}
@@ -42,14 +42,6 @@ def train_feature_net(manifest: str | Path, model_out: str | Path, log_table: st
     write_parquet(pd.DataFrame(rows), log_table)
     with atomic_path(model_out) as tmp:
         torch.save({"params": dict(params), "n_classes": len(classes), "state_dict": model.state_dict()}, tmp)
-
-
-def load_feature_net(path: str | Path, device: torch.device) -> torch.nn.Module:
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    model = build_classifier(state["params"]["arch"], state["n_classes"], int(state["params"]["feature_dim"]),
-                             int(state["params"]["width"]))
-    model.load_state_dict(state["state_dict"])
-    return model.to(device).eval()
 
 
 def quality_table(real: np.ndarray, real_labels: np.ndarray, real_splits: np.ndarray, gen: np.ndarray,

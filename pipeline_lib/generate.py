@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .autoencoder import load_autoencoder
+from .autoencoder import decode_latents, load_autoencoder
 from .diffusion import load_diffusion
 from .io import atomic_path, log, read_parquet, write_parquet, write_png
 from .preprocess import preprocess_image
@@ -86,7 +86,7 @@ def generate(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, ou
                 lat = sample_latents(unet, penc, sched, ci, len(ids), shape, int(params["num_inference_steps"]),
                                      float(params["guidance_scale"]), g, device)
                 status = {}
-                for image_id, im in zip(ids, to_uint8(ae.decode(lat / ae.config.scaling_factor).sample)):
+                for image_id, im in zip(ids, to_uint8(decode_latents(ae, lat))):
                     out, _, record = preprocess_image(im, pre)
                     if out is None:
                         out = cv2.resize(im, (size, size), interpolation=cv2.INTER_LINEAR) * mask

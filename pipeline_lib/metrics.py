@@ -27,11 +27,10 @@ def _gaussian_window(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:
     return g / g.sum()
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, sigma: float = 1.5) -> torch.Tensor:
-    """Per-image SSIM (Wang et al. 2004) with an 11-tap Gaussian window, averaged over channels and the pixels
-    the window covers fully; matches ``skimage.metrics.structural_similarity(gaussian_weights=True,
-    use_sample_covariance=False)``. Differentiable, so it also serves as the SSIM loss term. (N, C, H, W) -> (N,).
-    """
+def _ssim_maps(x: torch.Tensor, y: torch.Tensor, data_range: float, sigma: float
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """SSIM map and contrast-structure map ``cs`` (Wang et al. 2004, eq. 13 without the luminance factor),
+    Gaussian window, over the pixels the window covers fully; both (N, C, H - 10, W - 10) for sigma 1.5."""
     if x.shape != y.shape or x.ndim != 4:
         raise ValueError(f"expected two (N, C, H, W) tensors of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     g = _gaussian_window(sigma).to(x)
@@ -47,8 +46,62 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, sigma: float
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     mx, my = blur(x), blur(y)
     vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-    return s.flatten(1).mean(1)
+    cs = (2 * cxy + c2) / (vx + vy + c2)
+    return (2 * mx * my + c1) / (mx**2 + my**2 + c1) * cs, cs
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, sigma: float = 1.5) -> torch.Tensor:
+    """Per-image SSIM (Wang et al. 2004) with an 11-tap Gaussian window, averaged over channels and the pixels
+    the window covers fully; matches ``skimage.metrics.structural_similarity(gaussian_weights=True,
+    use_sample_covariance=False)``. Differentiable, so it also serves as the SSIM loss term. (N, C, H, W) -> (N,).
+    """
+    return _ssim_maps(x, y, data_range, sigma)[0].flatten(1).mean(1)
+
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang, Simoncelli & Bovik 2003, five scales
+
+
+def ms_ssim_scales(size: int, window: int = 11, max_scales: int = len(MS_SSIM_WEIGHTS)) -> int:
+    """How many dyadic scales of an image ``size`` px a side still hold a full ``window``-tap SSIM window."""
+    n = 0
+    while n < max_scales and size // 2**n >= window:
+        n += 1
+    return n
+
+
+def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, sigma: float = 1.5,
+            weights: tuple[float, ...] | None = None) -> torch.Tensor:
+    """Per-image multi-scale SSIM (Wang, Simoncelli & Bovik 2003, eq. 7):
+    ``prod_{j<M} relu(cs_j)^w_j * relu(ssim_M)^w_M``, halving the image by 2x2 average pooling between scales.
+
+    With ``weights=None`` the paper's five weights are used when the image holds five scales (>= 176 px for the
+    11-tap window). Smaller images keep the first M scales that fit and renormalise their weights to sum 1 (at
+    11-21 px this is SSIM itself); ``ms_ssim_scales`` says how many were used. Explicit ``weights`` must fit.
+    Matches ``torchmetrics``' ``multiscale_structural_similarity_index_measure(normalize="relu")`` with the same
+    weights. (N, C, H, W) -> (N,).
+    """
+    window = _gaussian_window(sigma).numel()
+    fit = ms_ssim_scales(min(x.shape[-2:]), window)
+    if fit == 0:
+        raise ValueError(f"MS-SSIM needs images of at least {window} px a side, got {tuple(x.shape[-2:])}")
+    if weights is None:
+        w = torch.tensor(MS_SSIM_WEIGHTS[:fit], dtype=torch.float64)
+        w = w / w.sum()
+    else:
+        if len(weights) > fit:
+            raise ValueError(f"MS-SSIM with {len(weights)} scales needs images of at least "
+                             f"{window * 2 ** (len(weights) - 1)} px a side, got {tuple(x.shape[-2:])}")
+        w = torch.tensor(weights, dtype=torch.float64)
+    values = []
+    for j in range(len(w)):
+        s, cs = _ssim_maps(x, y, data_range, sigma)
+        if j == len(w) - 1:
+            values.append(s.flatten(1).mean(1))
+        else:
+            values.append(cs.flatten(1).mean(1))
+            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+    stack = torch.relu(torch.stack(values))  # (M, N)
+    return torch.prod(stack ** w.to(stack).view(-1, 1), dim=0)
 
 
 # --- distribution metrics on features ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ protocol is used here with the architecture chosen in the config: ``small_cnn`` 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -40,12 +41,27 @@ class SmallCNN(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, feature_dim)
         return self.neck(self.body(x))
 
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Five feature levels: the three conv stages (B, C, H/2^k, W/2^k), the pooled (B, 4w, 1, 1) and the
+        penultimate features (B, feature_dim, 1, 1)."""
+        levels = []
+        for module in self.body:
+            x = module(x)
+            if isinstance(module, nn.Sequential):
+                levels.append(x)
+        levels.append(x[..., None, None])
+        levels.append(self.neck(x)[..., None, None])
+        return levels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
 
 class TorchvisionNet(nn.Module):
     """A torchvision architecture with random weights; features are the input of its final linear layer."""
+
+    LEVELS = {"resnet18": ("relu", "layer1", "layer2", "layer3", "layer4"),
+              "inception_v3": ("Conv2d_2b_3x3", "Conv2d_4a_3x3", "Mixed_5d", "Mixed_6e", "Mixed_7c")}
 
     def __init__(self, arch: str, n_classes: int):
         super().__init__()
@@ -58,6 +74,7 @@ class TorchvisionNet(nn.Module):
                                                        init_weights=True)
         else:
             raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+        self.arch = arch
         self.head = self.net.fc
         self.net.fc = nn.Identity()
         self.min_size = 299 if arch == "inception_v3" else 32
@@ -70,6 +87,19 @@ class TorchvisionNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self._resize(x))
 
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Five feature levels from the stem to the last stage (``LEVELS``), each (B, C, h, w)."""
+        modules = dict(self.net.named_modules())
+        levels: list[torch.Tensor] = []
+        hooks = [modules[name].register_forward_hook(lambda _m, _i, out: levels.append(out))
+                 for name in self.LEVELS[self.arch]]
+        try:
+            self.net(self._resize(x))
+        finally:
+            for h in hooks:
+                h.remove()
+        return levels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
@@ -78,6 +108,15 @@ def build_classifier(arch: str, n_classes: int, feature_dim: int = 64, width: in
     if arch == "small_cnn":
         return SmallCNN(n_classes, feature_dim, width)
     return TorchvisionNet(arch, n_classes)
+
+
+def load_feature_net(path: str | Path, device: torch.device) -> nn.Module:
+    """The domain feature network saved by the feature_net rule, in eval mode."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model = build_classifier(state["params"]["arch"], state["n_classes"], int(state["params"]["feature_dim"]),
+                             int(state["params"]["width"]))
+    model.load_state_dict(state["state_dict"])
+    return model.to(device).eval()
 
 
 @torch.no_grad()

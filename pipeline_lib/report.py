@@ -1,4 +1,5 @@
-"""Report: mean ± std over seeds as Parquet, a real-vs-synthetic grid per class and an F1-vs-ratio plot."""
+"""Report: the autoencoder comparison, mean ± std over seeds as Parquet, a real-vs-synthetic grid per class and
+an F1-vs-ratio plot."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -77,9 +78,11 @@ def f1_vs_ratio(summary: pd.DataFrame, path: str | Path, n_classes: int) -> None
     _save_figure(fig, path)
 
 
-def report(classify_tables: Sequence[str], evaluate_tables: Sequence[str], real_manifest: str | Path,
+def report(recon_tables: Sequence[str], classify_tables: Sequence[str], evaluate_tables: Sequence[str], real_manifest: str | Path,
            gen_manifests: Sequence[str], outputs: Mapping[str, Any], params: Mapping[str, Any]) -> None:
     """Entry point of the report rule."""
+    recon = pd.concat([read_parquet(p) for p in recon_tables], ignore_index=True)
+    write_parquet(recon, outputs["autoencoder_comparison"])
     cls = pd.concat([read_parquet(p) for p in classify_tables], ignore_index=True)
     ev = pd.concat([read_parquet(p) for p in evaluate_tables], ignore_index=True)
     cls_summary = summarise(cls, ["variant", "setting", "arch", "protocol", "ratio", "test_set"],
@@ -92,5 +95,7 @@ def report(classify_tables: Sequence[str], evaluate_tables: Sequence[str], real_
     for label, path in zip(params["classes"], outputs["grids"]):
         image_grid(real_manifest, gen_manifests[0], label, path, seed=int(params["seed"]))
     pd.set_option("display.width", 160)
+    log.info("autoencoders, reconstructions of the test split (multi-level paper Table 1):\n%s",
+             recon.to_string(index=False))
     log.info("classification, mean ± std over seeds:\n%s", cls_summary.to_string(index=False))
     log.info("image quality, mean ± std over seeds:\n%s", ev_summary.to_string(index=False))

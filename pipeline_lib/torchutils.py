@@ -67,7 +67,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 class Checkpoint:
     """Resumable training state kept beside an output until the job finishes.
 
-    Holds the modules, the optimizer, the step, the random state and the loss rows so far, so a killed job
+    Holds the modules, the optimizers, the step, the random state and the loss rows so far, so a killed job
     continues where it stopped when rerun and ends with the same numbers as an uninterrupted run.
     ``signature`` (the stage's params) guards against resuming with other settings.
     """
@@ -76,7 +76,7 @@ class Checkpoint:
         self.path = Path(path)
         self.signature = repr(sorted(signature.items()))
 
-    def load(self, modules: Mapping[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+    def load(self, modules: Mapping[str, torch.nn.Module], optimizers: Mapping[str, torch.optim.Optimizer],
              generator: torch.Generator) -> tuple[int, list[dict]]:
         if not self.path.exists():
             return 0, []
@@ -86,16 +86,18 @@ class Checkpoint:
             return 0, []
         for name, module in modules.items():
             module.load_state_dict(state["modules"][name])
-        optimizer.load_state_dict(state["optimizer"])
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         log.info("resuming from %s at step %d", self.path, state["step"])
         return int(state["step"]), list(state["rows"])
 
-    def save(self, modules: Mapping[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+    def save(self, modules: Mapping[str, torch.nn.Module], optimizers: Mapping[str, torch.optim.Optimizer],
              generator: torch.Generator, step: int, rows: list[dict]) -> None:
         state = {"signature": self.signature, "step": step, "rows": rows, "generator": generator.get_state(),
-                 "torch_rng": torch.get_rng_state(), "optimizer": optimizer.state_dict(),
+                 "torch_rng": torch.get_rng_state(),
+                 "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                  "modules": {k: m.state_dict() for k, m in modules.items()}}
         with atomic_path(self.path) as tmp:
             torch.save(state, tmp)

@@ -7,7 +7,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
-from pipeline_lib.metrics import classification_scores, fid, fid_from_stats, knn_recall, mse, psnr, ssim
+from pipeline_lib.metrics import (MS_SSIM_WEIGHTS, classification_scores, fid, fid_from_stats, knn_recall, ms_ssim,
+                                  ms_ssim_scales, mse, psnr, ssim)
 
 
 @pytest.fixture
@@ -40,6 +41,60 @@ def test_ssim_rejects_small_and_mismatched():
         ssim(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
     with pytest.raises(ValueError, match="same shape"):
         ssim(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 17))
+
+
+def _smooth_pair(size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A smooth random image and a noisy copy in [-1, 1], float64 (structure at every scale)."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.nn.functional.interpolate(torch.rand(2, 3, size // 8, size // 8, generator=g, dtype=torch.float64),
+                                        size=(size, size), mode="bilinear", align_corners=False) * 2 - 1
+    b = (a + 0.15 * torch.randn(a.shape, generator=g, dtype=torch.float64)).clamp(-1, 1)
+    return a, b
+
+
+@pytest.mark.parametrize("size", [64, 192])
+def test_ms_ssim_matches_torchmetrics_and_skimage(size):
+    """The contrast-structure scales against torchmetrics (last weight 0), the coarsest-scale SSIM against
+    scikit-image on ``downscale_local_mean`` images: together an independent MS-SSIM, equal within 1e-6.
+    torchmetrics averages its last-scale SSIM over the reflect-padded full image rather than the pixels the
+    window covers (Wang's reference), so its full MS-SSIM differs from ours by that border term only (< 0.01)."""
+    from skimage.transform import downscale_local_mean
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as tm_ms_ssim
+
+    a, b = _smooth_pair(size)
+    n = ms_ssim_scales(size)
+    assert n == {64: 3, 192: 5}[size]
+    w = torch.tensor(MS_SSIM_WEIGHTS[:n], dtype=torch.float64)
+    w = (w / w.sum()).tolist()
+    cs_part = tm_ms_ssim(a, b, data_range=2.0, kernel_size=11, sigma=1.5, betas=tuple(w[:-1]) + (0.0,),
+                         normalize="relu", reduction="none").numpy()
+    f = 2 ** (n - 1)
+    coarse = [structural_similarity(downscale_local_mean(x, (1, f, f)), downscale_local_mean(y, (1, f, f)),
+                                    channel_axis=0, data_range=2.0, gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False) for x, y in zip(a.numpy(), b.numpy())]
+    ref = cs_part * np.maximum(coarse, 0) ** w[-1]
+    ours = ms_ssim(a, b).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6)
+    tm_full = tm_ms_ssim(a, b, data_range=2.0, betas=tuple(w), normalize="relu", reduction="none").numpy()
+    np.testing.assert_allclose(ours, tm_full, rtol=0, atol=1e-2)
+
+
+def test_ms_ssim_hand_cases():
+    a, _ = _smooth_pair(64)
+    np.testing.assert_allclose(ms_ssim(a, a).numpy(), 1.0, atol=1e-9)
+    # One scale (11-21 px): MS-SSIM is SSIM itself.
+    x, y = _smooth_pair(16)
+    assert ms_ssim_scales(16) == 1 and ms_ssim_scales(43) == 2 and ms_ssim_scales(44) == 3
+    np.testing.assert_allclose(ms_ssim(x, y).numpy(), ssim(x, y).numpy(), atol=1e-12)
+    # Two constant images: cs = 1 at every scale, so MS-SSIM = l^w_M with l = (2 m1 m2 + C1) / (m1^2 + m2^2 + C1).
+    c1 = (0.01 * 2.0) ** 2
+    lum = (2 * 0.5 * 0.3 + c1) / (0.25 + 0.09 + c1)
+    v = ms_ssim(torch.full((1, 1, 32, 32), 0.5), torch.full((1, 1, 32, 32), 0.3), weights=(0.5, 0.5)).item()
+    assert v == pytest.approx(lum**0.5, abs=1e-6)
+    with pytest.raises(ValueError, match="MS-SSIM with 3 scales needs images of at least 44 px"):
+        ms_ssim(x, y, weights=(0.2, 0.3, 0.5))
+    with pytest.raises(ValueError, match="at least 11 px"):
+        ms_ssim(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
 
 
 def test_psnr_mse_match_skimage(image_pair):

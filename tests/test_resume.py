@@ -1,6 +1,15 @@
 """Same config and seed, same numbers; a killed training job resumes and ends where an uninterrupted one does."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pandas as pd
 import pytest
+import torch
 
 from pipeline_lib import autoencoder, diffusion
 from pipeline_lib.data import CLASSES
@@ -25,16 +34,23 @@ def _kill_at(monkeypatch, module, name, call):
 
 
 def _train_ae(manifest, out, params):
-    autoencoder.train_autoencoder(manifest, out / "model", out / "log.parquet", out / "recon.parquet", params)
-    return pd.read_parquet(out / "log.parquet"), pd.read_parquet(out / "recon.parquet")
+    autoencoder.train_autoencoder(manifest, out / "model", out / "log.parquet", params)
+    ae = autoencoder.load_autoencoder(out / "model", torch.device("cpu"))
+    return pd.read_parquet(out / "log.parquet"), {k: v.clone() for k, v in ae.state_dict().items()}
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 def test_autoencoder_is_deterministic_and_resumes(tiny_manifest, tmp_path, monkeypatch, tiny_config):
-    params = {**tiny_config["autoencoder"], **SHARED, "steps": 8, "checkpoint_every": 3}
-    log_a, recon_a = _train_ae(tiny_manifest, tmp_path / "a", params)
-    log_b, recon_b = _train_ae(tiny_manifest, tmp_path / "b", params)
+    params = {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED, "steps": 8, "checkpoint_every": 3}
+    log_a, weights_a = _train_ae(tiny_manifest, tmp_path / "a", params)
+    log_b, weights_b = _train_ae(tiny_manifest, tmp_path / "b", params)
     pd.testing.assert_frame_equal(log_a, log_b)
-    pd.testing.assert_frame_equal(recon_a, recon_b)
+    _assert_same_weights(weights_a, weights_b)
 
     with monkeypatch.context() as m:
         _kill_at(m, autoencoder, "autoencoder_loss", 8)  # dies in step 8, after the checkpoint at step 6
@@ -42,14 +58,14 @@ def test_autoencoder_is_deterministic_and_resumes(tiny_manifest, tmp_path, monke
             _train_ae(tiny_manifest, tmp_path / "c", params)
     assert (tmp_path / "c" / "model.resume.pt").exists()
     assert not (tmp_path / "c" / "model").exists() and not (tmp_path / "c" / "log.parquet").exists()
-    log_c, recon_c = _train_ae(tiny_manifest, tmp_path / "c", params)
+    log_c, weights_c = _train_ae(tiny_manifest, tmp_path / "c", params)
     pd.testing.assert_frame_equal(log_a, log_c)
-    pd.testing.assert_frame_equal(recon_a, recon_c)
+    _assert_same_weights(weights_a, weights_c)
     assert not (tmp_path / "c" / "model.resume.pt").exists()
 
 
 def test_checkpoint_with_other_settings_is_not_resumed(tiny_manifest, tmp_path, monkeypatch, tiny_config):
-    params = {**tiny_config["autoencoder"], **SHARED, "steps": 6, "checkpoint_every": 2}
+    params = {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED, "steps": 6, "checkpoint_every": 2}
     with monkeypatch.context() as m:
         _kill_at(m, autoencoder, "autoencoder_loss", 4)
         with pytest.raises(Killed):
@@ -61,7 +77,7 @@ def test_checkpoint_with_other_settings_is_not_resumed(tiny_manifest, tmp_path, 
 
 
 def test_diffusion_resumes_to_the_same_numbers(tiny_manifest, tmp_path, monkeypatch, tiny_config):
-    ae_params = {**tiny_config["autoencoder"], **SHARED, "steps": 3}
+    ae_params = {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED, "steps": 3}
     _train_ae(tiny_manifest, tmp_path / "ae", ae_params)
     d = {k: v for k, v in tiny_config["diffusion"].items() if k != "variants"}
     params = {**d, **SHARED, "steps": 7, "checkpoint_every": 3, "variant": "class", "conditioning": "class"}
@@ -77,3 +93,71 @@ def test_diffusion_resumes_to_the_same_numbers(tiny_manifest, tmp_path, monkeypa
         with pytest.raises(Killed):
             train("killed")
     pd.testing.assert_frame_equal(full, train("killed"))
+
+
+TRAIN_SCRIPT = """
+import json, sys
+from pipeline_lib.autoencoder import train_autoencoder
+from pipeline_lib.io import stage_log
+manifest, out, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+with stage_log(out + ".log"):
+    train_autoencoder(manifest, out + "/model", out + "/log.parquet", params, threads=1)
+"""
+
+
+def _start(manifest: Path, out: Path, params: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, str(manifest), str(out), json.dumps(params)])
+
+
+def test_autoencoder_killed_with_sigkill_resumes_from_its_checkpoint(tiny_manifest, tmp_path, tiny_config):
+    """A real SIGKILL in another process, after the first checkpoint; the rerun resumes from the checkpoint
+    and ends with the log and weights of an uninterrupted run."""
+    params = {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED, "steps": 60, "checkpoint_every": 5}
+    full = _start(tiny_manifest, tmp_path / "full", params)
+    assert full.wait(timeout=600) == 0
+
+    out = tmp_path / "killed"
+    proc = _start(tiny_manifest, out, params)
+    resume = out / "model.resume.pt"
+    deadline = time.monotonic() + 300
+    while not resume.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert resume.exists() and not (out / "model").exists() and not (out / "log.parquet").exists()
+
+    again = _start(tiny_manifest, out, params)
+    assert again.wait(timeout=600) == 0
+    text = Path(str(out) + ".log").read_text()
+    step = int(text.split("at step ")[1].split()[0])
+    assert "resuming from" in text and 5 <= step < 60 and step % 5 == 0
+    log_full, w_full = _train_ae_outputs(tmp_path / "full")
+    log_resumed, w_resumed = _train_ae_outputs(out)
+    pd.testing.assert_frame_equal(log_full, log_resumed)
+    _assert_same_weights(w_full, w_resumed)
+    assert not resume.exists()
+
+
+def _train_ae_outputs(out: Path):
+    ae = autoencoder.load_autoencoder(out / "model", torch.device("cpu"))
+    return pd.read_parquet(out / "log.parquet"), ae.state_dict()
+
+
+def test_vqgan_resumes_generator_discriminator_and_both_optimizers(tiny_manifest, tiny_feature_net, tmp_path,
+                                                                  monkeypatch, tiny_config):
+    params = {**tiny_config["autoencoder"]["vq4"], "name": "vq4", **SHARED, "steps": 9, "checkpoint_every": 3,
+              "perceptual": {"lpips_net": "vgg", "lpips_backbone": None}}
+
+    def train(name):
+        autoencoder.train_autoencoder(tiny_manifest, tmp_path / name / "model", tmp_path / name / "log.parquet",
+                                      params, feature_net=tiny_feature_net)
+        return _train_ae_outputs(tmp_path / name)
+
+    log_full, w_full = train("full")
+    with monkeypatch.context() as m:
+        _kill_at(m, autoencoder, "vqgan_step", 8)  # after the checkpoint at step 6, with the discriminator on
+        with pytest.raises(Killed):
+            train("killed")
+    log_resumed, w_resumed = train("killed")
+    pd.testing.assert_frame_equal(log_full, log_resumed)
+    _assert_same_weights(w_full, w_resumed)

@@ -51,9 +51,14 @@ def test_tables_have_the_promised_columns_and_ranges(run, tiny_config):
     qc = pd.read_parquet(res / "preprocess" / "qc.parquet")
     assert len(qc) == len(manifest) and set(qc["status"]) <= {"ok", "dropped"}
     assert (qc.loc[qc["status"] == "ok", "r"] > 0).all()
-    recon = pd.read_parquet(res / "autoencoder" / "kl8" / "recon_metrics.parquet")
-    assert recon["ssim"].between(-1, 1).all() and (recon["psnr"] > 0).all()
-    for stage in ("autoencoder/kl8", "diffusion/class", "evaluate/feature_net"):
+    recon = pd.read_parquet(res / "report" / "autoencoder_comparison.parquet")
+    assert sorted(set(recon["autoencoder"])) == ["kl8", "vq4"]
+    assert list(recon[recon["autoencoder"] == "vq4"]["class"]) == [*tiny_config["data"]["classes"], "all"]
+    assert recon["ssim"].between(-1, 1).all() and (recon["psnr"] > 0).all() and recon["ms_ssim"].between(0, 1).all()
+    assert (recon["domain_perceptual"] >= 0).all() and not any("lpips" in c for c in recon.columns)
+    per_image = pd.read_parquet(res / "autoencoder" / "kl8" / "recon_per_image.parquet")
+    assert set(per_image["split"]) == {"test"} and len(per_image) == recon.iloc[-1]["n_images"]
+    for stage in ("autoencoder/kl8", "autoencoder/vq4", "diffusion/class", "evaluate/feature_net"):
         log = pd.read_parquet(res / stage / "train_log.parquet")
         assert len(log) > 0
     seeds = tiny_config["generate"]["seeds"]
@@ -82,9 +87,14 @@ def test_second_dry_run_finds_nothing_to_do(run):
     assert planned_jobs(snakemake(work, "-n")) == {}
 
 
-def _edited(work: Path, tiny_config: dict, section: str, key: str, value) -> None:
+def _edited(work: Path, tiny_config: dict, *path_and_value) -> None:
+    """Write edited.yaml: the tiny config with the value at ``path`` (section, ..., key) replaced."""
+    *path, value = path_and_value
     cfg = yaml.safe_load(yaml.safe_dump(tiny_config))
-    cfg[section][key] = value
+    node = cfg
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
     (work / "edited.yaml").write_text(yaml.safe_dump(cfg))
 
 
@@ -101,6 +111,26 @@ def test_diffusion_edit_keeps_autoencoder_and_feature_network(run, tiny_config):
     _edited(work, tiny_config, "diffusion", "steps", tiny_config["diffusion"]["steps"] + 1)
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
     assert set(jobs) == {"diffusion", "generate", "evaluate", "classify", "report", "all"}
+
+
+def test_autoencoder_edit_reruns_only_that_autoencoder_and_what_uses_it(run, tiny_config):
+    work, _ = run
+    # vq4 is trained and measured but no diffusion variant uses it.
+    _edited(work, tiny_config, "autoencoder", "vq4", "steps", tiny_config["autoencoder"]["vq4"]["steps"] + 1)
+    jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
+    assert jobs == {"autoencoder": 1, "autoencoder_metrics": 1, "report": 1, "all": 1}
+    # kl8 feeds the diffusion model: everything downstream of it, but not vq4 or the feature network.
+    _edited(work, tiny_config, "autoencoder", "kl8", "lr", 0.002)
+    jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
+    assert set(jobs) == {"autoencoder", "autoencoder_metrics", "diffusion", "generate", "evaluate", "classify",
+                         "report", "all"} and jobs["autoencoder"] == 1
+
+
+def test_perceptual_edit_reruns_the_vq_gan_and_the_tables_not_the_kl_vae(run, tiny_config):
+    work, _ = run
+    _edited(work, tiny_config, "perceptual", "lpips_net", "alex")
+    jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
+    assert jobs == {"autoencoder": 1, "autoencoder_metrics": 2, "report": 1, "all": 1}
 
 
 def test_unknown_config_key_fails_with_its_name(run, tiny_config):

@@ -1,19 +1,39 @@
 rule autoencoder:
     input:
+        unpack(autoencoder_perceptual_inputs),
         manifest=rules.preprocess.output.manifest,
-        code=code("autoencoder"),
+        code=autoencoder_code,
     output:
-        model=directory(f"{R}/autoencoder/{AE}/model"),
-        train_log=f"{R}/autoencoder/{AE}/train_log.parquet",
-        recon=f"{R}/autoencoder/{AE}/recon_metrics.parquet",
+        model=directory(f"{R}/autoencoder/{{ae}}/model"),
+        train_log=f"{R}/autoencoder/{{ae}}/train_log.parquet",
     params:
-        cfg=stage_params("autoencoder"),
+        cfg=autoencoder_params,
     threads: 2
     resources:
         gpu=1,
     log:
-        f"{LOGS}/autoencoder/{AE}.log",
+        f"{LOGS}/autoencoder/{{ae}}.log",
     benchmark:
-        f"{LOGS}/autoencoder/{AE}.benchmark.tsv"
+        f"{LOGS}/autoencoder/{{ae}}.benchmark.tsv"
     script:
         "../scripts/autoencoder.py"
+
+
+rule autoencoder_metrics:
+    input:
+        unpack(perceptual_inputs),
+        manifest=rules.preprocess.output.manifest,
+        model=f"{R}/autoencoder/{{ae}}/model",
+        code=code("autoencoder_metrics"),
+    output:
+        table=f"{R}/autoencoder/{{ae}}/recon_metrics.parquet",
+        per_image=f"{R}/autoencoder/{{ae}}/recon_per_image.parquet",
+    params:
+        cfg=autoencoder_metrics_params,
+    threads: 1
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/autoencoder/{{ae}}_metrics.log",
+    script:
+        "../scripts/autoencoder_metrics.py"

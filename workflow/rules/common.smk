@@ -6,7 +6,7 @@ import re
 
 R = f"results/{config['experiment']}"
 LOGS = f"logs/{config['experiment']}"
-AE = config["autoencoder"]["name"]
+AUTOENCODERS = list(config["autoencoder"])
 VARIANTS = list(config["diffusion"]["variants"])
 SETTINGS = list(config["generate"]["settings"])
 SEEDS = list(config["generate"]["seeds"])
@@ -15,6 +15,7 @@ CLASSES = list(config["data"]["classes"])
 
 
 wildcard_constraints:
+    ae="|".join(map(re.escape, AUTOENCODERS)),
     variant="|".join(map(re.escape, VARIANTS)),
     setting="|".join(map(re.escape, SETTINGS)),
     seed=r"\d+",
@@ -25,7 +26,9 @@ wildcard_constraints:
 CODE = {
     "ingest": ["data", "io"],
     "preprocess": ["preprocess", "data", "io"],
-    "autoencoder": ["autoencoder", "metrics", "torchutils", "data", "io"],
+    "autoencoder_kl": ["autoencoder", "metrics", "torchutils", "data", "io"],
+    "autoencoder_vq": ["autoencoder", "vqgan", "perceptual", "nets", "metrics", "torchutils", "data", "io"],
+    "autoencoder_metrics": ["autoencoder", "perceptual", "nets", "metrics", "torchutils", "data", "io"],
     "diffusion": ["diffusion", "autoencoder", "torchutils", "data", "io"],
     "generate": ["generate", "preprocess", "diffusion", "autoencoder", "torchutils", "data", "io"],
     "feature_net": ["evaluate", "nets", "metrics", "torchutils", "data", "io"],
@@ -37,6 +40,43 @@ CODE = {
 
 def code(stage):
     return [f"pipeline_lib/{m}.py" for m in CODE[stage]]
+
+
+def autoencoder_code(wildcards):
+    return code(f"autoencoder_{config['autoencoder'][wildcards.ae]['type']}")
+
+
+def variant_autoencoder(variant):
+    """The autoencoder a diffusion variant learns on: its own `autoencoder`, else diffusion.autoencoder, else
+    the only one configured."""
+    name = config["diffusion"]["variants"][variant].get("autoencoder", config["diffusion"].get("autoencoder"))
+    if name is None:
+        if len(AUTOENCODERS) > 1:
+            raise ValueError(f"diffusion.autoencoder: several autoencoders are configured {AUTOENCODERS}; "
+                             f"name the one the diffusion variants use")
+        name = AUTOENCODERS[0]
+    if name not in AUTOENCODERS:
+        raise ValueError(f"diffusion variant {variant!r}: autoencoder {name!r} is not configured "
+                         f"(autoencoder: {AUTOENCODERS})")
+    return name
+
+
+def variant_autoencoder_model(wildcards):
+    return f"{R}/autoencoder/{variant_autoencoder(wildcards.variant)}/model"
+
+
+FEATURE_NET = f"{R}/evaluate/feature_net/model.pt"
+
+
+def perceptual_inputs(wildcards=None):
+    """LPIPS' local backbone weights when configured, else the domain network its substitute is built on."""
+    backbone = config["perceptual"]["lpips_backbone"]
+    return {"lpips_backbone": backbone} if backbone else {"feature_net": FEATURE_NET}
+
+
+def autoencoder_perceptual_inputs(wildcards):
+    """Only the VQ-GAN trains with a perceptual loss."""
+    return perceptual_inputs() if config["autoencoder"][wildcards.ae]["type"] == "vq" else {}
 
 
 def shared():
@@ -51,9 +91,21 @@ def stage_params(stage):
     return {**config[stage], **shared()}
 
 
+def autoencoder_params(wildcards):
+    a = config["autoencoder"][wildcards.ae]
+    extra = {"perceptual": config["perceptual"]} if a["type"] == "vq" else {}
+    return {**a, **extra, "name": wildcards.ae, **shared()}
+
+
+def autoencoder_metrics_params(wildcards):
+    return {"name": wildcards.ae, "type": config["autoencoder"][wildcards.ae]["type"],
+            "perceptual": config["perceptual"], **shared()}
+
+
 def diffusion_params(wildcards):
     d = {k: v for k, v in config["diffusion"].items() if k != "variants"}
-    return {**d, **config["diffusion"]["variants"][wildcards.variant], "variant": wildcards.variant, **shared()}
+    return {**d, **config["diffusion"]["variants"][wildcards.variant], "variant": wildcards.variant,
+            "autoencoder": variant_autoencoder(wildcards.variant), **shared()}
 
 
 def generate_params(wildcards):
@@ -94,8 +146,13 @@ def evaluate_tables():
                   setting=SETTINGS, seed=SEEDS)
 
 
+def recon_tables():
+    return expand(f"{R}/autoencoder/{{ae}}/recon_metrics.parquet", ae=AUTOENCODERS)
+
+
 def report_outputs():
     return {
+        "autoencoder_comparison": f"{R}/report/autoencoder_comparison.parquet",
         "classify_summary": f"{R}/report/classify_summary.parquet",
         "evaluate_summary": f"{R}/report/evaluate_summary.parquet",
         "f1_plot": f"{R}/report/figures/f1_vs_ratio.png",
@@ -105,4 +162,4 @@ def report_outputs():
 
 def final_outputs():
     o = report_outputs()
-    return [o["classify_summary"], o["evaluate_summary"], o["f1_plot"], *o["grids"]]
+    return [o["autoencoder_comparison"], o["classify_summary"], o["evaluate_summary"], o["f1_plot"], *o["grids"]]

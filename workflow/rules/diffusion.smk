@@ -1,7 +1,7 @@
 rule diffusion:
     input:
         manifest=rules.preprocess.output.manifest,
-        autoencoder=rules.autoencoder.output.model,
+        autoencoder=variant_autoencoder_model,
         code=code("diffusion"),
     output:
         model=directory(f"{R}/diffusion/{{variant}}/model"),

@@ -1,7 +1,7 @@
 rule generate:
     input:
         manifest=rules.preprocess.output.manifest,
-        autoencoder=rules.autoencoder.output.model,
+        autoencoder=variant_autoencoder_model,
         model=f"{R}/diffusion/{{variant}}/model",
         code=code("generate"),
     output:

@@ -1,5 +1,6 @@
 rule report:
     input:
+        recon=recon_tables(),
         classify=classify_tables(),
         evaluate=evaluate_tables(),
         manifest=rules.preprocess.output.manifest,
@@ -7,6 +8,7 @@ rule report:
         images=generated("images"),
         code=code("report"),
     output:
+        autoencoder_comparison=report_outputs()["autoencoder_comparison"],
         classify_summary=report_outputs()["classify_summary"],
         evaluate_summary=report_outputs()["evaluate_summary"],
         f1_plot=report(report_outputs()["f1_plot"], caption="../report/f1_vs_ratio.rst", category="Classification"),
