@@ -4,8 +4,7 @@ Each seed is one independent synthetic data set (CLUE section 4.5). Batch ``b`` 
 initial noise from a generator seeded with (seed, c, b), so a killed job that resumes from its partial folder
 produces the same images as an uninterrupted one. Every decoded image goes through the same preprocessing as
 the real images ("Generated images were finalized by applying the same preprocessing pipeline", CLUE section
-4.5); a synthetic frame in which no usable aperture is found keeps the plain field-of-view mask instead, and the
-manifest's ``finalize`` column says which of the two happened.
+4.5). See ``finalize_synthetic`` for the three outcomes, recorded in the manifest's ``finalize`` column.
 """
 from __future__ import annotations
 
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from .autoencoder import decode_latents, load_autoencoder
 from .diffusion import load_diffusion
 from .io import atomic_path, log, read_parquet, write_parquet, write_png
-from .preprocess import preprocess_image
+from .preprocess import inspect_frame, mask_crop_resize
 from .torchutils import select_device, set_threads, to_uint8
 
 
@@ -55,6 +54,32 @@ def fov_mask(size: int) -> np.ndarray:
     return m
 
 
+FILLS_FRAME_TOLERANCE = 1.0  # px: a detected circle this close to the frame's inscribed circle is that circle
+
+
+def finalize_synthetic(image: np.ndarray, pre: Mapping[str, Any]) -> tuple[np.ndarray, str]:
+    """The real images' preprocessing applied to one decoded synthetic frame (CLUE section 4.5).
+
+    - ``preprocessed``: the aperture found by ``find_circle`` is masked, cropped and resized, as for real frames.
+    - ``preprocessed_in_place``: the aperture found is the frame's own inscribed circle within
+      ``FILLS_FRAME_TOLERANCE`` px (the generator reproduces preprocessed frames, the fixed point of
+      preprocessing), so the frame is masked with that circle and not re-cropped. Re-cropping would resample the
+      whole image by a sub-pixel amount that depends on single boundary pixels near the binarisation threshold.
+    - ``fov_mask: <reason>``: no usable aperture; the frame keeps the plain field-of-view mask.
+    """
+    size = int(pre["image_size"])
+    mask = fov_mask(size)[..., None]
+    frame, record = inspect_frame(image, pre)
+    if record["status"] != "ok":
+        return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR) * mask, f"fov_mask: {record['reason']}"
+    h, w = image.shape[:2]
+    if (h, w) == (size, size) and max(abs(record["cx"] - (w - 1) / 2), abs(record["cy"] - (h - 1) / 2),
+                                      abs(record["r"] - size / 2)) <= FILLS_FRAME_TOLERANCE:
+        return frame * mask, "preprocessed_in_place"
+    out, _ = mask_crop_resize(frame, record["cx"], record["cy"], record["r"], size)
+    return out, "preprocessed"
+
+
 def generate(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, out_dir: str | Path,
              out_manifest: str | Path, params: Mapping[str, Any], threads: int | None = None) -> pd.DataFrame:
     """Entry point of the generate rule for one (variant, setting, seed)."""
@@ -70,8 +95,6 @@ def generate(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, ou
         raise ValueError(f"{model_dir}: model was trained for classes {penc.config.classes}, config has {classes}")
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     pre = params["preprocess"]
-    size = int(pre["image_size"])
-    mask = fov_mask(size)[..., None]
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
@@ -87,10 +110,7 @@ def generate(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, ou
                                      float(params["guidance_scale"]), g, device)
                 status = {}
                 for image_id, im in zip(ids, to_uint8(decode_latents(ae, lat))):
-                    out, _, record = preprocess_image(im, pre)
-                    if out is None:
-                        out = cv2.resize(im, (size, size), interpolation=cv2.INTER_LINEAR) * mask
-                    status[image_id] = "preprocessed" if record["status"] == "ok" else f"fov_mask: {record['reason']}"
+                    out, status[image_id] = finalize_synthetic(im, pre)
                     write_png(out, partial / f"{image_id}.png")
                 with atomic_path(done) as tmp:
                     tmp.write_text(json.dumps(status))
