@@ -1,4 +1,5 @@
-"""Class-conditioned latent diffusion: ``UNet2DConditionModel`` on autoencoder latents, v-prediction.
+"""Latent diffusion: ``UNet2DConditionModel`` on autoencoder latents, v-prediction, conditioned on the class
+prompt (``class``) or on the prompt and a CLUE style latent (``clue``, see ``pipeline_lib.clue``).
 
 Conditioning is the fixed-format prompt of each class (CLUE Table 1). With no pretrained text encoder on disk,
 ``PromptEncoder`` embeds the prompt's words with a small embedding table learnt together with the UNet; the
@@ -11,6 +12,7 @@ x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps and v_t = sqrt(abar_t) eps - sqrt(
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,6 +25,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from tqdm import tqdm
 
 from .autoencoder import GENERATIVE_SPLITS, encode_latents, load_autoencoder
+from .clue import (StyleAdapter, StyleEncoder, attach_style_adapter, clue_settings, kl_to_standard_normal,
+                   sample_style)
 from .io import atomic_path, log, write_parquet
 from .torchutils import Checkpoint, load_images, seed_everything, select_device, set_threads
 
@@ -79,9 +83,24 @@ def noise_scheduler(params: Mapping[str, Any]) -> DDPMScheduler:
                          prediction_type=params["prediction_type"], clip_sample=False)
 
 
-def diffusion_loss(unet, prompt_encoder, scheduler, latents, labels, cond_dropout: float,
-                   gen: torch.Generator) -> torch.Tensor:
-    """One denoising loss (eq. 8 for v-prediction, the simplified epsilon loss otherwise)."""
+CONDITIONINGS = ("class", "clue")
+
+
+@dataclass
+class DiffusionModel:
+    """What sampling needs: the UNet, the prompt encoder, the DDIM scheduler and, for CLUE, the style adapter
+    (installed in the UNet's attention processors)."""
+    unet: UNet2DConditionModel
+    prompt_encoder: PromptEncoder
+    scheduler: DDIMScheduler
+    style_adapter: StyleAdapter | None = None
+
+
+def diffusion_loss(unet, prompt_encoder, scheduler, latents, labels, cond_dropout: float, gen: torch.Generator,
+                   style: tuple[StyleEncoder, StyleAdapter, float] | None = None) -> dict[str, torch.Tensor]:
+    """One denoising loss: eq. (8) of the CLUE paper for v-prediction (the simplified epsilon loss otherwise);
+    with ``style = (encoder, adapter, lambda)`` the CLUE objective of eq. (11), the style latent drawn from the
+    encoder's posterior on the clean latent and the (possibly dropped) prompt by eq. (12)."""
     b = latents.shape[0]
     noise = torch.randn(latents.shape, generator=gen).to(latents)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen).to(latents.device)
@@ -92,8 +111,17 @@ def diffusion_loss(unet, prompt_encoder, scheduler, latents, labels, cond_dropou
         target = scheduler.get_velocity(latents, noise, t)  # v_t of eq. (4)
     else:
         target = noise
-    pred = unet(noisy, t, encoder_hidden_states=prompt_encoder(cond)).sample
-    return F.mse_loss(pred, target)
+    prompt = prompt_encoder(cond)
+    kwargs, terms = {}, {}
+    if style is not None:
+        encoder, adapter, kl_weight = style
+        mu, logvar = encoder(latents, prompt)
+        kwargs["cross_attention_kwargs"] = {"style": adapter.tokens(sample_style(mu, logvar, gen))}
+        terms["kl"] = kl_to_standard_normal(mu, logvar).mean()
+    pred = unet(noisy, t, encoder_hidden_states=prompt, **kwargs).sample
+    terms["denoise"] = F.mse_loss(pred, target)
+    terms["loss"] = terms["denoise"] + (kl_weight * terms["kl"] if style is not None else 0.0)
+    return terms
 
 
 def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, log_table: str | Path,
@@ -103,6 +131,10 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
     gen = seed_everything(int(params["seed"]))
     device = select_device(params["device"])
     classes = list(params["classes"])
+    conditioning = params.get("conditioning", "class")
+    if conditioning not in CONDITIONINGS:
+        raise ValueError(f"diffusion variant {params.get('variant')!r}: conditioning must be one of "
+                         f"{CONDITIONINGS}, got {conditioning!r}")
     bad = sorted(set(params["train_splits"]) - set(GENERATIVE_SPLITS))
     if bad:
         raise ValueError(f"diffusion.train_splits may only hold {GENERATIVE_SPLITS}, got {bad}")
@@ -117,35 +149,51 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
     unet = build_unet(mean.shape[-1], mean.shape[1], params).to(device)
     penc = PromptEncoder(classes, [params["prompts"][c] for c in classes], dim=int(params["cross_attention_dim"]),
                          max_length=int(params["max_prompt_length"])).to(device)
-    log.info("UNet and prompt encoder trained from scratch (no pretrained weights): UNet %.2f M parameters, "
-             "latents %s", sum(p.numel() for p in unet.parameters()) / 1e6, tuple(mean.shape[1:]))
+    modules: dict[str, torch.nn.Module] = {"unet": unet, "prompt_encoder": penc}
+    style, clue = None, clue_settings(params)
+    if clue:
+        encoder = StyleEncoder.like(unet, int(clue["style_dim"])).to(device)
+        adapter = StyleAdapter.like(unet, int(clue["style_dim"]), int(clue["style_tokens"])).to(device)
+        attach_style_adapter(unet, adapter)
+        modules |= {"style_encoder": encoder, "style_adapter": adapter}
+        style = (encoder, adapter, float(clue["kl_weight"]))
+    log.info("%s conditioning, trained from scratch (no pretrained weights): %s; latents %s", conditioning,
+             ", ".join(f"{k} {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M" for k, m in modules.items()),
+             tuple(mean.shape[1:]))
     sched = noise_scheduler(params)
-    opt = torch.optim.AdamW(list(unet.parameters()) + list(penc.parameters()), lr=float(params["lr"]))
+    opt = torch.optim.AdamW([p for m in modules.values() for p in m.parameters()], lr=float(params["lr"]))
     ckpt = Checkpoint(Path(model_dir).with_name(Path(model_dir).name + ".resume.pt"), params)
-    start, rows = ckpt.load({"unet": unet, "prompt_encoder": penc}, {"opt": opt}, gen)
+    start, rows = ckpt.load(modules, {"opt": opt}, gen)
     steps, bs = int(params["steps"]), int(params["batch_size"])
-    unet.train()
+    for m in modules.values():
+        m.train()
     for step in tqdm(range(start, steps), initial=start, total=steps, desc="diffusion", mininterval=10):
         idx = torch.randint(0, len(mean), (bs,), generator=gen)
         lat = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen).to(device)  # posterior sample
-        loss = diffusion_loss(unet, penc, sched, lat, y[idx].to(device), float(params["cond_dropout"]), gen)
+        terms = diffusion_loss(unet, penc, sched, lat, y[idx].to(device), float(params["cond_dropout"]), gen, style)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        terms["loss"].backward()
         opt.step()
-        rows.append({"step": step + 1, "loss": loss.item()})
+        rows.append({"step": step + 1, **{k: v.item() for k, v in terms.items()}})
         if (step + 1) % int(params["checkpoint_every"]) == 0 and step + 1 < steps:
-            ckpt.save({"unet": unet, "prompt_encoder": penc}, {"opt": opt}, gen, step + 1, rows)
+            ckpt.save(modules, {"opt": opt}, gen, step + 1, rows)
     write_parquet(pd.DataFrame(rows), log_table)
     with atomic_path(model_dir) as tmp:
-        unet.save_pretrained(tmp / "unet")
-        penc.save_pretrained(tmp / "prompt_encoder")
+        for name, module in modules.items():
+            module.save_pretrained(tmp / name)
         DDIMScheduler.from_config(sched.config).save_pretrained(tmp / "scheduler")
     ckpt.remove()
 
 
-def load_diffusion(model_dir: str | Path, device: torch.device):
+def load_diffusion(model_dir: str | Path, device: torch.device) -> DiffusionModel:
+    """The saved model; a CLUE model's style adapter is installed in its UNet (the style encoder is only needed
+    in training: sampling draws s from N(0, sigma^2 I))."""
     model_dir = Path(model_dir)
     unet = UNet2DConditionModel.from_pretrained(str(model_dir / "unet")).to(device).eval()
     penc = PromptEncoder.from_pretrained(str(model_dir / "prompt_encoder")).to(device).eval()
     sched = DDIMScheduler.from_pretrained(str(model_dir / "scheduler"))
-    return unet, penc, sched
+    adapter = None
+    if (model_dir / "style_adapter").is_dir():
+        adapter = StyleAdapter.from_pretrained(str(model_dir / "style_adapter")).to(device).eval()
+        attach_style_adapter(unet, adapter)
+    return DiffusionModel(unet, penc, sched, adapter)

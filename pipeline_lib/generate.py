@@ -21,26 +21,38 @@ import torch
 from tqdm import tqdm
 
 from .autoencoder import decode_latents, load_autoencoder
-from .diffusion import load_diffusion
+from .diffusion import DiffusionModel, load_diffusion
 from .io import atomic_path, log, read_parquet, write_parquet, write_png
 from .preprocess import inspect_frame, mask_crop_resize
 from .torchutils import select_device, set_threads, to_uint8
 
 
 @torch.no_grad()
-def sample_latents(unet, prompt_encoder, scheduler, class_index: int, n: int, shape: tuple[int, int, int],
-                   steps: int, guidance_scale: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """DDIM (eta = 0) from x_T ~ N(0, I); guidance: pred = uncond + w (cond - uncond) when w != 1."""
+def sample_latents(model: DiffusionModel, class_index: int, n: int, shape: tuple[int, int, int], steps: int,
+                   guidance_scale: float, generator: torch.Generator, device: torch.device,
+                   style_sigma: float | None = None) -> torch.Tensor:
+    """DDIM (eta = 0) from x_T ~ N(0, I); guidance: pred = uncond + w (cond - uncond) when w != 1, the two
+    passes batched in one forward. A CLUE model also gets s ~ N(0, style_sigma^2 I) (CLUE section 4.5), drawn
+    after x_T from the same generator, so the settings of one seed share their initial noise."""
+    unet, penc, scheduler = model.unet, model.prompt_encoder, model.scheduler
     latents = torch.randn((n, *shape), generator=generator).to(device)
+    kwargs = {}
+    if model.style_adapter is not None:
+        if style_sigma is None:
+            raise ValueError("a CLUE model needs the setting's `style_sigma` (the paper's grid: 0, 0.1, 0.3, 0.5)")
+        s = float(style_sigma) * torch.randn((n, model.style_adapter.config.style_dim), generator=generator)
+        tokens = model.style_adapter.tokens(s.to(device))
+        kwargs = {"cross_attention_kwargs": {"style": tokens if guidance_scale == 1.0 else torch.cat([tokens, tokens])}}
     scheduler.set_timesteps(steps)
     labels = torch.full((n,), class_index, dtype=torch.long, device=device)
-    cond = prompt_encoder(labels)
-    uncond = prompt_encoder(torch.full_like(labels, prompt_encoder.null_index))
+    cond = penc(labels)
+    uncond = penc(torch.full_like(labels, penc.null_index))
     for t in scheduler.timesteps:
         if guidance_scale == 1.0:
-            pred = unet(latents, t, encoder_hidden_states=cond).sample
+            pred = unet(latents, t, encoder_hidden_states=cond, **kwargs).sample
         else:
-            both = unet(torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+            both = unet(torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([uncond, cond]),
+                        **kwargs).sample
             pu, pc = both.chunk(2)
             pred = pu + guidance_scale * (pc - pu)
         latents = scheduler.step(pred, t, latents, eta=0.0).prev_sample
@@ -90,10 +102,15 @@ def generate(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, ou
     real = read_parquet(manifest, required=("label", "split"))
     counts = real[real["split"] == "train_a"].groupby("label").size()
     ae = load_autoencoder(ae_dir, device)
-    unet, penc, sched = load_diffusion(model_dir, device)
-    if list(penc.config.classes) != classes:
-        raise ValueError(f"{model_dir}: model was trained for classes {penc.config.classes}, config has {classes}")
-    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    model = load_diffusion(model_dir, device)
+    if list(model.prompt_encoder.config.classes) != classes:
+        raise ValueError(f"{model_dir}: model was trained for classes {model.prompt_encoder.config.classes}, "
+                         f"config has {classes}")
+    if model.style_adapter is None and params.get("style_sigma") is not None:
+        log.info("setting %s: style_sigma %s is ignored, variant %s has no style latent", setting,
+                 params["style_sigma"], params["variant"])
+    c = model.unet.config
+    shape = (c.in_channels, c.sample_size, c.sample_size)
     pre = params["preprocess"]
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
@@ -106,8 +123,8 @@ def generate(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, ou
             done = partial / f".finalize_{ci}_{b}.json"  # written after the batch's images: the batch is complete
             if not done.exists():
                 g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, ci, b]).generate_state(1)[0]))
-                lat = sample_latents(unet, penc, sched, ci, len(ids), shape, int(params["num_inference_steps"]),
-                                     float(params["guidance_scale"]), g, device)
+                lat = sample_latents(model, ci, len(ids), shape, int(params["num_inference_steps"]),
+                                     float(params["guidance_scale"]), g, device, params.get("style_sigma"))
                 status = {}
                 for image_id, im in zip(ids, to_uint8(decode_latents(ae, lat))):
                     out, status[image_id] = finalize_synthetic(im, pre)

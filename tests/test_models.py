@@ -57,8 +57,9 @@ def test_train_diffusion_artefacts(trained_diffusion):
     out, _ = trained_diffusion
     log = pd.read_parquet(out / "log.parquet")
     assert np.isfinite(log["loss"]).all() and len(log) > 0
-    unet, penc, sched = load_diffusion(out / "model", torch.device("cpu"))
-    assert sched.config.prediction_type == "v_prediction" and list(penc.config.classes) == list(CLASSES)
+    model = load_diffusion(out / "model", torch.device("cpu"))
+    assert model.scheduler.config.prediction_type == "v_prediction"
+    assert list(model.prompt_encoder.config.classes) == list(CLASSES) and model.style_adapter is None
 
 
 def test_generate_counts_determinism_and_mask(trained_ae, trained_diffusion, tiny_manifest, tmp_path,

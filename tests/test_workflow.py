@@ -58,13 +58,16 @@ def test_tables_have_the_promised_columns_and_ranges(run, tiny_config):
     assert (recon["domain_perceptual"] >= 0).all() and not any("lpips" in c for c in recon.columns)
     per_image = pd.read_parquet(res / "autoencoder" / "kl8" / "recon_per_image.parquet")
     assert set(per_image["split"]) == {"test"} and len(per_image) == recon.iloc[-1]["n_images"]
-    for stage in ("autoencoder/kl8", "autoencoder/vq4", "diffusion/class", "evaluate/feature_net"):
+    for stage in ("autoencoder/kl8", "autoencoder/vq4", "diffusion/class", "diffusion/clue", "evaluate/feature_net"):
         log = pd.read_parquet(res / stage / "train_log.parquet")
         assert len(log) > 0
     seeds = tiny_config["generate"]["seeds"]
-    for seed in seeds:
-        gen = pd.read_parquet(res / "generate" / "class" / "cfg2" / f"seed{seed}" / "manifest.parquet")
-        assert set(gen["label"]) == set(tiny_config["data"]["classes"]) and (gen["seed"] == seed).all()
+    assert {"kl", "denoise"} <= set(pd.read_parquet(res / "diffusion" / "clue" / "train_log.parquet").columns)
+    for variant, setting in (("class", "cfg2"), ("clue", "sigma05")):
+        for seed in seeds:
+            gen = pd.read_parquet(res / "generate" / variant / setting / f"seed{seed}" / "manifest.parquet")
+            assert set(gen["label"]) == set(tiny_config["data"]["classes"]) and (gen["seed"] == seed).all()
+    assert not (res / "generate" / "class" / "sigma05").exists() and not (res / "generate" / "clue" / "cfg2").exists()
     quality = pd.read_parquet(res / "report" / "evaluate_summary.parquet")
     fid = quality[quality["metric"] == "fid"]["mean"]
     recall = quality[quality["metric"] == "recall"]["mean"]
@@ -73,6 +76,7 @@ def test_tables_have_the_promised_columns_and_ranges(run, tiny_config):
     assert {"variant", "setting", "arch", "protocol", "ratio", "test_set", "metric", "mean", "std",
             "n_seeds"} <= set(scores.columns)
     assert (scores["n_seeds"] == len(seeds)).all()
+    assert set(zip(scores["variant"], scores["setting"])) == {("class", "cfg2"), ("clue", "sigma05")}
     f1 = scores[scores["metric"] == "f1_macro"]
     assert f1["mean"].between(0, 1).all()
     assert set(f1["test_set"]) == {"test", "external"}
@@ -103,7 +107,8 @@ def test_classifier_edit_reruns_only_classifier_and_report(run, tiny_config):
     _edited(work, tiny_config, "classify", "epochs", tiny_config["classify"]["epochs"] + 1)
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
     assert set(jobs) == {"classify", "report", "all"}
-    assert jobs["classify"] == len(tiny_config["generate"]["seeds"]) * len(tiny_config["classify"]["archs"])
+    pairs = 2  # (class, cfg2) and (clue, sigma05): each setting names its variant
+    assert jobs["classify"] == pairs * len(tiny_config["generate"]["seeds"]) * len(tiny_config["classify"]["archs"])
 
 
 def test_diffusion_edit_keeps_autoencoder_and_feature_network(run, tiny_config):
@@ -131,6 +136,17 @@ def test_perceptual_edit_reruns_the_vq_gan_and_the_tables_not_the_kl_vae(run, ti
     _edited(work, tiny_config, "perceptual", "lpips_net", "alex")
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
     assert jobs == {"autoencoder": 1, "autoencoder_metrics": 2, "report": 1, "all": 1}
+
+
+def test_generation_grid_errors_name_the_setting(run, tiny_config):
+    work, _ = run
+    _edited(work, tiny_config, "generate", "settings", "cfg2", "variants", ["vanilla"])
+    proc = snakemake(work, "-n", "--configfile", "edited.yaml", check=False)
+    assert proc.returncode != 0 and "generate.settings.cfg2.variants: ['vanilla'] are not diffusion variants" in \
+        proc.stdout + proc.stderr
+    _edited(work, tiny_config, "generate", "settings", "sigma05", "style_sigma", None)
+    proc = snakemake(work, "-n", "--configfile", "edited.yaml", check=False)
+    assert proc.returncode != 0 and "CLUE variant 'clue' needs a `style_sigma`" in proc.stdout + proc.stderr
 
 
 def test_unknown_config_key_fails_with_its_name(run, tiny_config):

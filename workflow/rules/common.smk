@@ -29,8 +29,8 @@ CODE = {
     "autoencoder_kl": ["autoencoder", "metrics", "torchutils", "data", "io"],
     "autoencoder_vq": ["autoencoder", "vqgan", "perceptual", "nets", "metrics", "torchutils", "data", "io"],
     "autoencoder_metrics": ["autoencoder", "perceptual", "nets", "metrics", "torchutils", "data", "io"],
-    "diffusion": ["diffusion", "autoencoder", "torchutils", "data", "io"],
-    "generate": ["generate", "preprocess", "diffusion", "autoencoder", "torchutils", "data", "io"],
+    "diffusion": ["diffusion", "clue", "autoencoder", "torchutils", "data", "io"],
+    "generate": ["generate", "preprocess", "diffusion", "clue", "autoencoder", "torchutils", "data", "io"],
     "feature_net": ["evaluate", "nets", "metrics", "torchutils", "data", "io"],
     "evaluate": ["evaluate", "nets", "metrics", "torchutils", "data", "io"],
     "classify": ["classify", "nets", "metrics", "torchutils", "data", "io"],
@@ -110,7 +110,8 @@ def diffusion_params(wildcards):
 
 def generate_params(wildcards):
     g = {k: v for k, v in config["generate"].items() if k not in ("settings", "seeds")}
-    return {**g, **config["generate"]["settings"][wildcards.setting], "variant": wildcards.variant,
+    setting = {k: v for k, v in config["generate"]["settings"][wildcards.setting].items() if k != "variants"}
+    return {**g, **setting, "variant": wildcards.variant,
             "setting": wildcards.setting, "preprocess": config["preprocess"], **shared(), "seed": int(wildcards.seed)}
 
 
@@ -130,20 +131,40 @@ def classify_params(wildcards):
             **shared(), "seed": int(wildcards.seed)}
 
 
+def _check_grid():
+    pairs = []
+    for s, cfg in config["generate"]["settings"].items():
+        unknown = sorted(set(cfg.get("variants", VARIANTS)) - set(VARIANTS))
+        if unknown:
+            raise ValueError(f"generate.settings.{s}.variants: {unknown} are not diffusion variants {VARIANTS}")
+        pairs += [(v, s) for v in VARIANTS if v in cfg.get("variants", VARIANTS)]
+    for v in VARIANTS:
+        if config["diffusion"]["variants"][v]["conditioning"] == "clue":
+            missing = [s for vv, s in pairs if vv == v and config["generate"]["settings"][s]["style_sigma"] is None]
+            if missing:
+                raise ValueError(f"generate.settings {missing}: CLUE variant {v!r} needs a `style_sigma`")
+    return pairs
+
+
+GRID = _check_grid()  # the (variant, setting) pairs that are generated
+
+
+def _over_grid(pattern, **extra):
+    """``pattern`` filled for every (variant, setting) of GRID and every seed (and the ``extra`` wildcards)."""
+    return [p for v, s in GRID for p in expand(pattern, variant=v, setting=s, seed=SEEDS, **extra)]
+
+
 def generated(kind):
     """Paths of `kind` for every (variant, setting, seed)."""
-    return expand(f"{R}/generate/{{variant}}/{{setting}}/seed{{seed}}/{kind}", variant=VARIANTS, setting=SETTINGS,
-                  seed=SEEDS)
+    return _over_grid(f"{R}/generate/{{variant}}/{{setting}}/seed{{seed}}/{kind}")
 
 
 def classify_tables():
-    return expand(f"{R}/classify/{{variant}}/{{setting}}/seed{{seed}}/{{arch}}/scores.parquet", variant=VARIANTS,
-                  setting=SETTINGS, seed=SEEDS, arch=ARCHS)
+    return _over_grid(f"{R}/classify/{{variant}}/{{setting}}/seed{{seed}}/{{arch}}/scores.parquet", arch=ARCHS)
 
 
 def evaluate_tables():
-    return expand(f"{R}/evaluate/{{variant}}/{{setting}}/seed{{seed}}/quality.parquet", variant=VARIANTS,
-                  setting=SETTINGS, seed=SEEDS)
+    return _over_grid(f"{R}/evaluate/{{variant}}/{{setting}}/seed{{seed}}/quality.parquet")
 
 
 def recon_tables():

@@ -1,0 +1,153 @@
+"""CLUE: style encoder, KL term, double cross-attention through attention processors, training and sampling."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline_lib.clue import (StyleAdapter, StyleAttention, StyleEncoder, attach_style_adapter, clue_settings,
+                               kl_to_standard_normal, sample_style)
+from pipeline_lib.data import CLASSES
+from pipeline_lib.diffusion import PromptEncoder, build_unet, diffusion_loss, load_diffusion, noise_scheduler, \
+    train_diffusion
+from pipeline_lib.generate import sample_latents
+
+SHARED = {"seed": 0, "device": "cpu", "classes": list(CLASSES)}
+CPU = torch.device("cpu")
+UNET = {"block_out_channels": [16, 32], "attention_levels": [False, True], "layers_per_block": 1,
+        "cross_attention_dim": 16, "attention_head_dim": 8, "norm_num_groups": 8}
+
+
+def _unet():
+    torch.manual_seed(0)
+    return build_unet(8, 8, UNET)
+
+
+def test_kl_is_zero_at_the_prior_and_matches_torch_distributions():
+    assert kl_to_standard_normal(torch.zeros(3, 16), torch.zeros(3, 16)).abs().max().item() == 0.0
+    # By hand: mu = 1, sigma = 1 in each of 4 dimensions -> 4 * 1/2 * 1 = 2.
+    assert kl_to_standard_normal(torch.ones(1, 4), torch.zeros(1, 4)).item() == pytest.approx(2.0)
+    g = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
+    q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    ref = torch.distributions.kl_divergence(q, p).sum(1)
+    torch.testing.assert_close(kl_to_standard_normal(mu, logvar), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_reparameterised_sample_is_eq12():
+    mu, logvar = torch.tensor([[1.0, -2.0]]), torch.tensor([[0.0, float(np.log(4.0))]])
+    s = sample_style(mu, logvar, torch.Generator().manual_seed(3))
+    eps = torch.randn((1, 2), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(s, mu + torch.tensor([[1.0, 2.0]]) * eps)
+
+
+def test_style_encoder_mirrors_the_unet_encoder_and_outputs_mu_logvar():
+    unet = _unet()
+    enc = StyleEncoder.like(unet, style_dim=24)
+    assert list(enc.config.down_block_types) == list(unet.config.down_block_types)
+    assert enc.conv_in.weight.shape == unet.conv_in.weight.shape
+    assert [type(b).__name__ for b in enc.down_blocks] == [type(b).__name__ for b in unet.down_blocks]
+    mu, logvar = enc(torch.randn(2, 8, 8, 8), torch.randn(2, 5, 16))
+    assert mu.shape == logvar.shape == (2, 24)
+
+
+def test_one_style_token_attention_by_hand():
+    """Softmax over one key is 1, so z'' = W_out (W_V s) + b at every position, whatever the queries."""
+    layer = StyleAttention(hidden_size=8, token_dim=6, heads=2)
+    torch.nn.init.normal_(layer.to_out.weight)
+    torch.nn.init.normal_(layer.to_out.bias)
+    z, s = torch.randn(3, 10, 8), torch.randn(3, 1, 6)
+    expected = layer.to_out(layer.to_v(s)).expand(3, 10, 8)
+    torch.testing.assert_close(layer(z, s), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_style_adapter_starts_as_identity_then_changes_the_unet_output():
+    unet = _unet()
+    x, t, c = torch.randn(2, 8, 8, 8), torch.tensor([10, 600]), torch.randn(2, 4, 16)
+    with torch.no_grad():
+        base = unet(x, t, encoder_hidden_states=c).sample
+    adapter = StyleAdapter.like(unet, style_dim=12, style_tokens=3)
+    assert len(adapter.layers) == sum(n.endswith("attn2.processor") for n in unet.attn_processors)
+    attach_style_adapter(unet, adapter)
+    s = adapter.tokens(torch.randn(2, 12))
+    assert s.shape == (2, 3, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(unet(x, t, encoder_hidden_states=c, cross_attention_kwargs={"style": s}).sample,
+                                   base)  # zero-initialised output projections
+        for layer in adapter.layers:
+            torch.nn.init.normal_(layer.to_out.weight, std=0.1)
+        a = unet(x, t, encoder_hidden_states=c, cross_attention_kwargs={"style": s}).sample
+        b = unet(x, t, encoder_hidden_states=c, cross_attention_kwargs={"style": 2 * s}).sample
+        plain = unet(x, t, encoder_hidden_states=c).sample  # no style: the prompt-only attention
+    assert not torch.allclose(a, base) and not torch.allclose(a, b)
+    torch.testing.assert_close(plain, base)
+
+
+def test_clue_settings_defaults_and_errors():
+    assert clue_settings({"conditioning": "clue"}) == {"style_dim": 1024, "style_tokens": 1, "kl_weight": 1e-4}
+    assert clue_settings({"conditioning": "class"}) == {}
+    with pytest.raises(ValueError, match=r"variant 'v': \['style_dim'\] apply to `conditioning: clue` only"):
+        clue_settings({"conditioning": "class", "variant": "v", "style_dim": 8})
+    with pytest.raises(ValueError, match="must be divisible by `style_tokens`"):
+        StyleAdapter([8], [2], style_dim=10, style_tokens=3)
+
+
+def test_one_optimiser_step_lowers_the_clue_loss_on_a_fixed_batch():
+    unet = _unet()
+    penc = PromptEncoder(list(CLASSES), ["a b", "c d", "e f"], dim=16, max_length=4)
+    enc, adapter = StyleEncoder.like(unet, 8), StyleAdapter.like(unet, 8)
+    attach_style_adapter(unet, adapter)
+    sched = noise_scheduler({"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4,
+                             "beta_end": 0.02, "prediction_type": "v_prediction"})
+    params = [p for m in (unet, penc, enc, adapter) for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    lat, labels = torch.randn(4, 8, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 0])
+
+    def loss():
+        return diffusion_loss(unet, penc, sched, lat, labels, 0.0, torch.Generator().manual_seed(5),
+                              (enc, adapter, 1e-2))
+
+    before = loss()
+    assert set(before) == {"kl", "denoise", "loss"} and torch.isfinite(before["loss"])
+    torch.testing.assert_close(before["loss"], before["denoise"] + 1e-2 * before["kl"])
+    opt.zero_grad()
+    before["loss"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in adapter.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.parameters())
+    opt.step()
+    assert loss()["loss"].item() < before["loss"].item()
+
+
+@pytest.fixture(scope="module")
+def clue_model(tiny_manifest, tmp_path_factory, tiny_config):
+    from pipeline_lib.autoencoder import train_autoencoder
+
+    out = tmp_path_factory.mktemp("clue")
+    train_autoencoder(tiny_manifest, out / "ae", out / "ae.parquet",
+                      {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED, "steps": 3})
+    d = {k: v for k, v in tiny_config["diffusion"].items() if k != "variants"}
+    params = {**d, **SHARED, "steps": 6, "variant": "clue", "conditioning": "clue", "style_dim": 8,
+              "style_tokens": 2, "kl_weight": 1e-3}
+    train_diffusion(tiny_manifest, out / "ae", out / "model", out / "log.parquet", params)
+    return out
+
+
+def test_clue_training_saves_and_reloads_its_style_modules(clue_model):
+    log = pd.read_parquet(clue_model / "log.parquet")
+    assert {"loss", "denoise", "kl"} <= set(log.columns) and np.isfinite(log[["loss", "denoise", "kl"]]).all().all()
+    assert (clue_model / "model" / "style_encoder").is_dir() and (clue_model / "model" / "style_adapter").is_dir()
+    model = load_diffusion(clue_model / "model", CPU)
+    assert model.style_adapter is not None and model.style_adapter.config.style_dim == 8
+    assert not (clue_model / "model.resume.pt").exists()
+
+
+def test_clue_sampling_is_reproducible_and_sigma_changes_the_images(clue_model):
+    def sample(sigma, model=None):
+        model = model or load_diffusion(clue_model / "model", CPU)
+        return sample_latents(model, 1, 3, (8, 8, 8), 4, 2.0, torch.Generator().manual_seed(7), CPU, sigma)
+
+    a, b = sample(0.5), sample(0.5)  # two loads of the saved model, same seed
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(sample(0.0), a)
+    with pytest.raises(ValueError, match="a CLUE model needs the setting's `style_sigma`"):
+        sample(None)
