@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .autoencoder import decode_latents, load_autoencoder
 from .diffusion import DiffusionModel, load_diffusion
 from .io import atomic_path, log, read_parquet, write_parquet, write_png
-from .preprocess import inspect_frame, mask_crop_resize
+from .preprocess import preprocess_image
 from .torchutils import select_device, set_threads, to_uint8
 
 
@@ -66,29 +66,17 @@ def fov_mask(size: int) -> np.ndarray:
     return m
 
 
-FILLS_FRAME_TOLERANCE = 1.0  # px: a detected circle this close to the frame's inscribed circle is that circle
-
-
 def finalize_synthetic(image: np.ndarray, pre: Mapping[str, Any]) -> tuple[np.ndarray, str]:
     """The real images' preprocessing applied to one decoded synthetic frame (CLUE section 4.5).
 
-    - ``preprocessed``: the aperture found by ``find_circle`` is masked, cropped and resized, as for real frames.
-    - ``preprocessed_in_place``: the aperture found is the frame's own inscribed circle within
-      ``FILLS_FRAME_TOLERANCE`` px (the generator reproduces preprocessed frames, the fixed point of
-      preprocessing), so the frame is masked with that circle and not re-cropped. Re-cropping would resample the
-      whole image by a sub-pixel amount that depends on single boundary pixels near the binarisation threshold.
-    - ``fov_mask: <reason>``: no usable aperture; the frame keeps the plain field-of-view mask.
+    Returns the image and its ``finalize`` status: ``preprocessed`` (circle, mask, crop, resize, as for real
+    frames) or ``fov_mask: <reason>`` (no usable aperture found: the frame keeps the plain field-of-view mask).
     """
     size = int(pre["image_size"])
-    mask = fov_mask(size)[..., None]
-    frame, record = inspect_frame(image, pre)
-    if record["status"] != "ok":
+    out, _, record = preprocess_image(image, pre)
+    if out is None:
+        mask = fov_mask(size)[..., None]
         return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR) * mask, f"fov_mask: {record['reason']}"
-    h, w = image.shape[:2]
-    if (h, w) == (size, size) and max(abs(record["cx"] - (w - 1) / 2), abs(record["cy"] - (h - 1) / 2),
-                                      abs(record["r"] - size / 2)) <= FILLS_FRAME_TOLERANCE:
-        return frame * mask, "preprocessed_in_place"
-    out, _ = mask_crop_resize(frame, record["cx"], record["cy"], record["r"], size)
     return out, "preprocessed"
 
 

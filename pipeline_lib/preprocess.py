@@ -43,8 +43,26 @@ def find_circle(image: np.ndarray, threshold: int = 26) -> tuple[float, float, f
     # frame edge end there, so the circle is inscribed in the visible part.
     region = cv2.copyMakeBorder(region, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     dist = cv2.distanceTransform(region, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    _, r, _, (cx, cy) = cv2.minMaxLoc(dist)
-    return float(cx - 1), float(cy - 1), float(r)
+    return _plateau_centre(dist, offset=1)
+
+
+PLATEAU_TOLERANCE = 1e-3  # px: distances this close to the maximum are ties
+
+
+def _plateau_centre(dist: np.ndarray, offset: int = 0) -> tuple[float, float, float]:
+    """Centre and radius from a distance transform, independent of memory layout.
+
+    The maximum is often a plateau of several pixels (an even-sized disc has four equal maxima), and which of
+    them ``cv2.minMaxLoc`` reports depends on the buffer's alignment (its vectorised scan), so the same frame
+    could be cropped differently in two runs. Here the centre is the mean position of all pixels within
+    ``PLATEAU_TOLERANCE`` of the maximum when they form one compact patch (all within 1.5 px of their mean: the
+    exact centre of a symmetric plateau), else the first of them in raster order."""
+    r = float(dist.max())
+    ys, xs = np.nonzero(dist >= r - PLATEAU_TOLERANCE)
+    cy, cx = ys.mean(), xs.mean()
+    if np.hypot(ys - cy, xs - cx).max() > 1.5:
+        cy, cx = ys[0], xs[0]
+    return float(cx - offset), float(cy - offset), r
 
 
 KERNEL_SHAPES = {"cross": cv2.MORPH_CROSS, "rect": cv2.MORPH_RECT, "ellipse": cv2.MORPH_ELLIPSE}

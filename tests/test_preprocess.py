@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from pipeline_lib.data import CLASSES, ingest
-from pipeline_lib.preprocess import find_circle, mask_crop_resize, preprocess, remove_hair
+from pipeline_lib.preprocess import find_circle, mask_crop_resize, preprocess, preprocess_image, remove_hair
 
 
 def disc_image(h=80, w=100, cx=55, cy=38, r=30, value=200):
@@ -253,3 +253,33 @@ def test_preprocess_writes_lesion_crops_where_masks_exist(tmp_path):
     with pytest.raises(ValueError, match=r"ISIC_2_segmentation.png: lesion mask is 10x10 px, its image 90x90"):
         preprocess(manifest, out / "m2.parquet", out / "q2.parquet",
                    _params(lesion_masks=str(masks), lesion_margin=0.0))
+
+
+def test_circle_centre_of_a_plateau_is_its_middle():
+    """A disc filling an even-sized frame has four equal distance maxima; the centre is their mean."""
+    frame = np.zeros((32, 32, 3), np.uint8)
+    yy, xx = np.mgrid[:32, :32]
+    frame[(yy - 15.5) ** 2 + (xx - 15.5) ** 2 <= 16**2] = 120
+    cx, cy, r = find_circle(frame, 26)
+    assert (cx, cy) == (15.5, 15.5) and r == pytest.approx(16, abs=0.5)
+
+
+def test_preprocessing_does_not_depend_on_memory_layout(tiny_config):
+    """The same pixels at other buffer offsets (as decoded synthetic frames arrive) give the same output.
+    ``cv2.minMaxLoc`` picked different members of a tie depending on alignment, which moved whole crops."""
+    pre = {**tiny_config["preprocess"], "image_size": 32}
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:32, :32]
+    frames = []
+    for _ in range(40):  # frame-filling apertures with noisy, sometimes sub-threshold, edges
+        c, rad = rng.uniform(15, 16.5, 2), rng.uniform(14.5, 16.5)
+        inside = (yy - c[0]) ** 2 + (xx - c[1]) ** 2 <= rad**2
+        f = rng.integers(20, 200, (32, 32, 3)) * inside[..., None]
+        frames.append(f.astype(np.uint8))
+    ref = [preprocess_image(f, pre)[0] for f in frames]
+    for offset in range(1, 8):
+        buf = np.empty(32 * 32 * 3 + 8, np.uint8)
+        for f, expected in zip(frames, ref):
+            moved = buf[offset:offset + f.size].reshape(f.shape)
+            moved[...] = f
+            assert np.array_equal(preprocess_image(moved, pre)[0], expected)
