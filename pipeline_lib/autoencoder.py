@@ -116,6 +116,8 @@ def decode_latents(ae: AutoencoderKL | VQModel, z: torch.Tensor) -> torch.Tensor
 
 def load_autoencoder(model_dir: str | Path, device: torch.device) -> AutoencoderKL | VQModel:
     """The saved autoencoder of either type, in eval mode."""
+    if not (Path(model_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: no saved autoencoder there (config.json missing)")
     name = AutoencoderKL.load_config(str(model_dir)).get("_class_name")
     cls = {c.__name__: c for c in MODEL_CLASSES.values()}.get(name)
     if cls is None:

@@ -29,18 +29,6 @@ from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2DCrossAttn, get_d
 CLUE_DEFAULTS = {"style_dim": 1024, "style_tokens": 1, "kl_weight": 1.0e-4}  # d of the paper; lambda not stated
 
 
-def clue_settings(params) -> dict:
-    """style_dim, style_tokens and kl_weight of a variant (defaults: ``CLUE_DEFAULTS``); an error names them when
-    they are set on a variant that is not ``conditioning: clue``."""
-    given = {k: params[k] for k in CLUE_DEFAULTS if params.get(k) is not None}
-    if params.get("conditioning", "class") != "clue":
-        if given:
-            raise ValueError(f"diffusion variant {params.get('variant')!r}: {sorted(given)} apply to "
-                             f"`conditioning: clue` only, the variant has {params.get('conditioning', 'class')!r}")
-        return {}
-    return {**CLUE_DEFAULTS, **given}
-
-
 class StyleEncoder(ModelMixin, ConfigMixin):
     """SE_phi: the UNet's encoder (no timestep embedding: it sees the clean latent), pooled, then one linear
     layer to (mu, log sigma^2). ``forward(latents (B, C, h, w), prompt (B, L, D)) -> (mu, logvar)``, each

@@ -1,5 +1,6 @@
 """Latent diffusion: ``UNet2DConditionModel`` on autoencoder latents, v-prediction, conditioned on the class
-prompt (``class``) or on the prompt and a CLUE style latent (``clue``, see ``pipeline_lib.clue``).
+prompt (``class``), on the prompt and a CLUE style latent (``clue``, see ``pipeline_lib.clue``), or on the
+prompt and the multi-level embeddings of a lesion image (``multilevel``, see ``pipeline_lib.multilevel``).
 
 Conditioning is the fixed-format prompt of each class (CLUE Table 1). With no pretrained text encoder on disk,
 ``PromptEncoder`` embeds the prompt's words with a small embedding table learnt together with the UNet; the
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import cv2
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -25,10 +27,13 @@ from diffusers.models.modeling_utils import ModelMixin
 from tqdm import tqdm
 
 from .autoencoder import GENERATIVE_SPLITS, encode_latents, load_autoencoder
-from .clue import (StyleAdapter, StyleEncoder, attach_style_adapter, clue_settings, kl_to_standard_normal,
+from .clue import (CLUE_DEFAULTS, StyleAdapter, StyleEncoder, attach_style_adapter, kl_to_standard_normal,
                    sample_style)
-from .io import atomic_path, log, write_parquet
-from .torchutils import Checkpoint, load_images, seed_everything, select_device, set_threads
+from .data import resolve_path
+from .io import atomic_path, log, read_rgb, write_parquet
+from .multilevel import MULTILEVEL_DEFAULTS, MultiLevelEmbedder, install_adapters, level_tokens
+from .nets import load_feature_net
+from .torchutils import Checkpoint, load_images, seed_everything, select_device, set_threads, to_tensor
 
 
 def tokenize(prompt: str) -> list[str]:
@@ -63,7 +68,9 @@ class PromptEncoder(ModelMixin, ConfigMixin):
         return self.norm(self.embed(self.prompt_ids[class_index]) + self.position)
 
 
-def build_unet(sample_size: int, channels: int, params: Mapping[str, Any]) -> UNet2DConditionModel:
+def build_unet(sample_size: int, channels: int, params: Mapping[str, Any], gated: bool = False
+               ) -> UNet2DConditionModel:
+    """The denoiser; ``gated`` adds GLIGEN's gated self-attention to every transformer block (multi-level)."""
     boc = tuple(params["block_out_channels"])
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in params["attention_levels"])
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(params["attention_levels"]))
@@ -74,7 +81,8 @@ def build_unet(sample_size: int, channels: int, params: Mapping[str, Any]) -> UN
                                 layers_per_block=int(params["layers_per_block"]),
                                 cross_attention_dim=int(params["cross_attention_dim"]),
                                 attention_head_dim=int(params["attention_head_dim"]),
-                                norm_num_groups=int(params["norm_num_groups"]))
+                                norm_num_groups=int(params["norm_num_groups"]),
+                                attention_type="gated" if gated else "default")
 
 
 def noise_scheduler(params: Mapping[str, Any]) -> DDPMScheduler:
@@ -83,7 +91,24 @@ def noise_scheduler(params: Mapping[str, Any]) -> DDPMScheduler:
                          prediction_type=params["prediction_type"], clip_sample=False)
 
 
-CONDITIONINGS = ("class", "clue")
+CONDITIONINGS = ("class", "clue", "multilevel")
+OPTIONS = {"clue": CLUE_DEFAULTS, "multilevel": MULTILEVEL_DEFAULTS}  # the keys each conditioning adds
+
+
+def conditioning_options(params: Mapping[str, Any]) -> dict:
+    """The variant's own options for its conditioning, with their defaults; an error names any option of another
+    conditioning set on it."""
+    kind = params.get("conditioning", "class")
+    if kind not in CONDITIONINGS:
+        raise ValueError(f"diffusion variant {params.get('variant')!r}: conditioning must be one of "
+                         f"{CONDITIONINGS}, got {kind!r}")
+    for other, defaults in OPTIONS.items():
+        given = {k: params[k] for k in defaults if params.get(k) is not None}
+        if other != kind and given:
+            raise ValueError(f"diffusion variant {params.get('variant')!r}: {sorted(given)} apply to "
+                             f"`conditioning: {other}` only, the variant has {kind!r}")
+    defaults = OPTIONS.get(kind, {})
+    return {**defaults, **{k: params[k] for k in defaults if params.get(k) is not None}}
 
 
 @dataclass
@@ -94,13 +119,18 @@ class DiffusionModel:
     prompt_encoder: PromptEncoder
     scheduler: DDIMScheduler
     style_adapter: StyleAdapter | None = None
+    embedder: MultiLevelEmbedder | None = None
+    references: dict | None = None  # multi-level: the training images' level tokens and labels
 
 
 def diffusion_loss(unet, prompt_encoder, scheduler, latents, labels, cond_dropout: float, gen: torch.Generator,
-                   style: tuple[StyleEncoder, StyleAdapter, float] | None = None) -> dict[str, torch.Tensor]:
+                   style: tuple[StyleEncoder, StyleAdapter, float] | None = None,
+                   multilevel: tuple[MultiLevelEmbedder, list[torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
     """One denoising loss: eq. (8) of the CLUE paper for v-prediction (the simplified epsilon loss otherwise);
     with ``style = (encoder, adapter, lambda)`` the CLUE objective of eq. (11), the style latent drawn from the
-    encoder's posterior on the clean latent and the (possibly dropped) prompt by eq. (12)."""
+    encoder's posterior on the clean latent and the (possibly dropped) prompt by eq. (12); with
+    ``multilevel = (embedder, level tokens of the batch)`` the images' multi-level embeddings feed the gated
+    adapters (eq. 2 of the multi-level paper), dropped together with the prompt."""
     b = latents.shape[0]
     noise = torch.randn(latents.shape, generator=gen).to(latents)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen).to(latents.device)
@@ -112,56 +142,76 @@ def diffusion_loss(unet, prompt_encoder, scheduler, latents, labels, cond_dropou
     else:
         target = noise
     prompt = prompt_encoder(cond)
-    kwargs, terms = {}, {}
+    extra, terms = {}, {}
     if style is not None:
         encoder, adapter, kl_weight = style
         mu, logvar = encoder(latents, prompt)
-        kwargs["cross_attention_kwargs"] = {"style": adapter.tokens(sample_style(mu, logvar, gen))}
+        extra["style"] = adapter.tokens(sample_style(mu, logvar, gen))
         terms["kl"] = kl_to_standard_normal(mu, logvar).mean()
-    pred = unet(noisy, t, encoder_hidden_states=prompt, **kwargs).sample
+    if multilevel is not None:
+        embedder, levels = multilevel
+        extra["gligen"] = embedder.gligen_kwargs(levels, keep=~drop)
+    pred = unet(noisy, t, encoder_hidden_states=prompt, cross_attention_kwargs=extra or None).sample
     terms["denoise"] = F.mse_loss(pred, target)
     terms["loss"] = terms["denoise"] + (kl_weight * terms["kl"] if style is not None else 0.0)
     return terms
 
 
 def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, log_table: str | Path,
-                    params: Mapping[str, Any], threads: int | None = None) -> None:
-    """Entry point of the diffusion rule."""
+                    params: Mapping[str, Any], feature_net: str | Path | None = None,
+                    threads: int | None = None) -> None:
+    """Entry point of the diffusion rule. ``feature_net`` (the domain network) gives the multi-level
+    embeddings of a ``multilevel`` variant."""
     set_threads(threads)
     gen = seed_everything(int(params["seed"]))
     device = select_device(params["device"])
     classes = list(params["classes"])
-    conditioning = params.get("conditioning", "class")
-    if conditioning not in CONDITIONINGS:
-        raise ValueError(f"diffusion variant {params.get('variant')!r}: conditioning must be one of "
-                         f"{CONDITIONINGS}, got {conditioning!r}")
+    conditioning, options = params.get("conditioning", "class"), conditioning_options(params)
+    if conditioning == "multilevel" and feature_net is None:
+        raise ValueError(f"diffusion variant {params.get('variant')!r}: multilevel conditioning needs the domain "
+                         f"feature network")
     bad = sorted(set(params["train_splits"]) - set(GENERATIVE_SPLITS))
     if bad:
         raise ValueError(f"diffusion.train_splits may only hold {GENERATIVE_SPLITS}, got {bad}")
     missing = [c for c in classes if c not in params["prompts"]]
     if missing:
         raise ValueError(f"diffusion.prompts: expected a prompt for every class, missing {missing}")
-    x, y, _ = load_images(manifest, params["train_splits"], classes)
+    x, y, rows = load_images(manifest, params["train_splits"], classes)
     x, y = torch.cat([x, x.flip(-1)]), torch.cat([y, y])  # horizontal flips, encoded once up front
     ae = load_autoencoder(ae_dir, device)
     mean, std = encode_latents(ae, x, device)  # KL: posterior mean and std; VQ: pre-quantisation latents, std 0
     del ae
-    unet = build_unet(mean.shape[-1], mean.shape[1], params).to(device)
+    unet = build_unet(mean.shape[-1], mean.shape[1], params, gated=conditioning == "multilevel").to(device)
     penc = PromptEncoder(classes, [params["prompts"][c] for c in classes], dim=int(params["cross_attention_dim"]),
                          max_length=int(params["max_prompt_length"])).to(device)
     modules: dict[str, torch.nn.Module] = {"unet": unet, "prompt_encoder": penc}
-    style, clue = None, clue_settings(params)
-    if clue:
-        encoder = StyleEncoder.like(unet, int(clue["style_dim"])).to(device)
-        adapter = StyleAdapter.like(unet, int(clue["style_dim"]), int(clue["style_tokens"])).to(device)
+    style = None
+    if conditioning == "clue":
+        encoder = StyleEncoder.like(unet, int(options["style_dim"])).to(device)
+        adapter = StyleAdapter.like(unet, int(options["style_dim"]), int(options["style_tokens"])).to(device)
         attach_style_adapter(unet, adapter)
         modules |= {"style_encoder": encoder, "style_adapter": adapter}
-        style = (encoder, adapter, float(clue["kl_weight"]))
+        style = (encoder, adapter, float(options["kl_weight"]))
+    levels, refs, embedder = None, None, None
+    if conditioning == "multilevel":
+        ml = options
+        crops = load_lesion_crops(manifest, rows, x[: len(rows)])
+        levels = embed_levels(load_feature_net(feature_net, device), torch.cat([crops, crops.flip(-1)]),
+                              int(ml["embedding_grid"]), device)
+        refs = {"levels": [t[: len(rows)].cpu() for t in levels], "labels": y[: len(rows)].cpu()}
+        embedder = MultiLevelEmbedder([t.shape[-1] for t in levels], int(params["cross_attention_dim"]),
+                                      int(ml["embedding_grid"]), float(ml["adapter_beta"])).to(device)
+        n = install_adapters(unet, float(ml["adapter_beta"]))
+        modules["multilevel_embedder"] = embedder
+        log.info("multi-level embeddings: %d levels of the domain network %s on %d lesion crops / images, %d x %d "
+                 "tokens; %d gated adapters (beta %.2f, gamma = 0 at the start)", len(levels), feature_net,
+                 len(rows), ml["embedding_grid"], ml["embedding_grid"], n, ml["adapter_beta"])
     log.info("%s conditioning, trained from scratch (no pretrained weights): %s; latents %s", conditioning,
              ", ".join(f"{k} {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M" for k, m in modules.items()),
              tuple(mean.shape[1:]))
     sched = noise_scheduler(params)
-    opt = torch.optim.AdamW([p for m in modules.values() for p in m.parameters()], lr=float(params["lr"]))
+    opt = torch.optim.AdamW([p for m in modules.values() for p in m.parameters() if p.requires_grad],
+                            lr=float(params["lr"]))
     ckpt = Checkpoint(Path(model_dir).with_name(Path(model_dir).name + ".resume.pt"), params)
     start, rows = ckpt.load(modules, {"opt": opt}, gen)
     steps, bs = int(params["steps"]), int(params["batch_size"])
@@ -170,7 +220,9 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
     for step in tqdm(range(start, steps), initial=start, total=steps, desc="diffusion", mininterval=10):
         idx = torch.randint(0, len(mean), (bs,), generator=gen)
         lat = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen).to(device)  # posterior sample
-        terms = diffusion_loss(unet, penc, sched, lat, y[idx].to(device), float(params["cond_dropout"]), gen, style)
+        ml_batch = (embedder, [t[idx] for t in levels]) if embedder is not None else None
+        terms = diffusion_loss(unet, penc, sched, lat, y[idx].to(device), float(params["cond_dropout"]), gen, style,
+                               ml_batch)
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         opt.step()
@@ -182,6 +234,8 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
         for name, module in modules.items():
             module.save_pretrained(tmp / name)
         DDIMScheduler.from_config(sched.config).save_pretrained(tmp / "scheduler")
+        if refs is not None:
+            torch.save(refs, tmp / "multilevel_references.pt")
     ckpt.remove()
 
 
@@ -192,8 +246,36 @@ def load_diffusion(model_dir: str | Path, device: torch.device) -> DiffusionMode
     unet = UNet2DConditionModel.from_pretrained(str(model_dir / "unet")).to(device).eval()
     penc = PromptEncoder.from_pretrained(str(model_dir / "prompt_encoder")).to(device).eval()
     sched = DDIMScheduler.from_pretrained(str(model_dir / "scheduler"))
-    adapter = None
+    adapter, embedder, refs = None, None, None
     if (model_dir / "style_adapter").is_dir():
         adapter = StyleAdapter.from_pretrained(str(model_dir / "style_adapter")).to(device).eval()
         attach_style_adapter(unet, adapter)
-    return DiffusionModel(unet, penc, sched, adapter)
+    if (model_dir / "multilevel_embedder").is_dir():
+        embedder = MultiLevelEmbedder.from_pretrained(str(model_dir / "multilevel_embedder")).to(device).eval()
+        install_adapters(unet, embedder.config.beta)
+        refs = torch.load(model_dir / "multilevel_references.pt", map_location="cpu", weights_only=True)
+    return DiffusionModel(unet, penc, sched, adapter, embedder, refs)
+
+
+@torch.no_grad()
+def embed_levels(network: torch.nn.Module, images: torch.Tensor, grid: int, device: torch.device,
+                 batch_size: int = 256) -> list[torch.Tensor]:
+    """The five frozen feature levels of ``images`` as grid x grid tokens: a list of (N, grid^2, C_l)."""
+    parts = [level_tokens(network.feature_maps(images[i:i + batch_size].to(device)), grid)
+             for i in range(0, len(images), batch_size)]
+    return [torch.cat(level) for level in zip(*parts)]
+
+
+def load_lesion_crops(manifest: str | Path, rows: pd.DataFrame, images: torch.Tensor) -> torch.Tensor:
+    """Each row's lesion crop (``lesion_crop`` of the preprocessed manifest) as a tensor like ``images``; the
+    preprocessed image itself where the row has none."""
+    if "lesion_crop" not in rows or rows["lesion_crop"].isna().all():
+        return images
+    out = images.clone()
+    for i, path in enumerate(rows["lesion_crop"]):
+        if isinstance(path, str) and path:
+            crop = read_rgb(resolve_path(manifest, path))
+            if crop.shape[:2] != tuple(images.shape[-2:]):
+                crop = cv2.resize(crop, tuple(images.shape[-2:][::-1]), interpolation=cv2.INTER_AREA)
+            out[i] = to_tensor(crop[None])[0]
+    return out

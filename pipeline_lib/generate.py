@@ -32,23 +32,37 @@ def sample_latents(model: DiffusionModel, class_index: int, n: int, shape: tuple
                    guidance_scale: float, generator: torch.Generator, device: torch.device,
                    style_sigma: float | None = None) -> torch.Tensor:
     """DDIM (eta = 0) from x_T ~ N(0, I); guidance: pred = uncond + w (cond - uncond) when w != 1, the two
-    passes batched in one forward. A CLUE model also gets s ~ N(0, style_sigma^2 I) (CLUE section 4.5), drawn
-    after x_T from the same generator, so the settings of one seed share their initial noise."""
+    passes batched in one forward. Drawn after x_T from the same generator, so the settings of one seed share
+    their initial noise: a CLUE model's style latent s ~ N(0, style_sigma^2 I) (CLUE section 4.5); a multi-level
+    model's reference images, one random training image of the class per sample, whose embeddings condition it
+    (the unconditional pass gets GLIGEN's null feature)."""
     unet, penc, scheduler = model.unet, model.prompt_encoder, model.scheduler
     latents = torch.randn((n, *shape), generator=generator).to(device)
-    kwargs = {}
+    guided = guidance_scale != 1.0
+    extra = {}
     if model.style_adapter is not None:
         if style_sigma is None:
             raise ValueError("a CLUE model needs the setting's `style_sigma` (the paper's grid: 0, 0.1, 0.3, 0.5)")
         s = float(style_sigma) * torch.randn((n, model.style_adapter.config.style_dim), generator=generator)
         tokens = model.style_adapter.tokens(s.to(device))
-        kwargs = {"cross_attention_kwargs": {"style": tokens if guidance_scale == 1.0 else torch.cat([tokens, tokens])}}
+        extra["style"] = torch.cat([tokens, tokens]) if guided else tokens
+    if model.embedder is not None:
+        pool = torch.nonzero(model.references["labels"] == class_index).flatten()
+        if len(pool) == 0:
+            raise ValueError(f"the multi-level model has no reference image of class index {class_index}")
+        pick = pool[torch.randint(0, len(pool), (n,), generator=generator)]
+        levels = [t[pick].to(device) for t in model.references["levels"]]
+        keep = torch.ones(n, dtype=torch.bool, device=device)
+        if guided:
+            levels, keep = [torch.cat([t, t]) for t in levels], torch.cat([~keep, keep])
+        extra["gligen"] = model.embedder.gligen_kwargs(levels, keep=keep)
+    kwargs = {"cross_attention_kwargs": extra} if extra else {}
     scheduler.set_timesteps(steps)
     labels = torch.full((n,), class_index, dtype=torch.long, device=device)
     cond = penc(labels)
     uncond = penc(torch.full_like(labels, penc.null_index))
     for t in scheduler.timesteps:
-        if guidance_scale == 1.0:
+        if not guided:
             pred = unet(latents, t, encoder_hidden_states=cond, **kwargs).sample
         else:
             both = unet(torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([uncond, cond]),

@@ -4,11 +4,11 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline_lib.clue import (StyleAdapter, StyleAttention, StyleEncoder, attach_style_adapter, clue_settings,
+from pipeline_lib.clue import (StyleAdapter, StyleAttention, StyleEncoder, attach_style_adapter,
                                kl_to_standard_normal, sample_style)
 from pipeline_lib.data import CLASSES
-from pipeline_lib.diffusion import PromptEncoder, build_unet, diffusion_loss, load_diffusion, noise_scheduler, \
-    train_diffusion
+from pipeline_lib.diffusion import (PromptEncoder, build_unet, conditioning_options, diffusion_loss, load_diffusion,
+                                   noise_scheduler, train_diffusion)
 from pipeline_lib.generate import sample_latents
 
 SHARED = {"seed": 0, "device": "cpu", "classes": list(CLASSES)}
@@ -83,11 +83,17 @@ def test_style_adapter_starts_as_identity_then_changes_the_unet_output():
     torch.testing.assert_close(plain, base)
 
 
-def test_clue_settings_defaults_and_errors():
-    assert clue_settings({"conditioning": "clue"}) == {"style_dim": 1024, "style_tokens": 1, "kl_weight": 1e-4}
-    assert clue_settings({"conditioning": "class"}) == {}
+def test_conditioning_options_defaults_and_errors():
+    assert conditioning_options({"conditioning": "clue"}) == {"style_dim": 1024, "style_tokens": 1, "kl_weight": 1e-4}
+    assert conditioning_options({"conditioning": "class"}) == {}
+    assert conditioning_options({"conditioning": "multilevel", "adapter_beta": 0.5}) == {"embedding_grid": 2,
+                                                                                         "adapter_beta": 0.5}
     with pytest.raises(ValueError, match=r"variant 'v': \['style_dim'\] apply to `conditioning: clue` only"):
-        clue_settings({"conditioning": "class", "variant": "v", "style_dim": 8})
+        conditioning_options({"conditioning": "class", "variant": "v", "style_dim": 8})
+    with pytest.raises(ValueError, match=r"\['embedding_grid'\] apply to `conditioning: multilevel` only"):
+        conditioning_options({"conditioning": "clue", "variant": "v", "embedding_grid": 3})
+    with pytest.raises(ValueError, match="conditioning must be one of"):
+        conditioning_options({"conditioning": "text", "variant": "v"})
     with pytest.raises(ValueError, match="must be divisible by `style_tokens`"):
         StyleAdapter([8], [2], style_dim=10, style_tokens=3)
 

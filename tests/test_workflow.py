@@ -58,12 +58,14 @@ def test_tables_have_the_promised_columns_and_ranges(run, tiny_config):
     assert (recon["domain_perceptual"] >= 0).all() and not any("lpips" in c for c in recon.columns)
     per_image = pd.read_parquet(res / "autoencoder" / "kl8" / "recon_per_image.parquet")
     assert set(per_image["split"]) == {"test"} and len(per_image) == recon.iloc[-1]["n_images"]
-    for stage in ("autoencoder/kl8", "autoencoder/vq4", "diffusion/class", "diffusion/clue", "evaluate/feature_net"):
+    for stage in ("autoencoder/kl8", "autoencoder/vq4", "diffusion/class", "diffusion/clue", "diffusion/ml",
+                  "evaluate/feature_net"):
         log = pd.read_parquet(res / stage / "train_log.parquet")
         assert len(log) > 0
     seeds = tiny_config["generate"]["seeds"]
     assert {"kl", "denoise"} <= set(pd.read_parquet(res / "diffusion" / "clue" / "train_log.parquet").columns)
-    for variant, setting in (("class", "cfg2"), ("clue", "sigma05")):
+    assert (res / "diffusion" / "ml" / "model" / "multilevel_references.pt").exists()
+    for variant, setting in (("class", "cfg2"), ("clue", "sigma05"), ("ml", "cfg2")):
         for seed in seeds:
             gen = pd.read_parquet(res / "generate" / variant / setting / f"seed{seed}" / "manifest.parquet")
             assert set(gen["label"]) == set(tiny_config["data"]["classes"]) and (gen["seed"] == seed).all()
@@ -76,7 +78,7 @@ def test_tables_have_the_promised_columns_and_ranges(run, tiny_config):
     assert {"variant", "setting", "arch", "protocol", "ratio", "test_set", "metric", "mean", "std",
             "n_seeds"} <= set(scores.columns)
     assert (scores["n_seeds"] == len(seeds)).all()
-    assert set(zip(scores["variant"], scores["setting"])) == {("class", "cfg2"), ("clue", "sigma05")}
+    assert set(zip(scores["variant"], scores["setting"])) == {("class", "cfg2"), ("clue", "sigma05"), ("ml", "cfg2")}
     f1 = scores[scores["metric"] == "f1_macro"]
     assert f1["mean"].between(0, 1).all()
     assert set(f1["test_set"]) == {"test", "external"}
@@ -107,7 +109,7 @@ def test_classifier_edit_reruns_only_classifier_and_report(run, tiny_config):
     _edited(work, tiny_config, "classify", "epochs", tiny_config["classify"]["epochs"] + 1)
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
     assert set(jobs) == {"classify", "report", "all"}
-    pairs = 2  # (class, cfg2) and (clue, sigma05): each setting names its variant
+    pairs = 3  # (class, cfg2), (ml, cfg2) and (clue, sigma05): each setting names its variants
     assert jobs["classify"] == pairs * len(tiny_config["generate"]["seeds"]) * len(tiny_config["classify"]["archs"])
 
 
@@ -136,6 +138,17 @@ def test_perceptual_edit_reruns_the_vq_gan_and_the_tables_not_the_kl_vae(run, ti
     _edited(work, tiny_config, "perceptual", "lpips_net", "alex")
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
     assert jobs == {"autoencoder": 1, "autoencoder_metrics": 2, "report": 1, "all": 1}
+
+
+def test_feature_network_edit_reruns_what_uses_it_only(run, tiny_config):
+    """The domain network feeds the multi-level variant, the VQ-GAN's perceptual loss and the perceptual
+    columns; the class and CLUE models and the KL-VAE stay."""
+    work, _ = run
+    _edited(work, tiny_config, "evaluate", "epochs", tiny_config["evaluate"]["epochs"] + 1)
+    jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
+    seeds = len(tiny_config["generate"]["seeds"])
+    assert jobs["feature_net"] == 1 and jobs["autoencoder"] == 1 and jobs["autoencoder_metrics"] == 2
+    assert jobs["diffusion"] == 1 and jobs["generate"] == seeds and jobs["evaluate"] == 3 * seeds
 
 
 def test_generation_grid_errors_name_the_setting(run, tiny_config):

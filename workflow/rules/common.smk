@@ -29,8 +29,9 @@ CODE = {
     "autoencoder_kl": ["autoencoder", "metrics", "torchutils", "data", "io"],
     "autoencoder_vq": ["autoencoder", "vqgan", "perceptual", "nets", "metrics", "torchutils", "data", "io"],
     "autoencoder_metrics": ["autoencoder", "perceptual", "nets", "metrics", "torchutils", "data", "io"],
-    "diffusion": ["diffusion", "clue", "autoencoder", "torchutils", "data", "io"],
-    "generate": ["generate", "preprocess", "diffusion", "clue", "autoencoder", "torchutils", "data", "io"],
+    "diffusion": ["diffusion", "clue", "multilevel", "nets", "autoencoder", "torchutils", "data", "io"],
+    "generate": ["generate", "preprocess", "diffusion", "clue", "multilevel", "nets", "autoencoder", "torchutils",
+                 "data", "io"],
     "feature_net": ["evaluate", "nets", "metrics", "torchutils", "data", "io"],
     "evaluate": ["evaluate", "nets", "metrics", "torchutils", "data", "io"],
     "classify": ["classify", "nets", "metrics", "torchutils", "data", "io"],
@@ -72,6 +73,12 @@ def perceptual_inputs(wildcards=None):
     """LPIPS' local backbone weights when configured, else the domain network its substitute is built on."""
     backbone = config["perceptual"]["lpips_backbone"]
     return {"lpips_backbone": backbone} if backbone else {"feature_net": FEATURE_NET}
+
+
+def diffusion_inputs(wildcards):
+    """A multi-level variant embeds its images with the domain feature network."""
+    multilevel = config["diffusion"]["variants"][wildcards.variant]["conditioning"] == "multilevel"
+    return {"feature_net": FEATURE_NET} if multilevel else {}
 
 
 def autoencoder_perceptual_inputs(wildcards):

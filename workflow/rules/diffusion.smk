@@ -1,5 +1,6 @@
 rule diffusion:
     input:
+        unpack(diffusion_inputs),
         manifest=rules.preprocess.output.manifest,
         autoencoder=variant_autoencoder_model,
         code=code("diffusion"),

@@ -4,4 +4,4 @@ from pipeline_lib.io import stage_log
 with stage_log(snakemake.log[0]):
     inp, out = snakemake.input, snakemake.output
     train_diffusion(inp.manifest, inp.autoencoder, out.model, out.train_log, snakemake.params.cfg,
-                    threads=snakemake.threads)
+                    feature_net=inp.get("feature_net"), threads=snakemake.threads)

@@ -1,0 +1,90 @@
+"""Multi-level embeddings (section III.C of the multi-level embedding paper) through GLIGEN's gated adapter.
+
+- Embeddings: five feature levels of an image encoder on the lesion crop (the whole preprocessed image where
+  there is no lesion mask). The paper uses a CLIP image encoder; here, by default, the five ``feature_maps`` of
+  the pipeline's own domain network (trained from scratch on train_a), frozen. Each level is average-pooled to
+  a ``grid`` x ``grid`` map of tokens; a learnt linear map per level brings them to one width and e_m is their
+  average over the levels (CLIP's levels share one width, so there the average is direct).
+- Adapter, eq. (2): v = v + beta * tanh(gamma) * SelfAttn([v, e_m]) on the visual tokens, between self- and
+  cross-attention of every transformer block, gamma learnt and initialised to 0 (the UNet is unchanged at the
+  start), beta constant (1 in the paper). diffusers builds GLIGEN's ``GatedSelfAttentionDense`` there with
+  ``attention_type="gated"``; ``MultiLevelAdapter`` is that module computing eq. (2) only (GLIGEN's extra gated
+  feed-forward is not part of eq. 2 and is frozen out). The tokens reach the blocks through the UNet's GLIGEN
+  projection (``position_net``), each token with the box of its grid cell; a masked-out token is GLIGEN's
+  learnt null feature, which serves as the unconditional input of classifier-free guidance.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention import GatedSelfAttentionDense
+from diffusers.models.modeling_utils import ModelMixin
+
+N_LEVELS = 5
+MULTILEVEL_DEFAULTS = {"embedding_grid": 2, "adapter_beta": 1.0}  # beta = 1 in the multi-level paper
+
+
+def level_tokens(feature_maps: Sequence[torch.Tensor], grid: int) -> list[torch.Tensor]:
+    """Each level (B, C_l, h, w) average-pooled to grid x grid cells -> tokens (B, grid^2, C_l), raster order."""
+    return [F.adaptive_avg_pool2d(f, grid).flatten(2).transpose(1, 2) for f in feature_maps]
+
+
+def cell_boxes(grid: int) -> torch.Tensor:
+    """(grid^2, 4) boxes (x0, y0, x1, y1) in [0, 1] of the grid cells, in the tokens' raster order."""
+    edges = torch.linspace(0, 1, grid + 1)
+    return torch.tensor([[edges[j], edges[i], edges[j + 1], edges[i + 1]] for i in range(grid) for j in range(grid)])
+
+
+class MultiLevelEmbedder(ModelMixin, ConfigMixin):
+    """Level tokens -> e_m (B, grid^2, dim): one linear map per level, averaged over the levels."""
+
+    @register_to_config
+    def __init__(self, level_dims: Sequence[int], dim: int, grid: int = 2, beta: float = 1.0):
+        super().__init__()
+        if len(level_dims) != N_LEVELS:
+            raise ValueError(f"expected {N_LEVELS} feature levels, got {len(level_dims)}")
+        self.proj = nn.ModuleList(nn.Linear(c, dim) for c in level_dims)
+        self.register_buffer("boxes", cell_boxes(grid), persistent=False)
+
+    def forward(self, levels: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([p(t) for p, t in zip(self.proj, levels)]).mean(0)
+
+    def gligen_kwargs(self, levels: Sequence[torch.Tensor], keep: torch.Tensor | None = None) -> dict:
+        """``cross_attention_kwargs["gligen"]`` for the UNet: e_m, the cell boxes and a mask that is 0 where the
+        condition is dropped (``keep`` (B,) boolean; GLIGEN then uses its learnt null feature)."""
+        e_m = self(levels)
+        b, n = e_m.shape[:2]
+        masks = torch.ones(b, n, device=e_m.device) if keep is None else keep.to(e_m).view(b, 1).expand(b, n)
+        return {"boxes": self.boxes.to(e_m).expand(b, n, 4), "masks": masks, "positive_embeddings": e_m}
+
+
+class MultiLevelAdapter(GatedSelfAttentionDense):
+    """GLIGEN's gated self-attention computing eq. (2) of the multi-level paper and nothing else."""
+
+    beta: float = 1.0
+
+    def forward(self, x: torch.Tensor, objs: torch.Tensor) -> torch.Tensor:  # (B, N, C), (B, T, D)
+        n_visual = x.shape[1]
+        objs = self.linear(objs)
+        return x + self.beta * self.alpha_attn.tanh() * self.attn(self.norm1(torch.cat([x, objs], 1)))[:, :n_visual]
+
+
+def install_adapters(unet: UNet2DConditionModel, beta: float) -> int:
+    """Turn every GLIGEN fuser of a ``attention_type="gated"`` UNet into a ``MultiLevelAdapter`` with ``beta``
+    (same parameters, so ``save_pretrained`` / ``from_pretrained`` are unaffected); returns how many."""
+    n = 0
+    for module in unet.modules():
+        if isinstance(module, GatedSelfAttentionDense):
+            module.__class__ = MultiLevelAdapter
+            module.beta = float(beta)
+            for p in (*module.ff.parameters(), *module.norm2.parameters(), module.alpha_dense):
+                p.requires_grad_(False)
+            n += 1
+    if n == 0:
+        raise ValueError("the UNet has no gated self-attention layers: build it with attention_type='gated'")
+    return n

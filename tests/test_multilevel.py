@@ -1,0 +1,162 @@
+"""Multi-level embeddings: level tokens, e_m, GLIGEN's gated adapter computing eq. (2), training and sampling."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline_lib.data import CLASSES
+from pipeline_lib.diffusion import (PromptEncoder, build_unet, diffusion_loss, load_diffusion, load_lesion_crops,
+                                    noise_scheduler, train_diffusion)
+from pipeline_lib.generate import sample_latents
+from pipeline_lib.io import write_png
+from pipeline_lib.multilevel import MultiLevelAdapter, MultiLevelEmbedder, cell_boxes, install_adapters, level_tokens
+
+SHARED = {"seed": 0, "device": "cpu", "classes": list(CLASSES)}
+CPU = torch.device("cpu")
+UNET = {"block_out_channels": [16, 32], "attention_levels": [False, True], "layers_per_block": 1,
+        "cross_attention_dim": 16, "attention_head_dim": 8, "norm_num_groups": 8}
+DIMS = [3, 4, 5, 6, 7]
+
+
+def _levels(b=2, grid=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, grid * grid, c, generator=g) for c in DIMS]
+
+
+def test_level_tokens_pool_each_level_to_grid_cells():
+    f = torch.arange(16.0).view(1, 1, 4, 4)
+    tokens = level_tokens([f, torch.ones(1, 3, 1, 1)], grid=2)
+    torch.testing.assert_close(tokens[0], torch.tensor([[[2.5], [4.5], [10.5], [12.5]]]))  # 2x2 block means
+    assert tokens[1].shape == (1, 4, 3) and (tokens[1] == 1).all()  # a 1x1 level is spread over the cells
+    torch.testing.assert_close(cell_boxes(2), torch.tensor([[0, 0, .5, .5], [.5, 0, 1, .5], [0, .5, .5, 1],
+                                                            [.5, .5, 1, 1]]))
+
+
+def test_e_m_is_the_average_of_the_projected_levels():
+    emb = MultiLevelEmbedder(DIMS, dim=8, grid=2)
+    levels = _levels()
+    expected = sum(p(t) for p, t in zip(emb.proj, levels)) / 5
+    torch.testing.assert_close(emb(levels), expected)
+    kw = emb.gligen_kwargs(levels, keep=torch.tensor([True, False]))
+    assert kw["boxes"].shape == (2, 4, 4) and kw["masks"].tolist() == [[1, 1, 1, 1], [0, 0, 0, 0]]
+    with pytest.raises(ValueError, match="expected 5 feature levels, got 2"):
+        MultiLevelEmbedder([3, 4], dim=8)
+
+
+def _gated_unet(beta=1.0):
+    torch.manual_seed(0)
+    unet = build_unet(8, 8, UNET, gated=True)
+    n = install_adapters(unet, beta)
+    return unet, n
+
+
+def test_adapter_with_gamma_zero_leaves_the_unet_unchanged():
+    unet, n = _gated_unet()
+    assert n == sum(isinstance(m, MultiLevelAdapter) for m in unet.modules()) and n > 0
+    emb = MultiLevelEmbedder(DIMS, dim=16, grid=2)
+    x, t, c = torch.randn(2, 8, 8, 8), torch.tensor([5, 700]), torch.randn(2, 4, 16)
+    with torch.no_grad():
+        plain = unet(x, t, encoder_hidden_states=c).sample
+        gated = unet(x, t, encoder_hidden_states=c,
+                     cross_attention_kwargs={"gligen": emb.gligen_kwargs(_levels())}).sample
+        torch.testing.assert_close(gated, plain)  # gamma = 0: tanh(0) = 0
+        for m in unet.modules():
+            if isinstance(m, MultiLevelAdapter):
+                m.alpha_attn.fill_(0.5)
+        changed = unet(x, t, encoder_hidden_states=c,
+                       cross_attention_kwargs={"gligen": emb.gligen_kwargs(_levels())}).sample
+        other = unet(x, t, encoder_hidden_states=c,
+                     cross_attention_kwargs={"gligen": emb.gligen_kwargs(_levels(seed=1))}).sample
+    assert not torch.allclose(changed, plain) and not torch.allclose(changed, other)
+
+
+def test_adapter_is_eq2_by_hand_without_glgens_feed_forward():
+    unet, _ = _gated_unet(beta=0.7)
+    adapter = next(m for m in unet.modules() if isinstance(m, MultiLevelAdapter))
+    with torch.no_grad():
+        adapter.alpha_attn.fill_(0.3)
+        adapter.alpha_dense.fill_(2.0)  # GLIGEN's feed-forward gate: not part of eq. 2, must have no effect
+        v, objs = torch.randn(2, 16, adapter.norm1.normalized_shape[0]), torch.randn(2, 4, 16)
+        e = adapter.linear(objs)
+        expected = v + 0.7 * np.tanh(0.3) * adapter.attn(adapter.norm1(torch.cat([v, e], 1)))[:, :16]
+        torch.testing.assert_close(adapter(v, objs), expected)
+    assert not adapter.alpha_dense.requires_grad and adapter.alpha_attn.requires_grad
+    with pytest.raises(ValueError, match="no gated self-attention layers"):
+        install_adapters(build_unet(8, 8, UNET), 1.0)
+
+
+def test_one_optimiser_step_lowers_the_multilevel_loss_on_a_fixed_batch():
+    unet, _ = _gated_unet()
+    penc = PromptEncoder(list(CLASSES), ["a b", "c d", "e f"], dim=16, max_length=4)
+    emb = MultiLevelEmbedder(DIMS, dim=16, grid=2)
+    sched = noise_scheduler({"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4,
+                             "beta_end": 0.02, "prediction_type": "v_prediction"})
+    params = [p for m in (unet, penc, emb) for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    lat, labels, levels = torch.randn(4, 8, 8, 8, generator=torch.Generator().manual_seed(1)), \
+        torch.tensor([0, 1, 2, 0]), _levels(4)
+
+    def loss():
+        return diffusion_loss(unet, penc, sched, lat, labels, 0.0, torch.Generator().manual_seed(5),
+                              multilevel=(emb, levels))["loss"]
+
+    before = loss()
+    opt.zero_grad()
+    before.backward()
+    gammas = [m.alpha_attn for m in unet.modules() if isinstance(m, MultiLevelAdapter)]
+    assert all(g.grad is not None for g in gammas)
+    opt.step()
+    assert loss().item() < before.item()
+
+
+def test_lesion_crops_replace_images_where_the_manifest_has_them(tmp_path):
+    crop = np.full((8, 8, 3), 255, np.uint8)
+    write_png(crop, tmp_path / "lesion_crops" / "b.png")
+    (tmp_path / "m.parquet").touch()
+    rows = pd.DataFrame({"image_id": ["a", "b"], "lesion_crop": [None, "lesion_crops/b.png"]})
+    images = torch.zeros(2, 3, 16, 16)
+    out = load_lesion_crops(tmp_path / "m.parquet", rows, images)
+    assert (out[0] == 0).all() and torch.allclose(out[1], torch.ones(3, 16, 16))  # resized to the image size
+
+
+@pytest.fixture(scope="module")
+def multilevel_model(tiny_manifest, tiny_feature_net, tmp_path_factory, tiny_config):
+    from pipeline_lib.autoencoder import train_autoencoder
+
+    out = tmp_path_factory.mktemp("multilevel")
+    train_autoencoder(tiny_manifest, out / "ae", out / "ae.parquet",
+                      {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED, "steps": 3})
+    d = {k: v for k, v in tiny_config["diffusion"].items() if k != "variants"}
+    params = {**d, **SHARED, "steps": 6, "variant": "ml", "conditioning": "multilevel", "embedding_grid": 2}
+    train_diffusion(tiny_manifest, out / "ae", out / "model", out / "log.parquet", params,
+                    feature_net=tiny_feature_net)
+    return out
+
+
+def test_multilevel_training_saves_embedder_and_references(multilevel_model, tiny_manifest):
+    log = pd.read_parquet(multilevel_model / "log.parquet")
+    assert np.isfinite(log["loss"]).all() and len(log) == 6
+    model = load_diffusion(multilevel_model / "model", CPU)
+    assert model.embedder is not None and model.style_adapter is None
+    n_train = pd.read_parquet(tiny_manifest)["split"].isin(["train_a", "train_b"]).sum()
+    assert len(model.references["labels"]) == n_train and len(model.references["levels"]) == 5
+    assert any(isinstance(m, MultiLevelAdapter) for m in model.unet.modules())
+
+
+def test_multilevel_sampling_is_reproducible_and_uses_references(multilevel_model):
+    def sample(seed, guidance=2.0):
+        model = load_diffusion(multilevel_model / "model", CPU)
+        return sample_latents(model, 0, 3, (8, 4, 4), 3, guidance, torch.Generator().manual_seed(seed), CPU)
+
+    torch.testing.assert_close(sample(1), sample(1), rtol=0, atol=0)
+    assert sample(1, guidance=1.0).shape == (3, 8, 4, 4)
+    with pytest.raises(ValueError, match="no reference image of class index 7"):
+        model = load_diffusion(multilevel_model / "model", CPU)
+        sample_latents(model, 7, 1, (8, 4, 4), 2, 2.0, torch.Generator().manual_seed(0), CPU)
+
+
+def test_multilevel_needs_the_feature_network(tiny_manifest, tmp_path, tiny_config):
+    d = {k: v for k, v in tiny_config["diffusion"].items() if k != "variants"}
+    with pytest.raises(ValueError, match="multilevel conditioning needs the domain feature network"):
+        train_diffusion(tiny_manifest, tmp_path / "ae", tmp_path / "m", tmp_path / "l.parquet",
+                        {**d, **SHARED, "steps": 1, "variant": "ml", "conditioning": "multilevel"})
