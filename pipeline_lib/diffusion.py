@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from .autoencoder import GENERATIVE_SPLITS, encode_latents, load_autoencoder
@@ -210,25 +211,38 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
              ", ".join(f"{k} {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M" for k, m in modules.items()),
              tuple(mean.shape[1:]))
     sched = noise_scheduler(params)
-    opt = torch.optim.AdamW([p for m in modules.values() for p in m.parameters() if p.requires_grad],
-                            lr=float(params["lr"]))
+    trainable = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=float(params["lr"]))  # constant learning rate (CLUE Table 3)
+    states: dict[str, Any] = {"opt": opt}
+    if params.get("ema_decay"):
+        states["ema"] = EMAModel(trainable, decay=float(params["ema_decay"]))
+    autocast = _autocast(params.get("mixed_precision", "no"), device)
     ckpt = Checkpoint(Path(model_dir).with_name(Path(model_dir).name + ".resume.pt"), params)
-    start, rows = ckpt.load(modules, {"opt": opt}, gen)
-    steps, bs = int(params["steps"]), int(params["batch_size"])
+    start, rows = ckpt.load(modules, states, gen)
+    steps, bs, accum = int(params["steps"]), int(params["batch_size"]), int(params.get("grad_accumulation", 1))
     for m in modules.values():
         m.train()
     for step in tqdm(range(start, steps), initial=start, total=steps, desc="diffusion", mininterval=10):
-        idx = torch.randint(0, len(mean), (bs,), generator=gen)
-        lat = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen).to(device)  # posterior sample
-        ml_batch = (embedder, [t[idx] for t in levels]) if embedder is not None else None
-        terms = diffusion_loss(unet, penc, sched, lat, y[idx].to(device), float(params["cond_dropout"]), gen, style,
-                               ml_batch)
         opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        parts = []
+        for _ in range(accum):  # gradient accumulation: one optimiser step per `accum` batches
+            idx = torch.randint(0, len(mean), (bs,), generator=gen)
+            lat = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen).to(device)  # posterior sample
+            ml_batch = (embedder, [t[idx] for t in levels]) if embedder is not None else None
+            with autocast:
+                terms = diffusion_loss(unet, penc, sched, lat, y[idx].to(device), float(params["cond_dropout"]), gen,
+                                       style, ml_batch)
+            (terms["loss"] / accum).backward()
+            parts.append({k: v.item() for k, v in terms.items()})
         opt.step()
-        rows.append({"step": step + 1, **{k: v.item() for k, v in terms.items()}})
+        if "ema" in states:
+            states["ema"].step(trainable)
+        rows.append({"step": step + 1, **pd.DataFrame(parts).mean().to_dict()})
         if (step + 1) % int(params["checkpoint_every"]) == 0 and step + 1 < steps:
-            ckpt.save(modules, {"opt": opt}, gen, step + 1, rows)
+            ckpt.save(modules, states, gen, step + 1, rows)
+    if "ema" in states:
+        states["ema"].copy_to(trainable)  # the saved model is the exponential moving average
+        log.info("saved the EMA weights (decay %s)", params["ema_decay"])
     write_parquet(pd.DataFrame(rows), log_table)
     with atomic_path(model_dir) as tmp:
         for name, module in modules.items():
@@ -255,6 +269,15 @@ def load_diffusion(model_dir: str | Path, device: torch.device) -> DiffusionMode
         install_adapters(unet, embedder.config.beta)
         refs = torch.load(model_dir / "multilevel_references.pt", map_location="cpu", weights_only=True)
     return DiffusionModel(unet, penc, sched, adapter, embedder, refs)
+
+
+def _autocast(mode: str, device: torch.device):
+    """FP32 by default (CLUE Table 3); ``bf16`` autocast on a GPU. On the CPU bf16 is not used."""
+    if mode not in ("no", "bf16"):
+        raise ValueError(f"diffusion.mixed_precision must be 'no' or 'bf16', got {mode!r}")
+    if mode == "bf16" and device.type != "cuda":
+        log.info("mixed_precision bf16 applies on a GPU only; training in FP32 on %s", device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16" and device.type == "cuda")
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,6 +19,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
+from diffusers import DDIMScheduler, DDPMScheduler
 from tqdm import tqdm
 
 from .autoencoder import decode_latents, load_autoencoder
@@ -31,7 +33,7 @@ from .torchutils import select_device, set_threads, to_uint8
 def sample_latents(model: DiffusionModel, class_index: int, n: int, shape: tuple[int, int, int], steps: int,
                    guidance_scale: float, generator: torch.Generator, device: torch.device,
                    style_sigma: float | None = None) -> torch.Tensor:
-    """DDIM (eta = 0) from x_T ~ N(0, I); guidance: pred = uncond + w (cond - uncond) when w != 1, the two
+    """DDIM (eta = 0) or DDPM from x_T ~ N(0, I); guidance: pred = uncond + w (cond - uncond) when w != 1, the two
     passes batched in one forward. Drawn after x_T from the same generator, so the settings of one seed share
     their initial noise: a CLUE model's style latent s ~ N(0, style_sigma^2 I) (CLUE section 4.5); a multi-level
     model's reference images, one random training image of the class per sample, whose embeddings condition it
@@ -69,8 +71,22 @@ def sample_latents(model: DiffusionModel, class_index: int, n: int, shape: tuple
                         **kwargs).sample
             pu, pc = both.chunk(2)
             pred = pu + guidance_scale * (pc - pu)
-        latents = scheduler.step(pred, t, latents, eta=0.0).prev_sample
+        if isinstance(scheduler, DDIMScheduler):
+            latents = scheduler.step(pred, t, latents, eta=0.0).prev_sample
+        else:  # DDPM: ancestral sampling, its noise from the same generator
+            latents = scheduler.step(pred, t, latents, generator=generator).prev_sample
     return latents
+
+
+SAMPLERS = ("ddim", "ddpm")
+
+
+def with_sampler(model: DiffusionModel, sampler: str) -> DiffusionModel:
+    """The model with a DDIM (deterministic, eta = 0; CLUE Table 3) or DDPM scheduler of the same noise schedule."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"generate.sampler must be one of {SAMPLERS}, got {sampler!r}")
+    cls = DDIMScheduler if sampler == "ddim" else DDPMScheduler
+    return replace(model, scheduler=cls.from_config(model.scheduler.config))
 
 
 def fov_mask(size: int) -> np.ndarray:
@@ -104,7 +120,7 @@ def generate(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, ou
     real = read_parquet(manifest, required=("label", "split"))
     counts = real[real["split"] == "train_a"].groupby("label").size()
     ae = load_autoencoder(ae_dir, device)
-    model = load_diffusion(model_dir, device)
+    model = with_sampler(load_diffusion(model_dir, device), params.get("sampler", "ddim"))
     if list(model.prompt_encoder.config.classes) != classes:
         raise ValueError(f"{model_dir}: model was trained for classes {model.prompt_encoder.config.classes}, "
                          f"config has {classes}")

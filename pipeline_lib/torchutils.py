@@ -69,6 +69,7 @@ class Checkpoint:
 
     Holds the modules, the optimizers, the step, the random state and the loss rows so far, so a killed job
     continues where it stopped when rerun and ends with the same numbers as an uninterrupted run.
+    ``optimizers`` holds anything with ``state_dict`` / ``load_state_dict`` (optimizers, an EMA).
     ``signature`` (the stage's params) guards against resuming with other settings.
     """
 
@@ -76,7 +77,7 @@ class Checkpoint:
         self.path = Path(path)
         self.signature = repr(sorted(signature.items()))
 
-    def load(self, modules: Mapping[str, torch.nn.Module], optimizers: Mapping[str, torch.optim.Optimizer],
+    def load(self, modules: Mapping[str, torch.nn.Module], optimizers: Mapping[str, Any],
              generator: torch.Generator) -> tuple[int, list[dict]]:
         if not self.path.exists():
             return 0, []
@@ -93,7 +94,7 @@ class Checkpoint:
         log.info("resuming from %s at step %d", self.path, state["step"])
         return int(state["step"]), list(state["rows"])
 
-    def save(self, modules: Mapping[str, torch.nn.Module], optimizers: Mapping[str, torch.optim.Optimizer],
+    def save(self, modules: Mapping[str, torch.nn.Module], optimizers: Mapping[str, Any],
              generator: torch.Generator, step: int, rows: list[dict]) -> None:
         state = {"signature": self.signature, "step": step, "rows": rows, "generator": generator.get_state(),
                  "torch_rng": torch.get_rng_state(),

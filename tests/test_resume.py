@@ -97,27 +97,31 @@ def test_diffusion_resumes_to_the_same_numbers(tiny_manifest, tmp_path, monkeypa
 
 TRAIN_SCRIPT = """
 import json, sys
-from pipeline_lib.autoencoder import train_autoencoder
 from pipeline_lib.io import stage_log
-manifest, out, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+kind, manifest, out, params = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 with stage_log(out + ".log"):
-    train_autoencoder(manifest, out + "/model", out + "/log.parquet", params, threads=1)
+    if kind == "autoencoder":
+        from pipeline_lib.autoencoder import train_autoencoder
+        train_autoencoder(manifest, out + "/model", out + "/log.parquet", params, threads=1)
+    else:
+        from pipeline_lib.diffusion import train_diffusion
+        train_diffusion(manifest, params["ae_dir"], out + "/model", out + "/log.parquet", params, threads=1)
 """
 
 
-def _start(manifest: Path, out: Path, params: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, str(manifest), str(out), json.dumps(params)])
+def _start(kind: str, manifest: Path, out: Path, params: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, kind, str(manifest), str(out), json.dumps(params)])
 
 
-def test_autoencoder_killed_with_sigkill_resumes_from_its_checkpoint(tiny_manifest, tmp_path, tiny_config):
-    """A real SIGKILL in another process, after the first checkpoint; the rerun resumes from the checkpoint
-    and ends with the log and weights of an uninterrupted run."""
-    params = {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED, "steps": 60, "checkpoint_every": 5}
-    full = _start(tiny_manifest, tmp_path / "full", params)
+def _sigkill_and_resume(kind: str, manifest: Path, tmp_path: Path, params: dict) -> tuple[Path, Path]:
+    """An uninterrupted run, and a run killed with a real SIGKILL in another process after its first checkpoint
+    and rerun; asserts that the rerun resumed from that checkpoint and wrote the same training log."""
+    steps, every = int(params["steps"]), int(params["checkpoint_every"])
+    full = _start(kind, manifest, tmp_path / "full", params)
     assert full.wait(timeout=600) == 0
 
     out = tmp_path / "killed"
-    proc = _start(tiny_manifest, out, params)
+    proc = _start(kind, manifest, out, params)
     resume = out / "model.resume.pt"
     deadline = time.monotonic() + 300
     while not resume.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -126,16 +130,35 @@ def test_autoencoder_killed_with_sigkill_resumes_from_its_checkpoint(tiny_manife
     assert proc.wait(timeout=60) == -signal.SIGKILL
     assert resume.exists() and not (out / "model").exists() and not (out / "log.parquet").exists()
 
-    again = _start(tiny_manifest, out, params)
+    again = _start(kind, manifest, out, params)
     assert again.wait(timeout=600) == 0
     text = Path(str(out) + ".log").read_text()
     step = int(text.split("at step ")[1].split()[0])
-    assert "resuming from" in text and 5 <= step < 60 and step % 5 == 0
-    log_full, w_full = _train_ae_outputs(tmp_path / "full")
-    log_resumed, w_resumed = _train_ae_outputs(out)
-    pd.testing.assert_frame_equal(log_full, log_resumed)
-    _assert_same_weights(w_full, w_resumed)
+    assert "resuming from" in text and every <= step < steps and step % every == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "full" / "log.parquet"),
+                                  pd.read_parquet(out / "log.parquet"))
     assert not resume.exists()
+    return tmp_path / "full", out
+
+
+def test_autoencoder_killed_with_sigkill_resumes_from_its_checkpoint(tiny_manifest, tmp_path, tiny_config):
+    params = {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED, "steps": 60, "checkpoint_every": 5}
+    full, resumed = _sigkill_and_resume("autoencoder", tiny_manifest, tmp_path, params)
+    _assert_same_weights(_train_ae_outputs(full)[1], _train_ae_outputs(resumed)[1])
+
+
+def test_clue_diffusion_with_ema_killed_with_sigkill_resumes(tiny_manifest, tmp_path, tiny_config):
+    """The CLUE variant (style encoder and adapter) with EMA and gradient accumulation: every piece of state."""
+    _train_ae(tiny_manifest, tmp_path / "ae", {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED,
+                                                "steps": 2})
+    d = {k: v for k, v in tiny_config["diffusion"].items() if k != "variants"}
+    params = {**d, **SHARED, "steps": 30, "checkpoint_every": 5, "variant": "clue", "conditioning": "clue",
+              "style_dim": 8, "style_tokens": 1, "kl_weight": 1e-3, "ema_decay": 0.9, "grad_accumulation": 2,
+              "ae_dir": str(tmp_path / "ae" / "model")}
+    full, resumed = _sigkill_and_resume("diffusion", tiny_manifest, tmp_path, params)
+    for part in ("unet", "style_adapter", "style_encoder", "prompt_encoder"):
+        a = (full / "model" / part / "diffusion_pytorch_model.safetensors").read_bytes()
+        assert a == (resumed / "model" / part / "diffusion_pytorch_model.safetensors").read_bytes(), part
 
 
 def _train_ae_outputs(out: Path):

@@ -1,0 +1,75 @@
+"""Diffusion training and sampling options: EMA, gradient accumulation, precision, DDPM / DDIM samplers."""
+import pandas as pd
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+
+from pipeline_lib import diffusion
+from pipeline_lib.autoencoder import train_autoencoder
+from pipeline_lib.data import CLASSES
+from pipeline_lib.diffusion import load_diffusion, train_diffusion
+from pipeline_lib.generate import sample_latents, with_sampler
+
+SHARED = {"seed": 0, "device": "cpu", "classes": list(CLASSES)}
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_manifest, tmp_path_factory, tiny_config):
+    out = tmp_path_factory.mktemp("options")
+    train_autoencoder(tiny_manifest, out / "ae", out / "ae.parquet",
+                      {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED, "steps": 2})
+    d = {k: v for k, v in tiny_config["diffusion"].items() if k != "variants"}
+    return out, {**d, **SHARED, "steps": 4, "variant": "class", "conditioning": "class"}
+
+
+def _run(tiny_manifest, setup, name, **kw):
+    out, params = setup
+    train_diffusion(tiny_manifest, out / "ae", out / name / "model", out / name / "log.parquet", {**params, **kw})
+    return pd.read_parquet(out / name / "log.parquet"), load_diffusion(out / name / "model", CPU)
+
+
+def test_ema_saves_the_average_not_the_last_weights(tiny_manifest, setup):
+    log_plain, plain = _run(tiny_manifest, setup, "plain")
+    log_ema, ema = _run(tiny_manifest, setup, "ema", ema_decay=0.5)
+    pd.testing.assert_frame_equal(log_plain, log_ema)  # same training trajectory
+    a, b = plain.unet.state_dict(), ema.unet.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gradient_accumulation_takes_several_batches_per_step(tiny_manifest, setup, monkeypatch):
+    calls = {"n": 0}
+    real = diffusion.diffusion_loss
+
+    def counting(*args, **kw):
+        calls["n"] += 1
+        return real(*args, **kw)
+
+    monkeypatch.setattr(diffusion, "diffusion_loss", counting)
+    log, _ = _run(tiny_manifest, setup, "accum", grad_accumulation=3)
+    assert calls["n"] == 3 * 4 and list(log["step"]) == [1, 2, 3, 4]
+
+
+def test_bf16_is_gpu_only_and_bad_precision_is_named(tiny_manifest, setup, caplog):
+    with caplog.at_level("INFO", logger="pipeline_lib"):
+        log_bf16, _ = _run(tiny_manifest, setup, "bf16", mixed_precision="bf16")
+    assert "applies on a GPU only; training in FP32" in caplog.text
+    log_fp32, _ = _run(tiny_manifest, setup, "fp32")
+    pd.testing.assert_frame_equal(log_bf16, log_fp32)
+    with pytest.raises(ValueError, match="diffusion.mixed_precision must be 'no' or 'bf16', got 'fp8'"):
+        _run(tiny_manifest, setup, "fp8", mixed_precision="fp8")
+
+
+def test_ddpm_and_ddim_samplers(tiny_manifest, setup):
+    _, model = _run(tiny_manifest, setup, "sampler")
+    ddim, ddpm = with_sampler(model, "ddim"), with_sampler(model, "ddpm")
+    assert isinstance(ddim.scheduler, DDIMScheduler) and isinstance(ddpm.scheduler, DDPMScheduler)
+    assert ddpm.scheduler.config.prediction_type == model.scheduler.config.prediction_type == "v_prediction"
+
+    def sample(m, seed):
+        return sample_latents(m, 1, 2, (8, 8, 8), 5, 2.0, torch.Generator().manual_seed(seed), CPU)
+
+    torch.testing.assert_close(sample(ddpm, 3), sample(ddpm, 3), rtol=0, atol=0)
+    assert not torch.allclose(sample(ddpm, 3), sample(ddim, 3))
+    with pytest.raises(ValueError, match="generate.sampler must be one of"):
+        with_sampler(model, "euler")
