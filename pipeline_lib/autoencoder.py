@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .io import atomic_path, log, write_parquet
 from .metrics import ms_ssim, ms_ssim_scales, mse, psnr, ssim
 from .perceptual import load_perceptual
-from .torchutils import Checkpoint, load_images, seed_everything, select_device, set_threads
+from .torchutils import Checkpoint, load_adapted, load_images, seed_everything, select_device, set_threads
 from .vqgan import PatchDiscriminator, discriminator_loss, generator_loss, vector_quantize
 
 GENERATIVE_SPLITS = ("train_a", "train_b")  # the only splits a generative model may see (CLUE section 4.2)
@@ -70,19 +70,13 @@ def build_autoencoder(params: Mapping[str, Any], image_size: int) -> Autoencoder
 
 
 def _from_pretrained(cls, path: Path, channels: int):
-    """The saved model's architecture with ``channels`` latent channels: every weight whose shape is unchanged
-    comes from the folder, the others keep their fresh initialisation. (diffusers' own
-    ``ignore_mismatched_sizes`` leaves some of those tensors uninitialised, so it is not used.)"""
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"autoencoder pretrained: {path} is not a local diffusers {cls.__name__} folder "
-                                f"(no config.json); the pipeline downloads nothing")
-    saved = cls.from_pretrained(str(path), low_cpu_mem_usage=False)
-    ae = cls.from_config({**saved.config, "latent_channels": channels})
-    own, theirs = ae.state_dict(), saved.state_dict()
-    reinit = sorted(k for k in own if k not in theirs or theirs[k].shape != own[k].shape)
-    ae.load_state_dict({k: (own[k] if k in reinit else theirs[k]) for k in own})
-    log.info("fine-tuning %s from %s: latent channels %s -> %d; re-initialised: %s", cls.__name__, path,
-             saved.config.latent_channels, channels, sorted({k.rsplit(".", 1)[0] for k in reinit}) or "none")
+    """The saved model's architecture with ``channels`` latent channels (see ``load_adapted``)."""
+    try:
+        ae, fresh = load_adapted(cls, path, {"latent_channels": channels})
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"autoencoder pretrained: {e}") from None
+    log.info("fine-tuning %s from %s with %d latent channels; re-initialised: %s", cls.__name__, path, channels,
+             sorted({k.rsplit(".", 1)[0] for k in fresh}) or "none")
     return ae
 
 

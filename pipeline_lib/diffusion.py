@@ -34,7 +34,9 @@ from .data import resolve_path
 from .io import atomic_path, log, read_rgb, write_parquet
 from .multilevel import MULTILEVEL_DEFAULTS, MultiLevelEmbedder, install_adapters, level_tokens
 from .nets import load_feature_net
-from .torchutils import Checkpoint, load_images, seed_everything, select_device, set_threads, to_tensor
+from .text import FrozenTextEmbeddings, frozen_prompt_encoder
+from .torchutils import (Checkpoint, load_adapted, load_images, seed_everything, select_device, set_threads,
+                         to_tensor)
 
 
 def tokenize(prompt: str) -> list[str]:
@@ -42,10 +44,12 @@ def tokenize(prompt: str) -> list[str]:
 
 
 class PromptEncoder(ModelMixin, ConfigMixin):
-    """Word embeddings plus positions for a fixed set of prompts; output (B, max_length, dim)."""
+    """Word embeddings plus positions for a fixed set of prompts, learnt with the UNet (no pretrained text encoder
+    on disk); output (B, max_length, dim). Its saved config says ``kind: learned_word_embeddings``."""
 
     @register_to_config
-    def __init__(self, classes: list[str], prompts: list[str], dim: int = 32, max_length: int = 16):
+    def __init__(self, classes: list[str], prompts: list[str], dim: int = 32, max_length: int = 16,
+                 kind: str = "learned_word_embeddings"):
         super().__init__()
         if len(classes) != len(prompts):
             raise ValueError(f"expected one prompt per class, got {len(prompts)} prompts for {len(classes)} classes")
@@ -71,7 +75,23 @@ class PromptEncoder(ModelMixin, ConfigMixin):
 
 def build_unet(sample_size: int, channels: int, params: Mapping[str, Any], gated: bool = False
                ) -> UNet2DConditionModel:
-    """The denoiser; ``gated`` adds GLIGEN's gated self-attention to every transformer block (multi-level)."""
+    """The denoiser; ``gated`` adds GLIGEN's gated self-attention to every transformer block (multi-level).
+
+    With ``params["pretrained"]`` (a local Stable Diffusion folder in diffusers format, e.g. SD 2.1 as in CLUE
+    Table 3) the UNet of its ``unet/`` subfolder is the starting point: its architecture, with ``conv_in`` and
+    ``conv_out`` re-initialised when the autoencoder's latent channels differ (8-channel VAE); the size keys of
+    ``params`` are then not used."""
+    if params.get("pretrained"):
+        overrides = {"in_channels": channels, "out_channels": channels, "sample_size": sample_size,
+                     "attention_type": "gated" if gated else "default"}
+        try:
+            unet, fresh = load_adapted(UNet2DConditionModel, params["pretrained"], overrides, subfolder="unet")
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"diffusion.pretrained: {e}") from None
+        log.info("UNet initialised from %s; re-initialised: %s", params["pretrained"],
+                 sorted({k.rsplit(".", 1)[0] for k in fresh if "fuser" not in k and "position_net" not in k})
+                 or "none")
+        return unet
     boc = tuple(params["block_out_channels"])
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in params["attention_levels"])
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(params["attention_levels"]))
@@ -182,9 +202,18 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
     ae = load_autoencoder(ae_dir, device)
     mean, std = encode_latents(ae, x, device)  # KL: posterior mean and std; VQ: pre-quantisation latents, std 0
     del ae
-    unet = build_unet(mean.shape[-1], mean.shape[1], params, gated=conditioning == "multilevel").to(device)
-    penc = PromptEncoder(classes, [params["prompts"][c] for c in classes], dim=int(params["cross_attention_dim"]),
-                         max_length=int(params["max_prompt_length"])).to(device)
+    prompts = [params["prompts"][c] for c in classes]
+    text_cfg = params.get("text_encoder") or {}
+    penc = frozen_prompt_encoder(classes, prompts, text_cfg) if text_cfg.get("open_clip_model") else None
+    unet_params = dict(params) if penc is None else {**params, "cross_attention_dim": penc.config.dim}
+    unet = build_unet(mean.shape[-1], mean.shape[1], unet_params, gated=conditioning == "multilevel").to(device)
+    if penc is None:
+        penc = PromptEncoder(classes, prompts, dim=int(unet.config.cross_attention_dim),
+                             max_length=int(params["max_prompt_length"]))
+    elif int(unet.config.cross_attention_dim) != penc.config.dim:
+        raise ValueError(f"diffusion.text_encoder: {text_cfg['open_clip_model']} embeds prompts in {penc.config.dim} "
+                         f"dimensions, the pretrained UNet cross-attends to {unet.config.cross_attention_dim}")
+    penc = penc.to(device)
     modules: dict[str, torch.nn.Module] = {"unet": unet, "prompt_encoder": penc}
     style = None
     if conditioning == "clue":
@@ -200,14 +229,15 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
         levels = embed_levels(load_feature_net(feature_net, device), torch.cat([crops, crops.flip(-1)]),
                               int(ml["embedding_grid"]), device)
         refs = {"levels": [t[: len(rows)].cpu() for t in levels], "labels": y[: len(rows)].cpu()}
-        embedder = MultiLevelEmbedder([t.shape[-1] for t in levels], int(params["cross_attention_dim"]),
+        embedder = MultiLevelEmbedder([t.shape[-1] for t in levels], int(unet.config.cross_attention_dim),
                                       int(ml["embedding_grid"]), float(ml["adapter_beta"])).to(device)
         n = install_adapters(unet, float(ml["adapter_beta"]))
         modules["multilevel_embedder"] = embedder
         log.info("multi-level embeddings: %d levels of the domain network %s on %d lesion crops / images, %d x %d "
                  "tokens; %d gated adapters (beta %.2f, gamma = 0 at the start)", len(levels), feature_net,
                  len(rows), ml["embedding_grid"], ml["embedding_grid"], n, ml["adapter_beta"])
-    log.info("%s conditioning, trained from scratch (no pretrained weights): %s; latents %s", conditioning,
+    start_from = f"UNet from {params['pretrained']}" if params.get("pretrained") else "from scratch (no pretrained weights)"
+    log.info("%s conditioning, %s: %s; latents %s", conditioning, start_from,
              ", ".join(f"{k} {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M" for k, m in modules.items()),
              tuple(mean.shape[1:]))
     sched = noise_scheduler(params)
@@ -258,7 +288,9 @@ def load_diffusion(model_dir: str | Path, device: torch.device) -> DiffusionMode
     in training: sampling draws s from N(0, sigma^2 I))."""
     model_dir = Path(model_dir)
     unet = UNet2DConditionModel.from_pretrained(str(model_dir / "unet")).to(device).eval()
-    penc = PromptEncoder.from_pretrained(str(model_dir / "prompt_encoder")).to(device).eval()
+    kind = PromptEncoder.load_config(str(model_dir / "prompt_encoder")).get("_class_name")
+    cls = FrozenTextEmbeddings if kind == FrozenTextEmbeddings.__name__ else PromptEncoder
+    penc = cls.from_pretrained(str(model_dir / "prompt_encoder")).to(device).eval()
     sched = DDIMScheduler.from_pretrained(str(model_dir / "scheduler"))
     adapter, embedder, refs = None, None, None
     if (model_dir / "style_adapter").is_dir():

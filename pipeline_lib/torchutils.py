@@ -106,3 +106,22 @@ class Checkpoint:
     def remove(self) -> None:
         if self.path.exists():
             os.remove(self.path)
+
+
+def load_adapted(cls, path: str | Path, overrides: Mapping[str, Any], subfolder: str | None = None):
+    """A diffusers model saved under ``path`` (``subfolder``) rebuilt with ``overrides`` in its config.
+
+    Every weight whose shape is unchanged comes from the folder; the others (the layers the overrides reshape,
+    e.g. ``conv_in`` / ``conv_out`` for other latent channels, or added layers) keep a fresh initialisation.
+    diffusers' own ``ignore_mismatched_sizes`` leaves some such tensors uninitialised, so it is not used.
+    Returns the model and the names of the re-initialised tensors."""
+    folder = Path(path) / subfolder if subfolder else Path(path)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a local diffusers {cls.__name__} folder (no config.json); "
+                                f"the pipeline downloads nothing")
+    saved = cls.from_pretrained(str(folder), low_cpu_mem_usage=False)
+    model = cls.from_config({**saved.config, **overrides})
+    own, theirs = model.state_dict(), saved.state_dict()
+    fresh = sorted(k for k in own if k not in theirs or theirs[k].shape != own[k].shape)
+    model.load_state_dict({k: (own[k] if k in fresh else theirs[k]) for k in own})
+    return model, fresh

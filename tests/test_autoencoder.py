@@ -209,7 +209,7 @@ def test_finetune_from_saved_4_channel_vae_to_8_channels(tmp_path, tiny_config, 
     # Same channel count: every weight is the saved one.
     same = build_autoencoder({**p, "latent_channels": 4}, 16)
     assert all(torch.equal(v, same.state_dict()[k]) for k, v in old.items())
-    with pytest.raises(FileNotFoundError, match="is not a local diffusers AutoencoderKL folder"):
+    with pytest.raises(FileNotFoundError, match="autoencoder pretrained: .*missing is not a local diffusers AutoencoderKL"):
         build_autoencoder({**p, "pretrained": str(tmp_path / "missing")}, 16)
 
 

@@ -73,3 +73,31 @@ def test_ddpm_and_ddim_samplers(tiny_manifest, setup):
     assert not torch.allclose(sample(ddpm, 3), sample(ddim, 3))
     with pytest.raises(ValueError, match="generate.sampler must be one of"):
         with_sampler(model, "euler")
+
+
+def test_unet_from_a_local_stable_diffusion_folder_adapts_conv_in_and_out(tmp_path, tiny_manifest, setup):
+    from diffusers import UNet2DConditionModel
+
+    from pipeline_lib.diffusion import build_unet
+
+    torch.manual_seed(2)
+    sd = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+                              down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                              up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
+                              cross_attention_dim=24, attention_head_dim=8, norm_num_groups=8)
+    sd.save_pretrained(tmp_path / "sd" / "unet")
+    unet = build_unet(8, 8, {"pretrained": str(tmp_path / "sd")})
+    assert unet.config.in_channels == unet.config.out_channels == 8 and unet.config.cross_attention_dim == 24
+    old, new = sd.state_dict(), unet.state_dict()
+    changed = {k.rsplit(".", 1)[0] for k in old if old[k].shape != new[k].shape}
+    assert changed == {"conv_in", "conv_out"}
+    assert all(torch.equal(old[k], new[k]) for k in old if k.rsplit(".", 1)[0] not in changed)
+    gated = build_unet(8, 8, {"pretrained": str(tmp_path / "sd")}, gated=True)  # adapters added, SD weights kept
+    assert torch.equal(gated.state_dict()["mid_block.resnets.0.conv1.weight"], old["mid_block.resnets.0.conv1.weight"])
+    # Training from it: the prompt encoder takes the UNet's cross-attention width.
+    out, params = setup
+    train_diffusion(tiny_manifest, out / "ae", tmp_path / "m", tmp_path / "l.parquet",
+                    {**params, "steps": 1, "pretrained": str(tmp_path / "sd")})
+    assert load_diffusion(tmp_path / "m", CPU).prompt_encoder.config.dim == 24
+    with pytest.raises(FileNotFoundError, match="diffusion.pretrained: .*nowhere/unet is not a local diffusers"):
+        build_unet(8, 8, {"pretrained": str(tmp_path / "nowhere")})

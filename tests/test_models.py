@@ -60,6 +60,7 @@ def test_train_diffusion_artefacts(trained_diffusion):
     model = load_diffusion(out / "model", torch.device("cpu"))
     assert model.scheduler.config.prediction_type == "v_prediction"
     assert list(model.prompt_encoder.config.classes) == list(CLASSES) and model.style_adapter is None
+    assert model.prompt_encoder.config.kind == "learned_word_embeddings"  # named as such in the saved config
 
 
 def test_generate_counts_determinism_and_mask(trained_ae, trained_diffusion, tiny_manifest, tmp_path,

@@ -1,6 +1,6 @@
 rule autoencoder:
     input:
-        unpack(autoencoder_perceptual_inputs),
+        unpack(autoencoder_inputs),
         manifest=rules.preprocess.output.manifest,
         code=autoencoder_code,
     output:

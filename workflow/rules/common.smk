@@ -29,9 +29,9 @@ CODE = {
     "autoencoder_kl": ["autoencoder", "metrics", "torchutils", "data", "io"],
     "autoencoder_vq": ["autoencoder", "vqgan", "perceptual", "nets", "metrics", "torchutils", "data", "io"],
     "autoencoder_metrics": ["autoencoder", "perceptual", "nets", "metrics", "torchutils", "data", "io"],
-    "diffusion": ["diffusion", "clue", "multilevel", "nets", "autoencoder", "torchutils", "data", "io"],
-    "generate": ["generate", "preprocess", "diffusion", "clue", "multilevel", "nets", "autoencoder", "torchutils",
-                 "data", "io"],
+    "diffusion": ["diffusion", "clue", "multilevel", "text", "nets", "autoencoder", "torchutils", "data", "io"],
+    "generate": ["generate", "preprocess", "diffusion", "clue", "multilevel", "text", "nets", "autoencoder",
+                 "torchutils", "data", "io"],
     "feature_net": ["evaluate", "nets", "metrics", "torchutils", "data", "io"],
     "evaluate": ["evaluate", "nets", "metrics", "torchutils", "data", "io"],
     "classify": ["classify", "nets", "metrics", "torchutils", "data", "io"],
@@ -76,14 +76,24 @@ def perceptual_inputs(wildcards=None):
 
 
 def diffusion_inputs(wildcards):
-    """A multi-level variant embeds its images with the domain feature network."""
-    multilevel = config["diffusion"]["variants"][wildcards.variant]["conditioning"] == "multilevel"
-    return {"feature_net": FEATURE_NET} if multilevel else {}
+    """A multi-level variant embeds its images with the domain feature network; local weight files are inputs
+    too, so replacing one retrains."""
+    d = config["diffusion"]
+    inputs = {"feature_net": FEATURE_NET} if d["variants"][wildcards.variant]["conditioning"] == "multilevel" else {}
+    if d["text_encoder"]["checkpoint"]:
+        inputs["text_encoder"] = d["text_encoder"]["checkpoint"]
+    if d["pretrained"]:
+        inputs["pretrained"] = d["pretrained"]
+    return inputs
 
 
-def autoencoder_perceptual_inputs(wildcards):
-    """Only the VQ-GAN trains with a perceptual loss."""
-    return perceptual_inputs() if config["autoencoder"][wildcards.ae]["type"] == "vq" else {}
+def autoencoder_inputs(wildcards):
+    """Only the VQ-GAN trains with a perceptual loss; a local folder to fine-tune from is an input too."""
+    a = config["autoencoder"][wildcards.ae]
+    inputs = perceptual_inputs() if a["type"] == "vq" else {}
+    if a["pretrained"]:
+        inputs["pretrained"] = a["pretrained"]
+    return inputs
 
 
 def shared():

@@ -1,0 +1,74 @@
+"""Prompt embeddings from a local, frozen open_clip text encoder (Stable Diffusion 2.1 conditions its UNet on the
+penultimate layer of OpenCLIP ViT-H/14's text transformer; CLUE fine-tunes SD 2.1 with its prompts).
+
+The prompts are fixed (one per class, CLUE Table 1, plus the empty prompt for classifier-free guidance) and the
+encoder is frozen, so their token embeddings are computed once and kept as a buffer: sampling needs no
+open_clip model. The checkpoint is a local file; nothing is downloaded.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+
+from .io import log
+
+LAYERS = ("penultimate", "last")
+
+
+@torch.no_grad()
+def open_clip_prompt_embeddings(model_name: str, checkpoint: str | Path, prompts: Sequence[str],
+                                layer: str = "penultimate") -> torch.Tensor:
+    """Token embeddings (len(prompts), context_length, width) of ``prompts`` after the ``layer`` of the text
+    transformer and the final layer norm, as Stable Diffusion 2's FrozenOpenCLIPEmbedder."""
+    import open_clip
+
+    if layer not in LAYERS:
+        raise ValueError(f"diffusion.text_encoder.layer must be one of {LAYERS}, got {layer!r}")
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"diffusion.text_encoder.checkpoint: {path} does not exist (expected a local open_clip "
+                                f"checkpoint of {model_name}; the pipeline downloads nothing)")
+    model = open_clip.create_model(model_name, pretrained=str(path), device="cpu").eval()
+    tokens = open_clip.get_tokenizer(model_name)(list(prompts))
+    x = model.token_embedding(tokens) + model.positional_embedding
+    blocks = model.transformer.resblocks
+    for block in blocks[: len(blocks) - 1] if layer == "penultimate" else blocks:
+        x = block(x, attn_mask=model.attn_mask)
+    x = model.ln_final(x)
+    log.info("prompt embeddings: open_clip %s from %s, %s layer, frozen; shape %s", model_name, path, layer,
+             tuple(x.shape))
+    return x.float()
+
+
+class FrozenTextEmbeddings(ModelMixin, ConfigMixin):
+    """The same interface as the learnt ``PromptEncoder``: ``forward(class_index (B,)) -> (B, L, D)``, the last
+    row being the empty prompt; here the rows are fixed embeddings of a frozen text encoder."""
+
+    @register_to_config
+    def __init__(self, classes: list[str], prompts: list[str], dim: int, max_length: int,
+                 kind: str = "open_clip"):
+        super().__init__()
+        if len(classes) != len(prompts):
+            raise ValueError(f"expected one prompt per class, got {len(prompts)} prompts for {len(classes)} classes")
+        self.register_buffer("embeddings", torch.zeros(len(prompts) + 1, max_length, dim))
+
+    @property
+    def null_index(self) -> int:
+        return len(self.config.prompts)
+
+    def forward(self, class_index: torch.Tensor) -> torch.Tensor:
+        return self.embeddings[class_index]
+
+
+def frozen_prompt_encoder(classes: Sequence[str], prompts: Sequence[str], cfg) -> FrozenTextEmbeddings:
+    """``FrozenTextEmbeddings`` of the class prompts and the empty prompt from ``diffusion.text_encoder``."""
+    emb = open_clip_prompt_embeddings(cfg["open_clip_model"], cfg["checkpoint"], [*prompts, ""],
+                                      cfg.get("layer", "penultimate"))
+    enc = FrozenTextEmbeddings(list(classes), list(prompts), int(emb.shape[-1]), int(emb.shape[1]),
+                               kind=f"open_clip:{cfg['open_clip_model']}:{cfg.get('layer', 'penultimate')}")
+    enc.embeddings.copy_(emb)
+    return enc.requires_grad_(False)
