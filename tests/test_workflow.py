@@ -62,6 +62,10 @@ def test_tables_have_the_promised_columns_and_ranges(run, tiny_config):
                   "evaluate/feature_net"):
         log = pd.read_parquet(res / stage / "train_log.parquet")
         assert len(log) > 0
+    indices = pd.read_parquet(res / "cluster" / "indices.parquet")
+    assert set(indices["k"]) == {2, 3} and set(indices["method"]) == {"kmeans", "imsat"}
+    selection = pd.read_parquet(res / "cluster" / "selection.parquet")
+    assert set(selection.loc[selection["index"] == "majority", "best_k"]) <= {2, 3}
     seeds = tiny_config["generate"]["seeds"]
     assert {"kl", "denoise"} <= set(pd.read_parquet(res / "diffusion" / "clue" / "train_log.parquet").columns)
     assert (res / "diffusion" / "ml" / "model" / "multilevel_references.pt").exists()
@@ -138,6 +142,12 @@ def test_perceptual_edit_reruns_the_vq_gan_and_the_tables_not_the_kl_vae(run, ti
     _edited(work, tiny_config, "perceptual", "lpips_net", "alex")
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
     assert jobs == {"autoencoder": 1, "autoencoder_metrics": 2, "report": 1, "all": 1}
+
+
+def test_cluster_edit_reruns_only_the_cluster_stage(run, tiny_config):
+    work, _ = run
+    _edited(work, tiny_config, "cluster", "k_values", [2, 3, 4])
+    assert planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml")) == {"cluster": 1, "all": 1}
 
 
 def test_feature_network_edit_reruns_what_uses_it_only(run, tiny_config):

@@ -36,6 +36,7 @@ CODE = {
     "evaluate": ["evaluate", "nets", "metrics", "torchutils", "data", "io"],
     "classify": ["classify", "nets", "metrics", "torchutils", "data", "io"],
     "report": ["report", "data", "io"],
+    "cluster": ["cluster/fit", "cluster/indices", "autoencoder", "torchutils", "data", "io"],
 }
 
 
@@ -119,6 +120,20 @@ def autoencoder_metrics_params(wildcards):
             "perceptual": config["perceptual"], **shared()}
 
 
+def cluster_params():
+    c = dict(config["cluster"])
+    c["autoencoder"] = c.get("autoencoder") or AUTOENCODERS[0]
+    if c["autoencoder"] not in AUTOENCODERS:
+        raise ValueError(f"cluster.autoencoder: {c['autoencoder']!r} is not configured (autoencoder: {AUTOENCODERS})")
+    return {**c, **shared()}
+
+
+def cluster_outputs():
+    if "cluster" not in config:
+        return []
+    return [f"{R}/cluster/{name}.parquet" for name in ("indices", "selection", "assignments")]
+
+
 def diffusion_params(wildcards):
     d = {k: v for k, v in config["diffusion"].items() if k != "variants"}
     return {**d, **config["diffusion"]["variants"][wildcards.variant], "variant": wildcards.variant,
@@ -200,4 +215,4 @@ def report_outputs():
 
 def final_outputs():
     o = report_outputs()
-    return [o["autoencoder_comparison"], o["classify_summary"], o["evaluate_summary"], o["f1_plot"], *o["grids"]]
+    return [*cluster_outputs(), o["autoencoder_comparison"], o["classify_summary"], o["evaluate_summary"], o["f1_plot"], *o["grids"]]

@@ -1,0 +1,1 @@
+"""The cluster stage (cLDM paper): validity indices and cluster-count selection."""

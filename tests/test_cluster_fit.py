@@ -1,0 +1,87 @@
+"""Cluster stage: features, k-means and IMSAT partitions, the index table and the choice of k."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import adjusted_rand_score
+
+from pipeline_lib.cluster.fit import (INDICES, cluster_stage, imsat, index_table, latent_features, select_k)
+
+IMSAT = {"hidden": 32, "epochs": 60, "batch_size": 64, "lr": 0.003, "lambda": 0.1, "mu": 4.0, "noise": 0.1}
+
+
+def _blobs(k=3, n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=6.0, size=(k, 4))
+    y = np.repeat(np.arange(k), n)
+    return centres[y] + rng.normal(size=(k * n, 4)), y
+
+
+def test_latent_features_pool_flatten_and_standardise():
+    lat = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    assert latent_features(lat, "flatten", 2, False).shape == (2, 48)
+    pooled = latent_features(lat, "avg", 2, False)
+    assert pooled.shape == (2, 12) and pooled[0, 0] == pytest.approx((0 + 1 + 4 + 5) / 4)
+    z = latent_features(lat + torch.randn(lat.shape), "avg", 1, True)
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-12)
+    with pytest.raises(ValueError, match="pooling must be 'avg' or 'flatten', got 'max'"):
+        latent_features(lat, "max", 2, False)
+
+
+def test_imsat_recovers_separated_blobs_and_is_deterministic():
+    x, y = _blobs()
+    a = imsat(x, 3, IMSAT, seed=0)
+    assert adjusted_rand_score(y, a) > 0.95
+    np.testing.assert_array_equal(a, imsat(x, 3, IMSAT, seed=0))
+
+
+def test_selection_picks_the_true_k_on_blobs_and_votes():
+    x, y = _blobs(k=3)
+    from sklearn.cluster import KMeans
+
+    rows = []
+    for k in (2, 3, 4, 5):
+        rows += index_table(x, KMeans(k, n_init=5, random_state=0).fit_predict(x), "kmeans", k)
+    table = pd.DataFrame(rows)
+    assert set(table["index"]) == set(INDICES) and list(table.columns) == ["method", "k", "clusters_used", "index",
+                                                                           "value"]
+    sel = select_k(table)
+    assert sel.loc[sel["index"] == "majority", "best_k"].item() == 3
+    assert sel.loc[sel["index"] == "calinski_harabasz", "best_k"].item() == 3
+
+
+def test_majority_tie_goes_to_the_smaller_k():
+    rows = []
+    best = {"calinski_harabasz": 4, "dunn": 4, "hartigan": 2, "c_index": 2, "mcclain_rao": 3}
+    for name, (_, rule) in INDICES.items():
+        for k in (2, 3, 4):
+            good = k == best[name]
+            rows.append({"method": "m", "k": k, "clusters_used": k, "index": name,
+                         "value": (1.0 if good else 0.0) if rule == "max" else (0.0 if good else 1.0)})
+    sel = select_k(pd.DataFrame(rows))
+    assert sel.loc[sel["index"] == "majority", "best_k"].item() == 2  # 4 and 2 have two votes each
+
+
+def test_cluster_stage_tables(tiny_manifest, tmp_path, tiny_config):
+    from pipeline_lib.autoencoder import train_autoencoder
+
+    shared = {"seed": 0, "device": "cpu", "classes": tiny_config["data"]["classes"]}
+    train_autoencoder(tiny_manifest, tmp_path / "ae", tmp_path / "ae.parquet",
+                      {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **shared, "steps": 2})
+    params = {**shared, "splits": ["train_a", "train_b"], "k_values": [2, 3],
+              "features": {"pooling": "avg", "pool_size": 2, "standardize": True}, "methods": ["kmeans", "imsat"],
+              "kmeans_n_init": 2, "imsat": {**IMSAT, "epochs": 3}}
+    sel = cluster_stage(tiny_manifest, tmp_path / "ae", tmp_path / "i.parquet", tmp_path / "s.parquet",
+                        tmp_path / "a.parquet", params)
+    table = pd.read_parquet(tmp_path / "i.parquet")
+    assert len(table) == 2 * 2 * len(INDICES)
+    assign = pd.read_parquet(tmp_path / "a.parquet")
+    n = pd.read_parquet(tiny_manifest)["split"].isin(["train_a", "train_b"]).sum()
+    assert len(assign) == 2 * 2 * n and set(sel["index"]) == {*INDICES, "majority"}
+
+
+def test_index_table_marks_degenerate_partitions():
+    x, _ = _blobs()
+    rows = index_table(x, np.zeros(len(x), int), "imsat", 3)  # everything in one cluster
+    assert all(np.isnan(r["value"]) and r["clusters_used"] == 1 for r in rows)
+    assert select_k(pd.DataFrame(rows)).empty
