@@ -130,11 +130,12 @@ def test_autoencoder_edit_reruns_only_that_autoencoder_and_what_uses_it(run, tin
     _edited(work, tiny_config, "autoencoder", "vq4", "steps", tiny_config["autoencoder"]["vq4"]["steps"] + 1)
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
     assert jobs == {"autoencoder": 1, "autoencoder_metrics": 1, "report": 1, "all": 1}
-    # kl8 feeds the diffusion model: everything downstream of it, but not vq4 or the feature network.
+    # kl8 feeds the diffusion models and the cluster stage: everything downstream of it, not vq4 or the
+    # feature network.
     _edited(work, tiny_config, "autoencoder", "kl8", "lr", 0.002)
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
-    assert set(jobs) == {"autoencoder", "autoencoder_metrics", "diffusion", "generate", "evaluate", "classify",
-                         "report", "all"} and jobs["autoencoder"] == 1
+    assert set(jobs) == {"autoencoder", "autoencoder_metrics", "cluster", "diffusion", "generate", "evaluate",
+                         "classify", "report", "all"} and jobs["autoencoder"] == 1
 
 
 def test_perceptual_edit_reruns_the_vq_gan_and_the_tables_not_the_kl_vae(run, tiny_config):
