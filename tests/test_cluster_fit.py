@@ -85,3 +85,22 @@ def test_index_table_marks_degenerate_partitions():
     rows = index_table(x, np.zeros(len(x), int), "imsat", 3)  # everything in one cluster
     assert all(np.isnan(r["value"]) and r["clusters_used"] == 1 for r in rows)
     assert select_k(pd.DataFrame(rows)).empty
+
+
+def test_nbclust_hartigan_variant_is_selectable(tiny_manifest, tmp_path, tiny_config):
+    from pipeline_lib.autoencoder import train_autoencoder
+
+    shared = {"seed": 0, "device": "cpu", "classes": tiny_config["data"]["classes"]}
+    train_autoencoder(tiny_manifest, tmp_path / "ae", tmp_path / "ae.parquet",
+                      {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **shared, "steps": 2})
+    params = {**shared, "splits": ["train_a", "train_b"], "k_values": [2, 3, 4], "hartigan": "nbclust",
+              "features": {"pooling": "avg", "pool_size": 1, "standardize": True}, "methods": ["kmeans"],
+              "kmeans_n_init": 2, "imsat": IMSAT}
+    sel = cluster_stage(tiny_manifest, tmp_path / "ae", tmp_path / "i.parquet", tmp_path / "s.parquet",
+                        tmp_path / "a.parquet", params)
+    table = pd.read_parquet(tmp_path / "i.parquet")
+    h = table[table["index"] == "hartigan_nbclust"].set_index("k")["value"]
+    assert "hartigan" not in set(table["index"]) and list(h.index) == [2, 3, 4]
+    drops = {3: h[2] - h[3], 4: h[3] - h[4]}
+    assert sel.loc[sel["index"] == "hartigan_nbclust", "best_k"].item() == max(drops, key=drops.get)
+    assert set(pd.read_parquet(tmp_path / "a.parquet")["k"]) == {2, 3, 4}  # the k + 1 = 5 fit is not kept

@@ -12,6 +12,9 @@ indices of each partition, and the choice of k.
   the weight on the conditional entropy instead, training collapses into one cluster).
 - Selection: each index's best k (largest Calinski-Harabasz, Dunn, Hartigan; smallest C and McClain-Rao) and a
   majority vote over the five; a tie in votes goes to the smaller k (the more parsimonious partition).
+- ``hartigan: nbclust`` replaces the paper's log(SSB / SSW) by R NbClust's Hartigan index,
+  H(k) = (SSW_k / SSW_{k+1} - 1)(n - k - 1) (the k + 1 partitions are fitted for it), chosen as NbClust does:
+  the k with the largest drop H(k_prev) - H(k) from the previous k tried.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from sklearn.cluster import KMeans
 from ..autoencoder import encode_latents, load_autoencoder
 from ..io import log, write_parquet
 from ..torchutils import load_images, select_device, set_threads
-from .indices import c_index, calinski_harabasz, dunn, hartigan, mcclain_rao
+from .indices import c_index, calinski_harabasz, dunn, hartigan, hartigan_nbclust, mcclain_rao
 
 INDICES = {"calinski_harabasz": (calinski_harabasz, "max"), "c_index": (c_index, "min"), "dunn": (dunn, "max"),
            "hartigan": (hartigan, "max"), "mcclain_rao": (mcclain_rao, "min")}
@@ -86,13 +89,21 @@ def fit_partition(x: np.ndarray, k: int, method: str, params: Mapping[str, Any],
     raise ValueError(f"cluster method must be one of {METHODS}, got {method!r}")
 
 
-def index_table(x: np.ndarray, labels: np.ndarray, method: str, k: int) -> list[dict]:
+def index_table(x: np.ndarray, labels: np.ndarray, method: str, k: int,
+                labels_next: np.ndarray | None = None) -> list[dict]:
     """One row per index (the long form of the paper's Table 3); NaN where the partition has fewer than 2
-    non-empty clusters (IMSAT may leave clusters empty)."""
+    non-empty clusters (IMSAT may leave clusters empty). With ``labels_next`` (the k + 1 partition) the Hartigan
+    row is NbClust's ``hartigan_nbclust`` instead of the paper's log(SSB / SSW)."""
     used = len(np.unique(labels))
+    ok = 2 <= used <= len(x) - 1
     rows = []
     for name, (fn, _) in INDICES.items():
-        value = fn(x, labels) if 2 <= used <= len(x) - 1 else float("nan")
+        if name == "hartigan" and labels_next is not None:
+            valid = ok and len(np.unique(labels_next)) == used + 1
+            value = hartigan_nbclust(x, labels, labels_next) if valid else float("nan")
+            name = "hartigan_nbclust"
+        else:
+            value = fn(x, labels) if ok else float("nan")
         rows.append({"method": method, "k": k, "clusters_used": used, "index": name, "value": float(value)})
     return rows
 
@@ -102,11 +113,16 @@ def select_k(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for method, part in table.groupby("method", sort=False):
         votes = []
-        for name, (_, better) in INDICES.items():
-            vals = part[part["index"] == name].dropna(subset=["value"])
+        for name in part["index"].unique():
+            vals = part[part["index"] == name].dropna(subset=["value"]).sort_values("k")
+            if name == "hartigan_nbclust":  # NbClust: the largest drop from the previous k
+                better = "largest drop from the previous k"
+                vals = vals.assign(value=vals["value"].shift(1) - vals["value"]).dropna(subset=["value"])
+            else:
+                better = INDICES[name][1]
             if vals.empty:
                 continue
-            best = vals.loc[vals["value"].idxmax() if better == "max" else vals["value"].idxmin()]
+            best = vals.loc[vals["value"].idxmin() if better == "min" else vals["value"].idxmax()]
             votes.append(int(best["k"]))
             rows.append({"method": method, "index": name, "rule": better, "best_k": int(best["k"]),
                          "value": float(best["value"])})
@@ -133,11 +149,15 @@ def cluster_stage(manifest: str | Path, ae_dir: str | Path, indices_out: str | P
     log.info("cluster features: %d images x %d (%s pooling%s)", *x.shape, f["pooling"],
              ", standardised" if f["standardize"] else "")
     table, assignments = [], []
+    nbclust = params.get("hartigan", "paper") == "nbclust"
     for method in params["methods"]:
-        for k in params["k_values"]:
-            labels = fit_partition(x, int(k), method, params, int(params["seed"]))
-            table += index_table(x, labels, method, int(k))
-            assignments.append(pd.DataFrame({"image_id": rows["image_id"], "method": method, "k": int(k),
+        ks = sorted(int(k) for k in params["k_values"])
+        fits = {k: fit_partition(x, k, method, params, int(params["seed"]))
+                for k in sorted(set(ks) | ({k + 1 for k in ks} if nbclust else set()))}
+        for k in ks:
+            labels = fits[k]
+            table += index_table(x, labels, method, k, fits[k + 1] if nbclust else None)
+            assignments.append(pd.DataFrame({"image_id": rows["image_id"], "method": method, "k": k,
                                              "cluster": labels}))
             log.info("%s k=%d: %s", method, k, {r["index"]: round(r["value"], 4) for r in table[-len(INDICES):]})
     table = pd.DataFrame(table)
