@@ -106,7 +106,3 @@ def load_perceptual(cfg: Mapping[str, Any], feature_net: str | Path | None, devi
              "reporting %s, LPIPS eq. 1 uncalibrated on the domain feature network %s", SUBSTITUTE, feature_net)
     return DomainPerceptual(load_feature_net(feature_net, device))
 
-
-def perceptual_name(cfg: Mapping[str, Any]) -> str:
-    """The column name a table uses for the configured perceptual distance."""
-    return LPIPSDistance.name if cfg.get("lpips_backbone") else SUBSTITUTE
