@@ -45,3 +45,27 @@ def tiny_feature_net(tiny_manifest, tmp_path_factory, tiny_config) -> Path:
     train_feature_net(tiny_manifest, out / "model.pt", out / "log.parquet",
                       {**params, "seed": 0, "device": "cpu", "classes": tiny_config["data"]["classes"]})
     return out / "model.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_ae(tiny_manifest, tmp_path_factory, tiny_config) -> Path:
+    """The tiny config's kl8 autoencoder trained for 2 steps, once per test run: the latents the diffusion tests
+    train on (its quality does not matter to them). Returns the model folder."""
+    from pipeline_lib.autoencoder import train_autoencoder
+
+    out = tmp_path_factory.mktemp("tiny_ae")
+    train_autoencoder(tiny_manifest, out / "model", out / "log.parquet",
+                      {**tiny_config["autoencoder"]["kl8"], "name": "kl8", "seed": 0, "device": "cpu",
+                       "classes": tiny_config["data"]["classes"], "steps": 2})
+    return out / "model"
+
+
+@pytest.fixture(scope="session")
+def diffusion_params(tiny_config):
+    """``diffusion_params(**overrides)``: the tiny config's diffusion slice (without the variants) as a rule
+    passes it, for a class-conditioned variant unless overridden."""
+    def make(**overrides) -> dict:
+        d = {k: v for k, v in tiny_config["diffusion"].items() if k != "variants"}
+        return {**d, "seed": 0, "device": "cpu", "classes": tiny_config["data"]["classes"], "variant": "class",
+                "conditioning": "class", **overrides}
+    return make

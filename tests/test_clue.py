@@ -11,7 +11,6 @@ from pipeline_lib.diffusion import (PromptEncoder, build_unet, conditioning_opti
                                    noise_scheduler, train_diffusion)
 from pipeline_lib.generate import sample_latents
 
-SHARED = {"seed": 0, "device": "cpu", "classes": list(CLASSES)}
 CPU = torch.device("cpu")
 UNET = {"block_out_channels": [16, 32], "attention_levels": [False, True], "layers_per_block": 1,
         "cross_attention_dim": 16, "attention_head_dim": 8, "norm_num_groups": 8}
@@ -125,16 +124,10 @@ def test_one_optimiser_step_lowers_the_clue_loss_on_a_fixed_batch():
 
 
 @pytest.fixture(scope="module")
-def clue_model(tiny_manifest, tmp_path_factory, tiny_config):
-    from pipeline_lib.autoencoder import train_autoencoder
-
+def clue_model(tiny_manifest, tiny_ae, diffusion_params, tmp_path_factory):
     out = tmp_path_factory.mktemp("clue")
-    train_autoencoder(tiny_manifest, out / "ae", out / "ae.parquet",
-                      {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED, "steps": 3})
-    d = {k: v for k, v in tiny_config["diffusion"].items() if k != "variants"}
-    params = {**d, **SHARED, "steps": 6, "variant": "clue", "conditioning": "clue", "style_dim": 8,
-              "style_tokens": 2, "kl_weight": 1e-3}
-    train_diffusion(tiny_manifest, out / "ae", out / "model", out / "log.parquet", params)
+    params = diffusion_params(steps=6, variant="clue", conditioning="clue", style_dim=8, style_tokens=2, kl_weight=1e-3)
+    train_diffusion(tiny_manifest, tiny_ae, out / "model", out / "log.parquet", params)
     return out
 
 

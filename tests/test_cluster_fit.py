@@ -62,16 +62,12 @@ def test_majority_tie_goes_to_the_smaller_k():
     assert sel.loc[sel["index"] == "majority", "best_k"].item() == 2  # 4 and 2 have two votes each
 
 
-def test_cluster_stage_tables(tiny_manifest, tmp_path, tiny_config):
-    from pipeline_lib.autoencoder import train_autoencoder
-
+def test_cluster_stage_tables(tiny_manifest, tiny_ae, tmp_path, tiny_config):
     shared = {"seed": 0, "device": "cpu", "classes": tiny_config["data"]["classes"]}
-    train_autoencoder(tiny_manifest, tmp_path / "ae", tmp_path / "ae.parquet",
-                      {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **shared, "steps": 2})
     params = {**shared, "splits": ["train_a", "train_b"], "k_values": [2, 3],
               "features": {"pooling": "avg", "pool_size": 2, "standardize": True}, "methods": ["kmeans", "imsat"],
               "kmeans_n_init": 2, "imsat": {**IMSAT, "epochs": 3}}
-    sel = cluster_stage(tiny_manifest, tmp_path / "ae", tmp_path / "i.parquet", tmp_path / "s.parquet",
+    sel = cluster_stage(tiny_manifest, tiny_ae, tmp_path / "i.parquet", tmp_path / "s.parquet",
                         tmp_path / "a.parquet", params)
     table = pd.read_parquet(tmp_path / "i.parquet")
     assert len(table) == 2 * 2 * len(INDICES)
@@ -87,16 +83,12 @@ def test_index_table_marks_degenerate_partitions():
     assert select_k(pd.DataFrame(rows)).empty
 
 
-def test_nbclust_hartigan_variant_is_selectable(tiny_manifest, tmp_path, tiny_config):
-    from pipeline_lib.autoencoder import train_autoencoder
-
+def test_nbclust_hartigan_variant_is_selectable(tiny_manifest, tiny_ae, tmp_path, tiny_config):
     shared = {"seed": 0, "device": "cpu", "classes": tiny_config["data"]["classes"]}
-    train_autoencoder(tiny_manifest, tmp_path / "ae", tmp_path / "ae.parquet",
-                      {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **shared, "steps": 2})
     params = {**shared, "splits": ["train_a", "train_b"], "k_values": [2, 3, 4], "hartigan": "nbclust",
               "features": {"pooling": "avg", "pool_size": 1, "standardize": True}, "methods": ["kmeans"],
               "kmeans_n_init": 2, "imsat": IMSAT}
-    sel = cluster_stage(tiny_manifest, tmp_path / "ae", tmp_path / "i.parquet", tmp_path / "s.parquet",
+    sel = cluster_stage(tiny_manifest, tiny_ae, tmp_path / "i.parquet", tmp_path / "s.parquet",
                         tmp_path / "a.parquet", params)
     table = pd.read_parquet(tmp_path / "i.parquet")
     h = table[table["index"] == "hartigan_nbclust"].set_index("k")["value"]

@@ -5,27 +5,20 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from pipeline_lib import diffusion
-from pipeline_lib.autoencoder import train_autoencoder
-from pipeline_lib.data import CLASSES
 from pipeline_lib.diffusion import load_diffusion, train_diffusion
 from pipeline_lib.generate import sample_latents, with_sampler
 
-SHARED = {"seed": 0, "device": "cpu", "classes": list(CLASSES)}
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_manifest, tmp_path_factory, tiny_config):
-    out = tmp_path_factory.mktemp("options")
-    train_autoencoder(tiny_manifest, out / "ae", out / "ae.parquet",
-                      {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED, "steps": 2})
-    d = {k: v for k, v in tiny_config["diffusion"].items() if k != "variants"}
-    return out, {**d, **SHARED, "steps": 4, "variant": "class", "conditioning": "class"}
+def setup(tiny_ae, diffusion_params, tmp_path_factory):
+    return tmp_path_factory.mktemp("options"), tiny_ae, diffusion_params(steps=4)
 
 
 def _run(tiny_manifest, setup, name, **kw):
-    out, params = setup
-    train_diffusion(tiny_manifest, out / "ae", out / name / "model", out / name / "log.parquet", {**params, **kw})
+    out, ae, params = setup
+    train_diffusion(tiny_manifest, ae, out / name / "model", out / name / "log.parquet", {**params, **kw})
     return pd.read_parquet(out / name / "log.parquet"), load_diffusion(out / name / "model", CPU)
 
 
@@ -95,8 +88,8 @@ def test_unet_from_a_local_stable_diffusion_folder_adapts_conv_in_and_out(tmp_pa
     gated = build_unet(8, 8, {"pretrained": str(tmp_path / "sd")}, gated=True)  # adapters added, SD weights kept
     assert torch.equal(gated.state_dict()["mid_block.resnets.0.conv1.weight"], old["mid_block.resnets.0.conv1.weight"])
     # Training from it: the prompt encoder takes the UNet's cross-attention width.
-    out, params = setup
-    train_diffusion(tiny_manifest, out / "ae", tmp_path / "m", tmp_path / "l.parquet",
+    _, ae, params = setup
+    train_diffusion(tiny_manifest, ae, tmp_path / "m", tmp_path / "l.parquet",
                     {**params, "steps": 1, "pretrained": str(tmp_path / "sd")})
     assert load_diffusion(tmp_path / "m", CPU).prompt_encoder.config.dim == 24
     with pytest.raises(FileNotFoundError, match="diffusion.pretrained: .*nowhere/unet is not a local diffusers"):

@@ -11,7 +11,6 @@ from pipeline_lib.generate import sample_latents
 from pipeline_lib.io import write_png
 from pipeline_lib.multilevel import MultiLevelAdapter, MultiLevelEmbedder, cell_boxes, install_adapters, level_tokens
 
-SHARED = {"seed": 0, "device": "cpu", "classes": list(CLASSES)}
 CPU = torch.device("cpu")
 UNET = {"block_out_channels": [16, 32], "attention_levels": [False, True], "layers_per_block": 1,
         "cross_attention_dim": 16, "attention_head_dim": 8, "norm_num_groups": 8}
@@ -120,16 +119,10 @@ def test_lesion_crops_replace_images_where_the_manifest_has_them(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def multilevel_model(tiny_manifest, tiny_feature_net, tmp_path_factory, tiny_config):
-    from pipeline_lib.autoencoder import train_autoencoder
-
+def multilevel_model(tiny_manifest, tiny_ae, tiny_feature_net, diffusion_params, tmp_path_factory):
     out = tmp_path_factory.mktemp("multilevel")
-    train_autoencoder(tiny_manifest, out / "ae", out / "ae.parquet",
-                      {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED, "steps": 3})
-    d = {k: v for k, v in tiny_config["diffusion"].items() if k != "variants"}
-    params = {**d, **SHARED, "steps": 6, "variant": "ml", "conditioning": "multilevel", "embedding_grid": 2}
-    train_diffusion(tiny_manifest, out / "ae", out / "model", out / "log.parquet", params,
-                    feature_net=tiny_feature_net)
+    params = diffusion_params(steps=6, variant="ml", conditioning="multilevel", embedding_grid=2)
+    train_diffusion(tiny_manifest, tiny_ae, out / "model", out / "log.parquet", params, feature_net=tiny_feature_net)
     return out
 
 
@@ -155,8 +148,7 @@ def test_multilevel_sampling_is_reproducible_and_uses_references(multilevel_mode
         sample_latents(model, 7, 1, (8, 4, 4), 2, 2.0, torch.Generator().manual_seed(0), CPU)
 
 
-def test_multilevel_needs_the_feature_network(tiny_manifest, tmp_path, tiny_config):
-    d = {k: v for k, v in tiny_config["diffusion"].items() if k != "variants"}
+def test_multilevel_needs_the_feature_network(tiny_manifest, tmp_path, diffusion_params):
     with pytest.raises(ValueError, match="multilevel conditioning needs the domain feature network"):
         train_diffusion(tiny_manifest, tmp_path / "ae", tmp_path / "m", tmp_path / "l.parquet",
-                        {**d, **SHARED, "steps": 1, "variant": "ml", "conditioning": "multilevel"})
+                        diffusion_params(steps=1, variant="ml", conditioning="multilevel"))

@@ -55,19 +55,14 @@ def test_frozen_encoder_keeps_prompts_and_the_empty_prompt(tiny_clip, tmp_path):
         open_clip_prompt_embeddings("medaug-tiny-clip", tmp_path / "missing.pt", PROMPTS)
 
 
-def test_diffusion_trains_on_open_clip_prompts(tiny_clip, tiny_manifest, tmp_path, tiny_config):
-    from pipeline_lib.autoencoder import train_autoencoder
+def test_diffusion_trains_on_open_clip_prompts(tiny_clip, tiny_manifest, tiny_ae, diffusion_params, tmp_path):
     from pipeline_lib.diffusion import load_diffusion, train_diffusion
     from pipeline_lib.generate import sample_latents
 
     _, ckpt = tiny_clip
-    shared = {"seed": 0, "device": "cpu", "classes": list(CLASSES)}
-    train_autoencoder(tiny_manifest, tmp_path / "ae", tmp_path / "ae.parquet",
-                      {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **shared, "steps": 2})
-    d = {k: v for k, v in tiny_config["diffusion"].items() if k != "variants"}
-    params = {**d, **shared, "steps": 2, "variant": "class", "conditioning": "class",
-              "text_encoder": {"open_clip_model": "medaug-tiny-clip", "checkpoint": str(ckpt), "layer": "penultimate"}}
-    train_diffusion(tiny_manifest, tmp_path / "ae", tmp_path / "m", tmp_path / "l.parquet", params)
+    params = diffusion_params(steps=2, text_encoder={"open_clip_model": "medaug-tiny-clip", "checkpoint": str(ckpt),
+                                                     "layer": "penultimate"})
+    train_diffusion(tiny_manifest, tiny_ae, tmp_path / "m", tmp_path / "l.parquet", params)
     model = load_diffusion(tmp_path / "m", torch.device("cpu"))
     assert isinstance(model.prompt_encoder, FrozenTextEmbeddings) and model.unet.config.cross_attention_dim == 32
     lat = sample_latents(model, 0, 2, (8, 8, 8), 2, 2.0, torch.Generator().manual_seed(0), torch.device("cpu"))
