@@ -197,7 +197,8 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
     missing = [c for c in classes if c not in params["prompts"]]
     if missing:
         raise ValueError(f"diffusion.prompts: expected a prompt for every class, missing {missing}")
-    x, y, rows = load_images(manifest, params["train_splits"], classes)
+    x, y, images = load_images(manifest, params["train_splits"], classes)
+    n_images = len(images)
     x, y = torch.cat([x, x.flip(-1)]), torch.cat([y, y])  # horizontal flips, encoded once up front
     ae = load_autoencoder(ae_dir, device)
     mean, std = encode_latents(ae, x, device)  # KL: posterior mean and std; VQ: pre-quantisation latents, std 0
@@ -224,18 +225,17 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
         style = (encoder, adapter, float(options["kl_weight"]))
     levels, refs, embedder = None, None, None
     if conditioning == "multilevel":
-        ml = options
-        crops = load_lesion_crops(manifest, rows, x[: len(rows)])
-        levels = embed_levels(load_feature_net(feature_net, device), torch.cat([crops, crops.flip(-1)]),
-                              int(ml["embedding_grid"]), device)
-        refs = {"levels": [t[: len(rows)].cpu() for t in levels], "labels": y[: len(rows)].cpu()}
-        embedder = MultiLevelEmbedder([t.shape[-1] for t in levels], int(unet.config.cross_attention_dim),
-                                      int(ml["embedding_grid"]), float(ml["adapter_beta"])).to(device)
-        n = install_adapters(unet, float(ml["adapter_beta"]))
+        grid, beta = int(options["embedding_grid"]), float(options["adapter_beta"])
+        crops = load_lesion_crops(manifest, images, x[:n_images])
+        levels = embed_levels(load_feature_net(feature_net, device), torch.cat([crops, crops.flip(-1)]), grid, device)
+        refs = {"levels": [t[:n_images].cpu() for t in levels], "labels": y[:n_images].cpu()}
+        embedder = MultiLevelEmbedder([t.shape[-1] for t in levels], int(unet.config.cross_attention_dim), grid,
+                                      beta).to(device)
+        n = install_adapters(unet, beta)
         modules["multilevel_embedder"] = embedder
         log.info("multi-level embeddings: %d levels of the domain network %s on %d lesion crops / images, %d x %d "
                  "tokens; %d gated adapters (beta %.2f, gamma = 0 at the start)", len(levels), feature_net,
-                 len(rows), ml["embedding_grid"], ml["embedding_grid"], n, ml["adapter_beta"])
+                 n_images, grid, grid, n, beta)
     start_from = f"UNet from {params['pretrained']}" if params.get("pretrained") else "from scratch (no pretrained weights)"
     log.info("%s conditioning, %s: %s; latents %s", conditioning, start_from,
              ", ".join(f"{k} {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M" for k, m in modules.items()),
