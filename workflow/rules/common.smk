@@ -48,6 +48,13 @@ def autoencoder_code(wildcards):
     return code(f"autoencoder_{config['autoencoder'][wildcards.ae]['type']}")
 
 
+def configured_autoencoder(name, where):
+    """``name`` if it is one of the configured autoencoders, else an error naming ``where`` it was asked for."""
+    if name not in AUTOENCODERS:
+        raise ValueError(f"{where}: autoencoder {name!r} is not configured (autoencoder: {AUTOENCODERS})")
+    return name
+
+
 def variant_autoencoder(variant):
     """The autoencoder a diffusion variant learns on: its own `autoencoder`, else diffusion.autoencoder, else
     the only one configured."""
@@ -57,10 +64,7 @@ def variant_autoencoder(variant):
             raise ValueError(f"diffusion.autoencoder: several autoencoders are configured {AUTOENCODERS}; "
                              f"name the one the diffusion variants use")
         name = AUTOENCODERS[0]
-    if name not in AUTOENCODERS:
-        raise ValueError(f"diffusion variant {variant!r}: autoencoder {name!r} is not configured "
-                         f"(autoencoder: {AUTOENCODERS})")
-    return name
+    return configured_autoencoder(name, f"diffusion variant {variant!r}")
 
 
 def variant_autoencoder_model(wildcards):
@@ -122,9 +126,7 @@ def autoencoder_metrics_params(wildcards):
 
 def cluster_params():
     c = dict(config["cluster"])
-    c["autoencoder"] = c.get("autoencoder") or AUTOENCODERS[0]
-    if c["autoencoder"] not in AUTOENCODERS:
-        raise ValueError(f"cluster.autoencoder: {c['autoencoder']!r} is not configured (autoencoder: {AUTOENCODERS})")
+    c["autoencoder"] = configured_autoencoder(c.get("autoencoder") or AUTOENCODERS[0], "cluster.autoencoder")
     return {**c, **shared()}
 
 
