@@ -30,6 +30,13 @@ from .torchutils import Checkpoint, load_adapted, load_images, seed_everything, 
 from .vqgan import PatchDiscriminator, discriminator_loss, generator_loss, vector_quantize
 
 GENERATIVE_SPLITS = ("train_a", "train_b")  # the only splits a generative model may see (CLUE section 4.2)
+
+
+def check_generative_splits(splits, key: str) -> None:
+    """Refuse training splits beyond ``GENERATIVE_SPLITS``; the error names the config ``key``."""
+    bad = sorted(set(splits) - set(GENERATIVE_SPLITS))
+    if bad:
+        raise ValueError(f"{key} may only hold {GENERATIVE_SPLITS}, got {bad}")
 MODEL_CLASSES = {"kl": AutoencoderKL, "vq": VQModel}
 LOSS_DEFAULTS = {
     "kl": {"kl_weight": 1.0e-6, "l1_weight": 1.0, "l2_weight": 1.0, "ssim_weight": 0.2},
@@ -181,9 +188,7 @@ def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: st
     gen = seed_everything(int(params["seed"]))
     device = select_device(params["device"])
     kind, name = params.get("type", "kl"), params.get("name", "autoencoder")
-    bad = sorted(set(params["train_splits"]) - set(GENERATIVE_SPLITS))
-    if bad:
-        raise ValueError(f"autoencoder.{name}.train_splits may only hold {GENERATIVE_SPLITS}, got {bad}")
+    check_generative_splits(params["train_splits"], f"autoencoder.{name}.train_splits")
     weights = loss_weights(params)
     x, _, _ = load_images(manifest, params["train_splits"], list(params["classes"]))
     ae = build_autoencoder(params, x.shape[-1]).to(device)

@@ -27,7 +27,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
-from .autoencoder import GENERATIVE_SPLITS, encode_latents, load_autoencoder
+from .autoencoder import check_generative_splits, encode_latents, load_autoencoder
 from .clue import (CLUE_DEFAULTS, StyleAdapter, StyleEncoder, attach_style_adapter, kl_to_standard_normal,
                    sample_style)
 from .data import resolve_path
@@ -191,9 +191,7 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
     if conditioning == "multilevel" and feature_net is None:
         raise ValueError(f"diffusion variant {params.get('variant')!r}: multilevel conditioning needs the domain "
                          f"feature network")
-    bad = sorted(set(params["train_splits"]) - set(GENERATIVE_SPLITS))
-    if bad:
-        raise ValueError(f"diffusion.train_splits may only hold {GENERATIVE_SPLITS}, got {bad}")
+    check_generative_splits(params["train_splits"], "diffusion.train_splits")
     missing = [c for c in classes if c not in params["prompts"]]
     if missing:
         raise ValueError(f"diffusion.prompts: expected a prompt for every class, missing {missing}")

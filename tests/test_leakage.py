@@ -1,5 +1,6 @@
 """Nothing from test or external may reach a generative model or the feature network's training."""
 import pandas as pd
+import pytest
 import torch
 
 from pipeline_lib import autoencoder, diffusion, evaluate
@@ -50,3 +51,14 @@ def test_feature_network_trains_on_train_a_and_selects_on_train_b(tiny_manifest,
     assert torch.equal(got["x"], xa) and torch.equal(got["xv"], xb)
     rows = pd.read_parquet(tiny_manifest)
     assert {"test", "external"} <= set(rows["split"])  # the manifest did hold them
+
+
+def test_generative_models_refuse_test_and_external_splits(tiny_manifest, tmp_path, tiny_config, diffusion_params):
+    ae_params = {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED, "train_splits": ["train_a", "test"]}
+    with pytest.raises(ValueError, match=r"autoencoder.kl8.train_splits may only hold \('train_a', 'train_b'\), "
+                                         r"got \['test'\]"):
+        autoencoder.train_autoencoder(tiny_manifest, tmp_path / "m", tmp_path / "l.parquet", ae_params)
+    with pytest.raises(ValueError, match=r"diffusion.train_splits may only hold \('train_a', 'train_b'\), "
+                                         r"got \['external'\]"):
+        diffusion.train_diffusion(tiny_manifest, tmp_path / "ae", tmp_path / "d", tmp_path / "dl.parquet",
+                                  diffusion_params(train_splits=["train_b", "external"]))
