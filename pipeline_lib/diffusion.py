@@ -1,6 +1,7 @@
 """Latent diffusion: ``UNet2DConditionModel`` on autoencoder latents, v-prediction, conditioned on the class
 prompt (``class``), on the prompt and a CLUE style latent (``clue``, see ``pipeline_lib.clue``), or on the
-prompt and the multi-level embeddings of a lesion image (``multilevel``, see ``pipeline_lib.multilevel``).
+prompt and the multi-level embeddings of a lesion image (``multilevel``, see ``pipeline_lib.multilevel``), or on
+the cluster of the image's latents when there are no labels (``cluster``, see ``pipeline_lib.cluster.condition``).
 
 Conditioning is the fixed-format prompt of each class (CLUE Table 1). With no pretrained text encoder on disk,
 ``PromptEncoder`` embeds the prompt's words with a small embedding table learnt together with the UNet; the
@@ -28,6 +29,7 @@ from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from .autoencoder import check_generative_splits, encode_latents, load_autoencoder
+from .cluster.condition import ClusterEmbedding, cluster_labels, resolve_k
 from .clue import (CLUE_DEFAULTS, StyleAdapter, StyleEncoder, attach_style_adapter, kl_to_standard_normal,
                    sample_style)
 from .data import resolve_path
@@ -112,8 +114,10 @@ def noise_scheduler(params: Mapping[str, Any]) -> DDPMScheduler:
                          prediction_type=params["prediction_type"], clip_sample=False)
 
 
-CONDITIONINGS = ("class", "clue", "multilevel")
-OPTIONS = {"clue": CLUE_DEFAULTS, "multilevel": MULTILEVEL_DEFAULTS}  # the keys each conditioning adds
+CONDITIONINGS = ("class", "clue", "multilevel", "cluster")
+# cluster_k: an int of cluster.k_values, or "selected" (the cluster stage's majority vote for cluster_method)
+CLUSTER_DEFAULTS = {"cluster_k": "selected", "cluster_method": "imsat", "cluster_tokens": 1}
+OPTIONS = {"clue": CLUE_DEFAULTS, "multilevel": MULTILEVEL_DEFAULTS, "cluster": CLUSTER_DEFAULTS}  # keys each adds
 
 
 def conditioning_options(params: Mapping[str, Any]) -> dict:
@@ -137,7 +141,7 @@ class DiffusionModel:
     """What sampling needs: the UNet, the prompt encoder, the DDIM scheduler and, for CLUE, the style adapter
     (installed in the UNet's attention processors)."""
     unet: UNet2DConditionModel
-    prompt_encoder: PromptEncoder
+    prompt_encoder: PromptEncoder | FrozenTextEmbeddings | ClusterEmbedding
     scheduler: DDIMScheduler
     style_adapter: StyleAdapter | None = None
     embedder: MultiLevelEmbedder | None = None
@@ -180,9 +184,10 @@ def diffusion_loss(unet, prompt_encoder, scheduler, latents, labels, cond_dropou
 
 def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, log_table: str | Path,
                     params: Mapping[str, Any], feature_net: str | Path | None = None,
-                    threads: int | None = None) -> None:
+                    clusters: Mapping[str, str | Path] | None = None, threads: int | None = None) -> None:
     """Entry point of the diffusion rule. ``feature_net`` (the domain network) gives the multi-level
-    embeddings of a ``multilevel`` variant."""
+    embeddings of a ``multilevel`` variant; ``clusters`` (the cluster stage's ``assignments`` and
+    ``selection`` tables) the conditions of a ``cluster`` variant."""
     set_threads(threads)
     gen = seed_everything(int(params["seed"]))
     device = select_device(params["device"])
@@ -191,22 +196,36 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
     if conditioning == "multilevel" and feature_net is None:
         raise ValueError(f"diffusion variant {params.get('variant')!r}: multilevel conditioning needs the domain "
                          f"feature network")
+    if conditioning == "cluster" and clusters is None:
+        raise ValueError(f"diffusion variant {params.get('variant')!r}: cluster conditioning needs the cluster "
+                         f"stage's assignments (a `cluster:` section in the config)")
     check_generative_splits(params["train_splits"], "diffusion.train_splits")
     missing = [c for c in classes if c not in params["prompts"]]
-    if missing:
+    if missing and conditioning != "cluster":
         raise ValueError(f"diffusion.prompts: expected a prompt for every class, missing {missing}")
     x, y, images = load_images(manifest, params["train_splits"], classes)
     n_images = len(images)
+    if conditioning == "cluster":  # the labels are not used: the condition is the image's cluster
+        method, k = options["cluster_method"], resolve_k(clusters["selection"], options["cluster_method"],
+                                                         options["cluster_k"])
+        y = torch.from_numpy(cluster_labels(clusters["assignments"], images["image_id"], method, k))
+        counts = torch.bincount(y, minlength=k).tolist()
+        log.info("cluster conditioning on the %s partition with k = %d%s; training images per cluster %s", method,
+                 k, " (the cluster stage's selection)" if options["cluster_k"] == "selected" else "", counts)
     x, y = torch.cat([x, x.flip(-1)]), torch.cat([y, y])  # horizontal flips, encoded once up front
     ae = load_autoencoder(ae_dir, device)
     mean, std = encode_latents(ae, x, device)  # KL: posterior mean and std; VQ: pre-quantisation latents, std 0
     del ae
-    prompts = [params["prompts"][c] for c in classes]
+    prompts = [params["prompts"].get(c, "") for c in classes]
     text_cfg = params.get("text_encoder") or {}
-    penc = frozen_prompt_encoder(classes, prompts, text_cfg) if text_cfg.get("open_clip_model") else None
+    use_text = text_cfg.get("open_clip_model") and conditioning != "cluster"
+    penc = frozen_prompt_encoder(classes, prompts, text_cfg) if use_text else None
     unet_params = dict(params) if penc is None else {**params, "cross_attention_dim": penc.config.dim}
     unet = build_unet(mean.shape[-1], mean.shape[1], unet_params, gated=conditioning == "multilevel").to(device)
-    if penc is None:
+    if conditioning == "cluster":
+        penc = ClusterEmbedding(method, k, counts, dim=int(unet.config.cross_attention_dim),
+                                tokens=int(options["cluster_tokens"]))
+    elif penc is None:
         penc = PromptEncoder(classes, prompts, dim=int(unet.config.cross_attention_dim),
                              max_length=int(params["max_prompt_length"]))
     elif int(unet.config.cross_attention_dim) != penc.config.dim:
@@ -287,7 +306,7 @@ def load_diffusion(model_dir: str | Path, device: torch.device) -> DiffusionMode
     model_dir = Path(model_dir)
     unet = UNet2DConditionModel.from_pretrained(str(model_dir / "unet")).to(device).eval()
     kind = PromptEncoder.load_config(str(model_dir / "prompt_encoder")).get("_class_name")
-    cls = FrozenTextEmbeddings if kind == FrozenTextEmbeddings.__name__ else PromptEncoder
+    cls = {c.__name__: c for c in (FrozenTextEmbeddings, ClusterEmbedding)}.get(kind, PromptEncoder)
     penc = cls.from_pretrained(str(model_dir / "prompt_encoder")).to(device).eval()
     sched = DDIMScheduler.from_pretrained(str(model_dir / "scheduler"))
     adapter, embedder, refs = None, None, None

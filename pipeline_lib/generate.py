@@ -23,6 +23,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from tqdm import tqdm
 
 from .autoencoder import decode_latents, load_autoencoder
+from .cluster.condition import ClusterEmbedding
 from .diffusion import DiffusionModel, load_diffusion
 from .io import atomic_path, log, read_parquet, write_parquet, write_png
 from .preprocess import preprocess_image
@@ -110,20 +111,40 @@ def finalize_synthetic(image: np.ndarray, pre: Mapping[str, Any]) -> tuple[np.nd
     return out, "preprocessed"
 
 
+def image_counts(model: DiffusionModel, model_dir: str | Path, manifest: str | Path, params: Mapping[str, Any]):
+    """What the model is conditioned on, how many images of each to draw, and the extra manifest columns of an
+    image of condition index i.
+
+    Classes: ``scale`` x the real train_a images of the class (the replacement and scaling protocols of CLUE).
+    Clusters: ``samples_per_cluster`` per cluster (cLDM paper section 4.5: 100), none for a cluster that had no
+    training image (IMSAT may leave clusters empty; its embedding was never trained)."""
+    penc = model.prompt_encoder
+    if isinstance(penc, ClusterEmbedding):
+        names, trained = penc.classes, penc.config.counts
+        empty = [c for c, n in zip(names, trained) if n == 0]
+        if empty:
+            log.info("no images for %s: no training image was in these clusters", empty)
+        counts = {c: int(params["samples_per_cluster"]) if n else 0 for c, n in zip(names, trained)}
+        return names, counts, lambda i: {"cluster": i, "cluster_method": penc.config.method,
+                                         "cluster_k": int(penc.config.k)}
+    classes = list(params["classes"])
+    if list(penc.config.classes) != classes:
+        raise ValueError(f"{model_dir}: model was trained for classes "
+                         f"{penc.config.classes}, config has {classes}")
+    real = read_parquet(manifest, required=("label", "split"))
+    train_a = real[real["split"] == "train_a"].groupby("label").size()
+    return classes, {c: math.ceil(float(params["scale"]) * int(train_a.get(c, 0))) for c in classes}, lambda i: {}
+
+
 def generate(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, out_dir: str | Path,
              out_manifest: str | Path, params: Mapping[str, Any], threads: int | None = None) -> pd.DataFrame:
     """Entry point of the generate rule for one (variant, setting, seed)."""
     set_threads(threads)
     device = select_device(params["device"])
     seed, setting = int(params["seed"]), params["setting"]
-    classes = list(params["classes"])
-    real = read_parquet(manifest, required=("label", "split"))
-    counts = real[real["split"] == "train_a"].groupby("label").size()
     ae = load_autoencoder(ae_dir, device)
     model = with_sampler(load_diffusion(model_dir, device), params.get("sampler", "ddim"))
-    if list(model.prompt_encoder.config.classes) != classes:
-        raise ValueError(f"{model_dir}: model was trained for classes {model.prompt_encoder.config.classes}, "
-                         f"config has {classes}")
+    conditions, counts, extra = image_counts(model, model_dir, manifest, params)
     if model.style_adapter is None and params.get("style_sigma") is not None:
         log.info("setting %s: style_sigma %s is ignored, variant %s has no style latent", setting,
                  params["style_sigma"], params["variant"])
@@ -134,13 +155,14 @@ def generate(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, ou
     partial = out_dir.with_name(out_dir.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     bs, rows = int(params["batch_size"]), []
-    for ci, label in enumerate(classes):
-        n = math.ceil(float(params["scale"]) * int(counts.get(label, 0)))
+    for ci, label in enumerate(conditions):
+        n = counts[label]
         for b in tqdm(range(math.ceil(n / bs)), desc=f"generate {label}", mininterval=10):
             ids = [f"{params['variant']}_{setting}_s{seed}_{label}_{i:05d}" for i in range(b * bs, min(n, (b + 1) * bs))]
             done = partial / f".finalize_{ci}_{b}.json"  # written after the batch's images: the batch is complete
+            noise_seed = int(np.random.SeedSequence([seed, ci, b]).generate_state(1)[0])
             if not done.exists():
-                g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, ci, b]).generate_state(1)[0]))
+                g = torch.Generator().manual_seed(noise_seed)
                 lat = sample_latents(model, ci, len(ids), shape, int(params["num_inference_steps"]),
                                      float(params["guidance_scale"]), g, device, params.get("style_sigma"))
                 status = {}
@@ -152,7 +174,7 @@ def generate(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, ou
             status = json.loads(done.read_text())
             rows += [{"image_id": i, "path": f"images/{i}.png", "label": label, "split": "synthetic", "group": i,
                       "source": "generated", "variant": params["variant"], "setting": setting, "seed": seed,
-                      "finalize": status[i]} for i in ids]
+                      "noise_seed": noise_seed, "finalize": status[i], **extra(ci)} for i in ids]
     df = pd.DataFrame(rows)
     with atomic_path(out_dir) as tmp:
         shutil.copytree(partial, tmp, ignore=shutil.ignore_patterns(".finalize_*"))

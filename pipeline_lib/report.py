@@ -78,24 +78,55 @@ def f1_vs_ratio(summary: pd.DataFrame, path: str | Path, n_classes: int) -> None
     _save_figure(fig, path)
 
 
-def report(recon_tables: Sequence[str], classify_tables: Sequence[str], evaluate_tables: Sequence[str], real_manifest: str | Path,
-           gen_manifests: Sequence[str], outputs: Mapping[str, Any], params: Mapping[str, Any]) -> None:
-    """Entry point of the report rule."""
-    recon = pd.concat([read_parquet(p) for p in recon_tables], ignore_index=True)
-    write_parquet(recon, outputs["autoencoder_comparison"])
-    cls = pd.concat([read_parquet(p) for p in classify_tables], ignore_index=True)
-    ev = pd.concat([read_parquet(p) for p in evaluate_tables], ignore_index=True)
-    cls_summary = summarise(cls, ["variant", "setting", "arch", "protocol", "ratio", "test_set"],
-                            ["f1_macro", "auc_ovr", "accuracy"])
-    ev_summary = ev.groupby(["variant", "setting", "reference", "class", "metric"])["value"].agg(
-        ["mean", "std", "count"]).reset_index().rename(columns={"count": "n_seeds"})
-    write_parquet(cls_summary, outputs["classify_summary"])
-    write_parquet(ev_summary, outputs["evaluate_summary"])
-    f1_vs_ratio(cls_summary, outputs["f1_plot"], len(params["classes"]))
-    for label, path in zip(params["classes"], outputs["grids"]):
-        image_grid(real_manifest, gen_manifests[0], label, path, seed=int(params["seed"]))
+def mean_std_cells(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str], digits: int = 3) -> pd.DataFrame:
+    """One row per ``keys`` group, for each value column ``<v>_mean``, ``<v>_std`` (ddof = 1) and the paper-style
+    cell ``<v>`` = "mean (± std)"; ``n_seeds`` rows per group."""
+    g = df.groupby(list(keys), sort=True, dropna=False)
+    out = g[list(values)].agg(["mean", "std"])
+    out.columns = [f"{v}_{stat}" for v, stat in out.columns]
+    for v in values:
+        out[v] = [f"{m:.{digits}f} (± {s:.{digits}f})" if np.isfinite(s) else f"{m:.{digits}f}"
+                  for m, s in zip(out[f"{v}_mean"], out[f"{v}_std"])]
+    out["n_seeds"] = g.size()
+    return out.reset_index()
+
+
+def cluster_generation_table(tables: Sequence[str]) -> pd.DataFrame:
+    """cLDM Table 4 (a row per cluster set: SSIM, MS-SSIM, LPIPS or its substitute) with the accuracy of section
+    4.5, mean (± std) over seeds; ``cluster`` = all for the cluster set, cluster_<j> for each cluster."""
+    q = pd.concat([read_parquet(p) for p in tables], ignore_index=True)
+    metrics = [c for c in ("accuracy", "ssim", "ms_ssim", "lpips", "domain_perceptual") if c in q]
+    q["order"] = q["cluster"].map(lambda c: -1 if c == "all" else int(c.rsplit("_", 1)[1]))
+    out = mean_std_cells(q, ["variant", "setting", "method", "k", "order", "cluster"], metrics)
+    return out.sort_values(["method", "k", "variant", "setting", "order"]).drop(columns="order").reset_index(drop=True)
+
+
+def report(inputs: Mapping[str, Sequence[str]], outputs: Mapping[str, Any], params: Mapping[str, Any]) -> None:
+    """Entry point of the report rule. ``inputs``: recon, classify, evaluate and cluster_quality tables, the real
+    manifest and the generated manifests; the class-based outputs exist when class-conditioned variants do,
+    ``cluster_generation`` when cluster-conditioned ones do."""
     pd.set_option("display.width", 160)
+    recon = pd.concat([read_parquet(p) for p in inputs["recon"]], ignore_index=True)
+    write_parquet(recon, outputs["autoencoder_comparison"])
     log.info("autoencoders, reconstructions of the test split (multi-level paper Table 1):\n%s",
              recon.to_string(index=False))
-    log.info("classification, mean ± std over seeds:\n%s", cls_summary.to_string(index=False))
-    log.info("image quality, mean ± std over seeds:\n%s", ev_summary.to_string(index=False))
+    if inputs["classify"]:
+        cls = pd.concat([read_parquet(p) for p in inputs["classify"]], ignore_index=True)
+        ev = pd.concat([read_parquet(p) for p in inputs["evaluate"]], ignore_index=True)
+        cls_summary = summarise(cls, ["variant", "setting", "arch", "protocol", "ratio", "test_set"],
+                                ["f1_macro", "auc_ovr", "accuracy"])
+        ev_summary = ev.groupby(["variant", "setting", "reference", "class", "metric"])["value"].agg(
+            ["mean", "std", "count"]).reset_index().rename(columns={"count": "n_seeds"})
+        write_parquet(cls_summary, outputs["classify_summary"])
+        write_parquet(ev_summary, outputs["evaluate_summary"])
+        f1_vs_ratio(cls_summary, outputs["f1_plot"], len(params["classes"]))
+        for label, path in zip(params["classes"], outputs["grids"]):
+            image_grid(inputs["manifest"], inputs["generated"][0], label, path, seed=int(params["seed"]))
+        log.info("classification, mean ± std over seeds:\n%s", cls_summary.to_string(index=False))
+        log.info("image quality, mean ± std over seeds:\n%s", ev_summary.to_string(index=False))
+    if inputs["cluster_quality"]:
+        table = cluster_generation_table(inputs["cluster_quality"])
+        write_parquet(table, outputs["cluster_generation"])
+        cells = [c for c in table if not c.endswith(("_mean", "_std"))]
+        log.info("cluster-conditioned generation (cLDM Table 4 and section 4.5), mean (± std) over seeds:\n%s",
+                 table[cells].to_string(index=False))

@@ -90,6 +90,17 @@ def test_tables_have_the_promised_columns_and_ranges(run, tiny_config):
     assert set(f1["protocol"]) == {"replace", "hybrid"}
     for png in ["f1_vs_ratio.png"] + [f"grid_{c}.png" for c in tiny_config["data"]["classes"]]:
         assert (res / "report" / "figures" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The cluster-conditioned variant: samples per cluster, no class-based tables, its own (Table 4) table.
+    k = int(selection.loc[(selection["method"] == "kmeans") & (selection["index"] == "majority"), "best_k"].item())
+    for seed in seeds:
+        gen = pd.read_parquet(res / "generate" / "cl" / "cfg2" / f"seed{seed}" / "manifest.parquet")
+        assert gen["cluster_k"].eq(k).all() and gen.groupby("cluster").size().eq(4).all()
+        assert not (res / "evaluate" / "cl").exists() and not (res / "classify" / "cl").exists()
+    table4 = pd.read_parquet(res / "report" / "cluster_generation.parquet")
+    overall = table4[table4["cluster"] == "all"]
+    assert len(overall) == 1 and overall["k"].item() == k and overall["n_seeds"].item() == len(seeds)
+    assert overall["accuracy_mean"].between(0, 1).all() and overall["ssim_mean"].between(-1, 1).all()
+    assert {"accuracy", "ssim", "ms_ssim", "domain_perceptual"} <= set(table4.columns)
 
 
 def test_second_dry_run_finds_nothing_to_do(run):
@@ -121,7 +132,7 @@ def test_diffusion_edit_keeps_autoencoder_and_feature_network(run, tiny_config):
     work, _ = run
     _edited(work, tiny_config, "diffusion", "steps", tiny_config["diffusion"]["steps"] + 1)
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
-    assert set(jobs) == {"diffusion", "generate", "evaluate", "classify", "report", "all"}
+    assert set(jobs) == {"diffusion", "generate", "evaluate", "classify", "cluster_quality", "report", "all"}
 
 
 def test_autoencoder_edit_reruns_only_that_autoencoder_and_what_uses_it(run, tiny_config):
@@ -135,20 +146,44 @@ def test_autoencoder_edit_reruns_only_that_autoencoder_and_what_uses_it(run, tin
     _edited(work, tiny_config, "autoencoder", "kl8", "lr", 0.002)
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
     assert set(jobs) == {"autoencoder", "autoencoder_metrics", "cluster", "diffusion", "generate", "evaluate",
-                         "classify", "report", "all"} and jobs["autoencoder"] == 1
+                         "classify", "cluster_quality", "report", "all"} and jobs["autoencoder"] == 1
 
 
 def test_perceptual_edit_reruns_the_vq_gan_and_the_tables_not_the_kl_vae(run, tiny_config):
     work, _ = run
     _edited(work, tiny_config, "perceptual", "lpips_net", "alex")
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
-    assert jobs == {"autoencoder": 1, "autoencoder_metrics": 2, "report": 1, "all": 1}
+    seeds = len(tiny_config["generate"]["seeds"])
+    assert jobs == {"autoencoder": 1, "autoencoder_metrics": 2, "cluster_quality": seeds, "report": 1, "all": 1}
 
 
-def test_cluster_edit_reruns_only_the_cluster_stage(run, tiny_config):
+def test_cluster_edit_reruns_the_cluster_stage_and_the_cluster_variant_only(run, tiny_config):
     work, _ = run
+    seeds = len(tiny_config["generate"]["seeds"])
     _edited(work, tiny_config, "cluster", "k_values", [2, 3, 4])
-    assert planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml")) == {"cluster": 1, "all": 1}
+    jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
+    assert jobs == {"cluster": 1, "diffusion": 1, "generate": seeds, "cluster_quality": seeds, "report": 1, "all": 1}
+    _edited(work, tiny_config, "cluster", "references", 3)  # an evaluation setting: the clustering stays
+    jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
+    assert jobs == {"cluster_quality": seeds, "report": 1, "all": 1}
+    _edited(work, tiny_config, "generate", "samples_per_cluster", 5)  # the class variants' images stay
+    jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
+    assert jobs == {"generate": seeds, "cluster_quality": seeds, "report": 1, "all": 1}
+
+
+def test_a_list_of_cluster_counts_is_one_variant_per_k(run, tiny_config):
+    """cLDM Table 4: one cluster-conditioned model per cluster set; an unknown k is named."""
+    work, _ = run
+    seeds = len(tiny_config["generate"]["seeds"])
+    _edited(work, tiny_config, "diffusion", "variants", "cl", "cluster_k", [2, 3])
+    proc = snakemake(work, "-n", "--configfile", "edited.yaml")
+    assert planned_jobs(proc) == {"diffusion": 2, "generate": 2 * seeds, "cluster_quality": 2 * seeds, "report": 1,
+                                  "all": 1}
+    assert "diffusion/cl_k2/model" in proc.stdout and "diffusion/cl_k3/model" in proc.stdout
+    _edited(work, tiny_config, "diffusion", "variants", "cl", "cluster_k", [2, 5])
+    proc = snakemake(work, "-n", "--configfile", "edited.yaml", check=False)
+    assert proc.returncode != 0 and "diffusion.variants.cl.cluster_k: 5 is not one of cluster.k_values [2, 3]" in \
+        proc.stdout + proc.stderr
 
 
 def test_feature_network_edit_reruns_what_uses_it_only(run, tiny_config):
@@ -160,6 +195,7 @@ def test_feature_network_edit_reruns_what_uses_it_only(run, tiny_config):
     seeds = len(tiny_config["generate"]["seeds"])
     assert jobs["feature_net"] == 1 and jobs["autoencoder"] == 1 and jobs["autoencoder_metrics"] == 2
     assert jobs["diffusion"] == 1 and jobs["generate"] == seeds and jobs["evaluate"] == 3 * seeds
+    assert jobs["cluster_quality"] == seeds  # its perceptual column is the domain network's
 
 
 def test_generation_grid_errors_name_the_setting(run, tiny_config):

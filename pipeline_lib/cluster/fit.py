@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from sklearn.cluster import KMeans
 
 from ..autoencoder import encode_latents, load_autoencoder
-from ..io import log, write_parquet
+from ..io import atomic_path, log, write_parquet
 from ..torchutils import load_images, select_device, set_threads
 from .indices import c_index, calinski_harabasz, dunn, hartigan, hartigan_nbclust, mcclain_rao
 
@@ -38,31 +38,47 @@ INDICES = {"calinski_harabasz": (calinski_harabasz, "max"), "c_index": (c_index,
 METHODS = ("kmeans", "imsat")
 
 
-def latent_features(latents: torch.Tensor, pooling: str, pool_size: int, standardize: bool) -> np.ndarray:
-    """(N, C, h, w) latents -> (N, D) features: ``flatten``, or ``avg`` pooled to pool_size x pool_size."""
+def pooled_features(latents: torch.Tensor, pooling: str, pool_size: int) -> np.ndarray:
+    """(N, C, h, w) latents -> (N, D) float64 features: ``flatten``, or ``avg`` pooled to pool_size x pool_size."""
     if pooling == "avg":
         latents = F.adaptive_avg_pool2d(latents, pool_size)
     elif pooling != "flatten":
         raise ValueError(f"cluster.features.pooling must be 'avg' or 'flatten', got {pooling!r}")
-    x = latents.flatten(1).double().cpu().numpy()
-    if standardize:
-        x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-12)
-    return x
+    return latents.flatten(1).double().cpu().numpy()
+
+
+def standardisation(x: np.ndarray, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std that standardise ``x`` (zeros and ones when ``standardize`` is off)."""
+    if not standardize:
+        return np.zeros(x.shape[1]), np.ones(x.shape[1])
+    return x.mean(0), np.maximum(x.std(0), 1e-12)
+
+
+def latent_features(latents: torch.Tensor, pooling: str, pool_size: int, standardize: bool) -> np.ndarray:
+    """Pooled features, standardised over these latents when ``standardize``."""
+    x = pooled_features(latents, pooling, pool_size)
+    mean, std = standardisation(x, standardize)
+    return (x - mean) / std
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
 
 
-def imsat(x: np.ndarray, k: int, params: Mapping[str, Any], seed: int) -> np.ndarray:
-    """IMSAT cluster assignments (N,) of features ``x`` (N, D); deterministic for a seed on the CPU."""
+def imsat_network(in_dim: int, hidden: int, k: int) -> nn.Sequential:
+    """p(y | x) of IMSAT: two hidden ReLU layers, k logits."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                         nn.Linear(hidden, k))
+
+
+def imsat(x: np.ndarray, k: int, params: Mapping[str, Any], seed: int) -> tuple[np.ndarray, nn.Sequential]:
+    """IMSAT cluster assignments (N,) of features ``x`` (N, D) and the trained network that predicts them;
+    deterministic for a seed on the CPU."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     data = torch.from_numpy(x).float()
     std = data.std(0, keepdim=True)
-    hidden = int(params["hidden"])
-    net = nn.Sequential(nn.Linear(data.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                        nn.Linear(hidden, k))
+    net = imsat_network(data.shape[1], int(params["hidden"]), k)
     opt = torch.optim.Adam(net.parameters(), lr=float(params["lr"]))
     lam, mu, noise, bs = float(params["lambda"]), float(params["mu"]), float(params["noise"]), int(params["batch_size"])
     for _ in range(int(params["epochs"])):
@@ -77,16 +93,64 @@ def imsat(x: np.ndarray, k: int, params: Mapping[str, Any], seed: int) -> np.nda
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+    net.eval()
     with torch.no_grad():
-        return net(data).argmax(1).numpy()
+        return net(data).argmax(1).numpy(), net
 
 
-def fit_partition(x: np.ndarray, k: int, method: str, params: Mapping[str, Any], seed: int) -> np.ndarray:
+def fit_partition(x: np.ndarray, k: int, method: str, params: Mapping[str, Any], seed: int
+                  ) -> tuple[np.ndarray, dict]:
+    """Labels (N,) of one partition and the state that assigns new points to it (``predict_partition``):
+    k-means' centres, or IMSAT's network."""
     if method == "kmeans":
-        return KMeans(n_clusters=k, n_init=int(params["kmeans_n_init"]), random_state=seed).fit_predict(x)
+        km = KMeans(n_clusters=k, n_init=int(params["kmeans_n_init"]), random_state=seed).fit(x)
+        return km.labels_, {"method": method, "k": k, "centres": torch.from_numpy(km.cluster_centers_)}
     if method == "imsat":
-        return imsat(x, k, params["imsat"], seed)
+        labels, net = imsat(x, k, params["imsat"], seed)
+        return labels, {"method": method, "k": k, "in_dim": x.shape[1], "hidden": int(params["imsat"]["hidden"]),
+                        "state_dict": net.state_dict()}
     raise ValueError(f"cluster method must be one of {METHODS}, got {method!r}")
+
+
+def predict_partition(state: Mapping[str, Any], x: np.ndarray) -> np.ndarray:
+    """The cluster of each row of ``x`` (N, D) under a fitted partition: the nearest k-means centre (what
+    ``KMeans.predict`` returns), or IMSAT's most probable cluster."""
+    if state["method"] == "kmeans":
+        centres = state["centres"].double().numpy()
+        d2 = (x ** 2).sum(1)[:, None] - 2 * x @ centres.T + (centres ** 2).sum(1)[None]
+        return d2.argmin(1)
+    net = imsat_network(int(state["in_dim"]), int(state["hidden"]), int(state["k"]))
+    net.load_state_dict(state["state_dict"])
+    net.eval()
+    with torch.no_grad():
+        return net(torch.from_numpy(np.ascontiguousarray(x)).float()).argmax(1).numpy()
+
+
+class FittedClusters:
+    """The cluster stage's ``models.pt``: how features are made from latents (pooling and the training
+    standardisation) and every fitted (method, k) partition, to assign generated images to clusters (cLDM
+    paper section 4.5)."""
+
+    def __init__(self, path: str | Path):
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no fitted clusters (the cluster stage's models.pt)") from None
+        self.path, self.spec, self.partitions = Path(path), saved["features"], saved["partitions"]
+
+    def features(self, latents: torch.Tensor) -> np.ndarray:
+        x = pooled_features(latents, self.spec["pooling"], int(self.spec["pool_size"]))
+        return (x - self.spec["mean"].numpy()) / self.spec["std"].numpy()
+
+    def predict(self, latents: torch.Tensor, method: str, k: int) -> np.ndarray:
+        key = partition_key(method, k)
+        if key not in self.partitions:
+            raise ValueError(f"{self.path}: no {method} partition with k = {k} (fitted: {sorted(self.partitions)})")
+        return predict_partition(self.partitions[key], self.features(latents))
+
+
+def partition_key(method: str, k: int) -> str:
+    return f"{method}/k{int(k)}"
 
 
 def index_table(x: np.ndarray, labels: np.ndarray, method: str, k: int,
@@ -137,26 +201,30 @@ def select_k(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def cluster_stage(manifest: str | Path, ae_dir: str | Path, indices_out: str | Path, selection_out: str | Path,
-                  assignments_out: str | Path, params: Mapping[str, Any], threads: int | None = None) -> pd.DataFrame:
-    """Entry point of the cluster rule: features, partitions for every (method, k), indices, selection."""
+                  assignments_out: str | Path, params: Mapping[str, Any], models_out: str | Path | None = None,
+                  threads: int | None = None) -> pd.DataFrame:
+    """Entry point of the cluster rule: features, partitions for every (method, k), indices, selection; the
+    fitted partitions go to ``models_out`` (``FittedClusters``)."""
     set_threads(threads)
     device = select_device(params["device"])
     x_img, y, rows = load_images(manifest, params["splits"], list(params["classes"]))
     ae = load_autoencoder(ae_dir, device)
     latents, _ = encode_latents(ae, x_img, device)
     f = params["features"]
-    x = latent_features(latents, f["pooling"], int(f["pool_size"]), bool(f["standardize"]))
+    raw = pooled_features(latents, f["pooling"], int(f["pool_size"]))
+    mean, std = standardisation(raw, bool(f["standardize"]))
+    x = (raw - mean) / std
     log.info("cluster features: %d images x %d (%s pooling%s)", *x.shape, f["pooling"],
              ", standardised" if f["standardize"] else "")
-    table, assignments = [], []
+    table, assignments, states = [], [], {}
     nbclust = params.get("hartigan", "paper") == "nbclust"
     for method in params["methods"]:
         ks = sorted(int(k) for k in params["k_values"])
         fits = {k: fit_partition(x, k, method, params, int(params["seed"]))
                 for k in sorted(set(ks) | ({k + 1 for k in ks} if nbclust else set()))}
         for k in ks:
-            labels = fits[k]
-            table += index_table(x, labels, method, k, fits[k + 1] if nbclust else None)
+            labels, states[partition_key(method, k)] = fits[k]
+            table += index_table(x, labels, method, k, fits[k + 1][0] if nbclust else None)
             assignments.append(pd.DataFrame({"image_id": rows["image_id"], "method": method, "k": k,
                                              "cluster": labels}))
             log.info("%s k=%d: %s", method, k, {r["index"]: round(r["value"], 4) for r in table[-len(INDICES):]})
@@ -166,4 +234,9 @@ def cluster_stage(manifest: str | Path, ae_dir: str | Path, indices_out: str | P
     write_parquet(table, indices_out)
     write_parquet(selection, selection_out)
     write_parquet(pd.concat(assignments, ignore_index=True), assignments_out)
+    if models_out is not None:
+        spec = {"pooling": f["pooling"], "pool_size": int(f["pool_size"]), "standardize": bool(f["standardize"]),
+                "mean": torch.from_numpy(mean), "std": torch.from_numpy(std)}
+        with atomic_path(models_out) as tmp:
+            torch.save({"features": spec, "partitions": states}, tmp)
     return selection

@@ -6,9 +6,10 @@ if "cluster" in config:
             autoencoder=f"{R}/autoencoder/{cluster_params()['autoencoder']}/model",
             code=code("cluster"),
         output:
-            indices=f"{R}/cluster/indices.parquet",
-            selection=f"{R}/cluster/selection.parquet",
-            assignments=f"{R}/cluster/assignments.parquet",
+            indices=CLUSTER["indices"],
+            selection=CLUSTER["selection"],
+            assignments=CLUSTER["assignments"],
+            models=CLUSTER["models"],
         params:
             cfg=cluster_params(),
         threads: 1
@@ -20,3 +21,28 @@ if "cluster" in config:
             f"{LOGS}/cluster.benchmark.tsv"
         script:
             "../scripts/cluster.py"
+
+    rule cluster_quality:
+        input:
+            unpack(perceptual_inputs),
+            manifest=rules.preprocess.output.manifest,
+            generated=f"{R}/generate/{{variant}}/{{setting}}/seed{{seed}}/manifest.parquet",
+            images=f"{R}/generate/{{variant}}/{{setting}}/seed{{seed}}/images",
+            assignments=CLUSTER["assignments"],
+            models=CLUSTER["models"],
+            autoencoder=f"{R}/autoencoder/{cluster_params()['autoencoder']}/model",
+            code=code("cluster_quality"),
+        output:
+            table=f"{R}/cluster/quality/{{variant}}/{{setting}}/seed{{seed}}/quality.parquet",
+            per_image=f"{R}/cluster/quality/{{variant}}/{{setting}}/seed{{seed}}/per_image.parquet",
+        params:
+            cfg=cluster_quality_params,
+        threads: 1
+        resources:
+            gpu=1,
+        log:
+            f"{LOGS}/cluster/quality/{{variant}}/{{setting}}/seed{{seed}}.log",
+        benchmark:
+            f"{LOGS}/cluster/quality/{{variant}}/{{setting}}/seed{{seed}}.benchmark.tsv"
+        script:
+            "../scripts/cluster_quality.py"

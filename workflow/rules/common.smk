@@ -7,7 +7,46 @@ import re
 R = f"results/{config['experiment']}"
 LOGS = f"logs/{config['experiment']}"
 AUTOENCODERS = list(config["autoencoder"])
-VARIANTS = list(config["diffusion"]["variants"])
+
+
+def _expand_variants():
+    """The diffusion variants by name. A cluster variant with a list `cluster_k` (cLDM Table 4: one model per
+    cluster set) becomes one variant per k, named <variant>_k<k>; `members` maps each configured name to the
+    variants it became."""
+    out, members = {}, {}
+    for name, v in config["diffusion"]["variants"].items():
+        ks = v.get("cluster_k")
+        if v["conditioning"] != "cluster" and ks is not None:
+            raise ValueError(f"diffusion.variants.{name}.cluster_k applies to `conditioning: cluster` only")
+        if v["conditioning"] == "cluster":
+            if "cluster" not in config:
+                raise ValueError(f"diffusion.variants.{name}: cluster conditioning needs a `cluster:` section")
+            method = v.get("cluster_method") or ("imsat" if "imsat" in config["cluster"]["methods"]
+                                                 else config["cluster"]["methods"][0])
+            if method not in config["cluster"]["methods"]:
+                raise ValueError(f"diffusion.variants.{name}.cluster_method: {method!r} is not one of "
+                                 f"cluster.methods {config['cluster']['methods']}")
+            ks = ks if ks is not None else "selected"
+            for k in ks if isinstance(ks, list) else [ks]:
+                if k != "selected" and k not in config["cluster"]["k_values"]:
+                    raise ValueError(f"diffusion.variants.{name}.cluster_k: {k} is not one of cluster.k_values "
+                                     f"{config['cluster']['k_values']}")
+            expanded = {f"{name}_k{k}": {**v, "cluster_k": k, "cluster_method": method} for k in ks} \
+                if isinstance(ks, list) else {name: {**v, "cluster_k": ks, "cluster_method": method}}
+        else:
+            expanded = {name: dict(v)}
+        clash = sorted(set(expanded) & set(out))
+        if clash:
+            raise ValueError(f"diffusion.variants: {clash} named twice (a cluster variant with a list of cluster_k "
+                             f"becomes <name>_k<k>)")
+        out |= expanded
+        members[name] = list(expanded)
+    return out, members
+
+
+VARIANT_CFG, VARIANT_MEMBERS = _expand_variants()
+VARIANTS = list(VARIANT_CFG)
+CLUSTER_VARIANTS = [v for v in VARIANTS if VARIANT_CFG[v]["conditioning"] == "cluster"]
 SETTINGS = list(config["generate"]["settings"])
 SEEDS = list(config["generate"]["seeds"])
 ARCHS = list(config["classify"]["archs"])
@@ -29,14 +68,17 @@ CODE = {
     "autoencoder_kl": ["autoencoder", "metrics", "torchutils", "data", "io"],
     "autoencoder_vq": ["autoencoder", "vqgan", "perceptual", "nets", "metrics", "torchutils", "data", "io"],
     "autoencoder_metrics": ["autoencoder", "perceptual", "nets", "metrics", "torchutils", "data", "io"],
-    "diffusion": ["diffusion", "clue", "multilevel", "text", "nets", "autoencoder", "torchutils", "data", "io"],
-    "generate": ["generate", "preprocess", "diffusion", "clue", "multilevel", "text", "nets", "autoencoder",
-                 "torchutils", "data", "io"],
+    "diffusion": ["diffusion", "clue", "multilevel", "text", "cluster/condition", "nets", "autoencoder",
+                  "torchutils", "data", "io"],
+    "generate": ["generate", "preprocess", "diffusion", "clue", "multilevel", "text", "cluster/condition", "nets",
+                 "autoencoder", "torchutils", "data", "io"],
     "feature_net": ["evaluate", "nets", "metrics", "torchutils", "data", "io"],
     "evaluate": ["evaluate", "nets", "metrics", "torchutils", "data", "io"],
     "classify": ["classify", "nets", "metrics", "torchutils", "data", "io"],
     "report": ["report", "data", "io"],
     "cluster": ["cluster/fit", "cluster/indices", "autoencoder", "torchutils", "data", "io"],
+    "cluster_quality": ["cluster/quality", "cluster/condition", "cluster/fit", "perceptual", "nets", "metrics",
+                        "autoencoder", "torchutils", "data", "io"],
 }
 
 
@@ -58,7 +100,7 @@ def configured_autoencoder(name, where):
 def variant_autoencoder(variant):
     """The autoencoder a diffusion variant learns on: its own `autoencoder`, else diffusion.autoencoder, else
     the only one configured."""
-    name = config["diffusion"]["variants"][variant].get("autoencoder", config["diffusion"].get("autoencoder"))
+    name = VARIANT_CFG[variant].get("autoencoder", config["diffusion"].get("autoencoder"))
     if name is None:
         if len(AUTOENCODERS) > 1:
             raise ValueError(f"diffusion.autoencoder: several autoencoders are configured {AUTOENCODERS}; "
@@ -84,7 +126,10 @@ def diffusion_inputs(wildcards):
     """A multi-level variant embeds its images with the domain feature network; local weight files are inputs
     too, so replacing one retrains."""
     d = config["diffusion"]
-    inputs = {"feature_net": FEATURE_NET} if d["variants"][wildcards.variant]["conditioning"] == "multilevel" else {}
+    conditioning = VARIANT_CFG[wildcards.variant]["conditioning"]
+    inputs = {"feature_net": FEATURE_NET} if conditioning == "multilevel" else {}
+    if conditioning == "cluster":
+        inputs |= {"cluster_assignments": CLUSTER["assignments"], "cluster_selection": CLUSTER["selection"]}
     if d["text_encoder"]["checkpoint"]:
         inputs["text_encoder"] = d["text_encoder"]["checkpoint"]
     if d["pretrained"]:
@@ -125,25 +170,37 @@ def autoencoder_metrics_params(wildcards):
 
 
 def cluster_params():
-    c = dict(config["cluster"])
+    """The cluster slice without the settings of the generated-image evaluation (``references``)."""
+    c = {k: v for k, v in config["cluster"].items() if k != "references"}
     c["autoencoder"] = configured_autoencoder(c.get("autoencoder") or AUTOENCODERS[0], "cluster.autoencoder")
     return {**c, **shared()}
 
 
+CLUSTER = {name: f"{R}/cluster/{name}.parquet" for name in ("indices", "selection", "assignments")}
+CLUSTER["models"] = f"{R}/cluster/models.pt"
+
+
 def cluster_outputs():
-    if "cluster" not in config:
-        return []
-    return [f"{R}/cluster/{name}.parquet" for name in ("indices", "selection", "assignments")]
+    return [CLUSTER[name] for name in ("indices", "selection", "assignments")] if "cluster" in config else []
+
+
+def cluster_quality_params(wildcards):
+    c = config["cluster"]
+    return {"splits": c["splits"], "references": c["references"], "perceptual": config["perceptual"],
+            "variant": wildcards.variant, "setting": wildcards.setting, **shared(), "seed": int(wildcards.seed)}
 
 
 def diffusion_params(wildcards):
     d = {k: v for k, v in config["diffusion"].items() if k != "variants"}
-    return {**d, **config["diffusion"]["variants"][wildcards.variant], "variant": wildcards.variant,
+    return {**d, **VARIANT_CFG[wildcards.variant], "variant": wildcards.variant,
             "autoencoder": variant_autoencoder(wildcards.variant), **shared()}
 
 
 def generate_params(wildcards):
-    g = {k: v for k, v in config["generate"].items() if k not in ("settings", "seeds")}
+    """A class-conditioned variant draws `scale` x train_a per class, a cluster variant `samples_per_cluster`:
+    each gets only the key it uses."""
+    unused = "scale" if wildcards.variant in CLUSTER_VARIANTS else "samples_per_cluster"
+    g = {k: v for k, v in config["generate"].items() if k not in ("settings", "seeds", unused)}
     setting = {k: v for k, v in config["generate"]["settings"][wildcards.setting].items() if k != "variants"}
     return {**g, **setting, "variant": wildcards.variant,
             "setting": wildcards.setting, "preprocess": config["preprocess"], **shared(), "seed": int(wildcards.seed)}
@@ -168,12 +225,15 @@ def classify_params(wildcards):
 def _check_grid():
     pairs = []
     for s, cfg in config["generate"]["settings"].items():
-        unknown = sorted(set(cfg.get("variants", VARIANTS)) - set(VARIANTS))
+        named = cfg.get("variants", list(VARIANT_MEMBERS))
+        unknown = sorted(set(named) - set(VARIANT_MEMBERS))
         if unknown:
-            raise ValueError(f"generate.settings.{s}.variants: {unknown} are not diffusion variants {VARIANTS}")
-        pairs += [(v, s) for v in VARIANTS if v in cfg.get("variants", VARIANTS)]
+            raise ValueError(f"generate.settings.{s}.variants: {unknown} are not diffusion variants "
+                             f"{list(VARIANT_MEMBERS)}")
+        chosen = {m for v in named for m in VARIANT_MEMBERS[v]}
+        pairs += [(v, s) for v in VARIANTS if v in chosen]
     for v in VARIANTS:
-        if config["diffusion"]["variants"][v]["conditioning"] == "clue":
+        if VARIANT_CFG[v]["conditioning"] == "clue":
             missing = [s for vv, s in pairs if vv == v and config["generate"]["settings"][s]["style_sigma"] is None]
             if missing:
                 raise ValueError(f"generate.settings {missing}: CLUE variant {v!r} needs a `style_sigma`")
@@ -183,14 +243,17 @@ def _check_grid():
 GRID = _check_grid()  # the (variant, setting) pairs that are generated
 
 
-def _over_grid(pattern, **extra):
-    """``pattern`` filled for every (variant, setting) of GRID and every seed (and the ``extra`` wildcards)."""
-    return [p for v, s in GRID for p in expand(pattern, variant=v, setting=s, seed=SEEDS, **extra)]
+def _over_grid(pattern, clusters=False, **extra):
+    """``pattern`` filled for every (variant, setting) of GRID and every seed (and the ``extra`` wildcards):
+    the class-conditioned variants, or with ``clusters`` the cluster-conditioned ones (no class labels: they
+    have their own evaluation, not the class-based metrics and classifier grids)."""
+    return [p for v, s in GRID if (v in CLUSTER_VARIANTS) == clusters
+            for p in expand(pattern, variant=v, setting=s, seed=SEEDS, **extra)]
 
 
-def generated(kind):
+def generated(kind, clusters=False):
     """Paths of `kind` for every (variant, setting, seed)."""
-    return _over_grid(f"{R}/generate/{{variant}}/{{setting}}/seed{{seed}}/{kind}")
+    return _over_grid(f"{R}/generate/{{variant}}/{{setting}}/seed{{seed}}/{kind}", clusters)
 
 
 def classify_tables():
@@ -201,20 +264,28 @@ def evaluate_tables():
     return _over_grid(f"{R}/evaluate/{{variant}}/{{setting}}/seed{{seed}}/quality.parquet")
 
 
+def cluster_quality_tables():
+    return _over_grid(f"{R}/cluster/quality/{{variant}}/{{setting}}/seed{{seed}}/quality.parquet", True)
+
+
 def recon_tables():
     return expand(f"{R}/autoencoder/{{ae}}/recon_metrics.parquet", ae=AUTOENCODERS)
 
 
-def report_outputs():
-    return {
-        "autoencoder_comparison": f"{R}/report/autoencoder_comparison.parquet",
-        "classify_summary": f"{R}/report/classify_summary.parquet",
-        "evaluate_summary": f"{R}/report/evaluate_summary.parquet",
-        "f1_plot": f"{R}/report/figures/f1_vs_ratio.png",
-        "grids": [f"{R}/report/figures/grid_{c}.png" for c in CLASSES],
-    }
+def report_outputs(flagged=False):
+    """The report's files: the class-based tables and figures when class-conditioned variants are generated, the
+    cluster-generation table when cluster-conditioned ones are. ``flagged``: figures marked for `--report`."""
+    o = {"autoencoder_comparison": f"{R}/report/autoencoder_comparison.parquet"}
+    if any(v not in CLUSTER_VARIANTS for v, _ in GRID):
+        f1 = f"{R}/report/figures/f1_vs_ratio.png"
+        o |= {"classify_summary": f"{R}/report/classify_summary.parquet",
+              "evaluate_summary": f"{R}/report/evaluate_summary.parquet",
+              "f1_plot": report(f1, caption="../report/f1_vs_ratio.rst", category="Classification") if flagged else f1,
+              "grids": [f"{R}/report/figures/grid_{c}.png" for c in CLASSES]}
+    if any(v in CLUSTER_VARIANTS for v, _ in GRID):
+        o["cluster_generation"] = f"{R}/report/cluster_generation.parquet"
+    return o
 
 
 def final_outputs():
-    o = report_outputs()
-    return [*cluster_outputs(), o["autoencoder_comparison"], o["classify_summary"], o["evaluate_summary"], o["f1_plot"], *o["grids"]]
+    return [*cluster_outputs(), *(p for v in report_outputs().values() for p in ([v] if isinstance(v, str) else v))]

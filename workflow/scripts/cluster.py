@@ -4,4 +4,4 @@ from pipeline_lib.io import stage_log
 with stage_log(snakemake.log[0]):
     inp, out = snakemake.input, snakemake.output
     cluster_stage(inp.manifest, inp.autoencoder, out.indices, out.selection, out.assignments, snakemake.params.cfg,
-                  threads=snakemake.threads)
+                  models_out=out.models, threads=snakemake.threads)

@@ -3,6 +3,8 @@ from pipeline_lib.report import report
 
 with stage_log(snakemake.log[0]):
     inp, out = snakemake.input, snakemake.output
-    outputs = {"autoencoder_comparison": out.autoencoder_comparison, "classify_summary": out.classify_summary, "evaluate_summary": out.evaluate_summary,
-               "f1_plot": out.f1_plot, "grids": list(out.grids)}
-    report(inp.recon, inp.classify, inp.evaluate, inp.manifest, inp.generated, outputs, snakemake.params.cfg)
+    inputs = {"recon": list(inp.recon), "classify": list(inp.classify), "evaluate": list(inp.evaluate),
+              "cluster_quality": list(inp.cluster_quality), "manifest": inp.manifest,
+              "generated": list(inp.generated)}
+    outputs = {key: (list(value) if key == "grids" else value) for key, value in out.items()}
+    report(inputs, outputs, snakemake.params.cfg)
