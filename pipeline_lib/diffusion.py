@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import cv2
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
+from . import distributed
 from .autoencoder import check_generative_splits, encode_latents, load_autoencoder
 from .cluster.condition import ClusterEmbedding, cluster_labels, resolve_k
 from .clue import (CLUE_DEFAULTS, StyleAdapter, StyleEncoder, attach_style_adapter, kl_to_standard_normal,
@@ -182,15 +184,55 @@ def diffusion_loss(unet, prompt_encoder, scheduler, latents, labels, cond_dropou
     return terms
 
 
+class Objective(torch.nn.Module):
+    """The training loss of all trainable modules as one module, so DistributedDataParallel can wrap it (the
+    style adapter lives inside the UNet's attention processors, the embedders outside the UNet)."""
+
+    def __init__(self, modules: Mapping[str, torch.nn.Module], scheduler, cond_dropout: float, kl_weight: float):
+        super().__init__()
+        self.parts = torch.nn.ModuleDict(dict(modules))
+        self.scheduler, self.cond_dropout, self.kl_weight = scheduler, cond_dropout, kl_weight
+
+    def forward(self, latents: torch.Tensor, labels: torch.Tensor, gen: torch.Generator,
+                levels: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        m = self.parts
+        style = (m["style_encoder"], m["style_adapter"], self.kl_weight) if "style_encoder" in m else None
+        multilevel = (m["multilevel_embedder"], levels) if levels is not None else None
+        return diffusion_loss(m["unet"], m["prompt_encoder"], self.scheduler, latents, labels, self.cond_dropout,
+                              gen, style, multilevel)
+
+
 def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, log_table: str | Path,
                     params: Mapping[str, Any], feature_net: str | Path | None = None,
                     clusters: Mapping[str, str | Path] | None = None, threads: int | None = None) -> None:
     """Entry point of the diffusion rule. ``feature_net`` (the domain network) gives the multi-level
     embeddings of a ``multilevel`` variant; ``clusters`` (the cluster stage's ``assignments`` and
-    ``selection`` tables) the conditions of a ``cluster`` variant."""
+    ``selection`` tables) the conditions of a ``cluster`` variant.
+
+    With ``gpus`` > 1 the training runs data-parallel in that many processes (``pipeline_lib.distributed``):
+    each process draws its own batches of ``batch_size`` (the effective batch is batch_size x gpus x
+    grad_accumulation), DDP averages the gradients, rank 0 writes the log, checkpoints and model."""
+    processes = int(params.get("gpus", 1))
+    if processes > 1 and not distributed.active():
+        distributed.launch("diffusion", {"manifest": manifest, "ae_dir": ae_dir, "model_dir": model_dir,
+                                         "log_table": log_table, "params": dict(params), "feature_net": feature_net,
+                                         "clusters": dict(clusters) if clusters else None, "threads": threads},
+                           processes, select_device(params["device"]), threads)
+        if not Path(model_dir).is_dir():
+            raise RuntimeError(f"diffusion: the data-parallel run ended without writing {model_dir}")
+        return
     set_threads(threads)
     gen = seed_everything(int(params["seed"]))
     device = select_device(params["device"])
+    accelerator = None
+    if distributed.active():
+        from accelerate import Accelerator, DistributedDataParallelKwargs
+
+        # GLIGEN's null feature is unused in steps where no prompt is dropped: DDP must not wait for it.
+        unused = DistributedDataParallelKwargs(find_unused_parameters=params.get("conditioning") == "multilevel")
+        accelerator = Accelerator(cpu=device.type == "cpu", kwargs_handlers=[unused])
+        device = accelerator.device
+    main_process = accelerator is None or accelerator.is_main_process
     classes = list(params["classes"])
     conditioning, options = params.get("conditioning", "class"), conditioning_options(params)
     if conditioning == "multilevel" and feature_net is None:
@@ -258,6 +300,8 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
              ", ".join(f"{k} {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M" for k, m in modules.items()),
              tuple(mean.shape[1:]))
     sched = noise_scheduler(params)
+    objective = Objective(modules, sched, float(params["cond_dropout"]), style[2] if style else 0.0)
+    model = accelerator.prepare_model(objective) if accelerator is not None else objective
     trainable = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=float(params["lr"]))  # constant learning rate (CLUE Table 3)
     states: dict[str, Any] = {"opt": opt}
@@ -269,27 +313,35 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
     steps, bs, accum = int(params["steps"]), int(params["batch_size"]), int(params.get("grad_accumulation", 1))
     for m in modules.values():
         m.train()
-    for step in tqdm(range(start, steps), initial=start, total=steps, desc="diffusion", mininterval=10):
+    for step in tqdm(range(start, steps), initial=start, total=steps, desc="diffusion", mininterval=10,
+                     disable=not main_process):
+        if accelerator is not None:  # each process its own batches, reproducible from (seed, rank, step)
+            gen.manual_seed(int(np.random.SeedSequence([int(params["seed"]), accelerator.process_index,
+                                                        step]).generate_state(1)[0]))
         opt.zero_grad(set_to_none=True)
         parts = []
         for _ in range(accum):  # gradient accumulation: one optimiser step per `accum` batches
             idx = torch.randint(0, len(mean), (bs,), generator=gen)
             lat = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen).to(device)  # posterior sample
-            ml_batch = (embedder, [t[idx] for t in levels]) if embedder is not None else None
             with autocast:
-                terms = diffusion_loss(unet, penc, sched, lat, y[idx].to(device), float(params["cond_dropout"]), gen,
-                                       style, ml_batch)
-            (terms["loss"] / accum).backward()
-            parts.append({k: v.item() for k, v in terms.items()})
+                terms = model(lat, y[idx].to(device), gen, [t[idx] for t in levels] if levels is not None else None)
+            (terms["loss"] / accum).backward()  # under DDP: gradients averaged over the processes here
+            parts.append({k: v.detach() for k, v in terms.items()})
         opt.step()
         if "ema" in states:
             states["ema"].step(trainable)
-        rows.append({"step": step + 1, **pd.DataFrame(parts).mean().to_dict()})
-        if (step + 1) % int(params["checkpoint_every"]) == 0 and step + 1 < steps:
+        means = {k: torch.stack([p[k] for p in parts]).mean() for k in parts[0]}
+        if accelerator is not None:
+            means = {k: accelerator.reduce(v, "mean") for k, v in means.items()}
+        rows.append({"step": step + 1, **{k: v.item() for k, v in means.items()}})
+        if (step + 1) % int(params["checkpoint_every"]) == 0 and step + 1 < steps and main_process:
             ckpt.save(modules, states, gen, step + 1, rows)
     if "ema" in states:
         states["ema"].copy_to(trainable)  # the saved model is the exponential moving average
         log.info("saved the EMA weights (decay %s)", params["ema_decay"])
+    if not main_process:
+        accelerator.wait_for_everyone()
+        return
     write_parquet(pd.DataFrame(rows), log_table)
     with atomic_path(model_dir) as tmp:
         for name, module in modules.items():
@@ -298,6 +350,8 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
         if refs is not None:
             torch.save(refs, tmp / "multilevel_references.pt")
     ckpt.remove()
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
 
 
 def load_diffusion(model_dir: str | Path, device: torch.device) -> DiffusionModel:

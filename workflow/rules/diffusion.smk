@@ -11,7 +11,7 @@ rule diffusion:
         cfg=diffusion_params,
     threads: 2
     resources:
-        gpu=1,
+        gpu=config["diffusion"]["gpus"],
     log:
         f"{LOGS}/diffusion/{{variant}}.log",
     benchmark:
