@@ -36,7 +36,7 @@ from .clue import (CLUE_DEFAULTS, StyleAdapter, StyleEncoder, attach_style_adapt
                    sample_style)
 from .data import resolve_path
 from .io import atomic_path, log, read_rgb, write_parquet
-from .multilevel import MULTILEVEL_DEFAULTS, MultiLevelEmbedder, install_adapters, level_tokens
+from .multilevel import MULTILEVEL_DEFAULTS, MultiLevelEmbedder, OpenClipLevels, install_adapters, level_tokens
 from .nets import load_feature_net
 from .text import FrozenTextEmbeddings, frozen_prompt_encoder
 from .torchutils import (Checkpoint, load_adapted, load_images, seed_everything, select_device, set_threads,
@@ -235,14 +235,15 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
     main_process = accelerator is None or accelerator.is_main_process
     classes = list(params["classes"])
     conditioning, options = params.get("conditioning", "class"), conditioning_options(params)
-    if conditioning == "multilevel" and feature_net is None:
+    if conditioning == "multilevel" and feature_net is None and not (params.get("image_encoder") or {}).get(
+            "open_clip_model"):
         raise ValueError(f"diffusion variant {params.get('variant')!r}: multilevel conditioning needs the domain "
                          f"feature network")
     if conditioning == "cluster" and clusters is None:
         raise ValueError(f"diffusion variant {params.get('variant')!r}: cluster conditioning needs the cluster "
                          f"stage's assignments (a `cluster:` section in the config)")
     check_generative_splits(params["train_splits"], "diffusion.train_splits")
-    missing = [c for c in classes if c not in params["prompts"]]
+    missing = [c for c in classes if c not in params.get("prompts", {})]
     if missing and conditioning != "cluster":
         raise ValueError(f"diffusion.prompts: expected a prompt for every class, missing {missing}")
     x, y, images = load_images(manifest, params["train_splits"], classes)
@@ -258,7 +259,7 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
     ae = load_autoencoder(ae_dir, device)
     mean, std = encode_latents(ae, x, device)  # KL: posterior mean and std; VQ: pre-quantisation latents, std 0
     del ae
-    prompts = [params["prompts"].get(c, "") for c in classes]
+    prompts = [params.get("prompts", {}).get(c, "") for c in classes]
     text_cfg = params.get("text_encoder") or {}
     use_text = text_cfg.get("open_clip_model") and conditioning != "cluster"
     penc = frozen_prompt_encoder(classes, prompts, text_cfg) if use_text else None
@@ -286,14 +287,15 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
     if conditioning == "multilevel":
         grid, beta = int(options["embedding_grid"]), float(options["adapter_beta"])
         crops = load_lesion_crops(manifest, images, x[:n_images])
-        levels = embed_levels(load_feature_net(feature_net, device), torch.cat([crops, crops.flip(-1)]), grid, device)
+        encoder = image_encoder(params, feature_net, device)
+        levels = embed_levels(encoder, torch.cat([crops, crops.flip(-1)]), grid, device)
         refs = {"levels": [t[:n_images].cpu() for t in levels], "labels": y[:n_images].cpu()}
         embedder = MultiLevelEmbedder([t.shape[-1] for t in levels], int(unet.config.cross_attention_dim), grid,
                                       beta).to(device)
         n = install_adapters(unet, beta)
         modules["multilevel_embedder"] = embedder
-        log.info("multi-level embeddings: %d levels of the domain network %s on %d lesion crops / images, %d x %d "
-                 "tokens; %d gated adapters (beta %.2f, gamma = 0 at the start)", len(levels), feature_net,
+        log.info("multi-level embeddings: %d levels of %s on %d lesion crops / images, %d x %d "
+                 "tokens; %d gated adapters (beta %.2f, gamma = 0 at the start)", len(levels), encoder.source,
                  n_images, grid, grid, n, beta)
     start_from = f"UNet from {params['pretrained']}" if params.get("pretrained") else "from scratch (no pretrained weights)"
     log.info("%s conditioning, %s: %s; latents %s", conditioning, start_from,
@@ -381,6 +383,19 @@ def _autocast(mode: str, device: torch.device):
     if mode == "bf16" and device.type != "cuda":
         log.info("mixed_precision bf16 applies on a GPU only; training in FP32 on %s", device)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16" and device.type == "cuda")
+
+
+def image_encoder(params: Mapping[str, Any], feature_net: str | Path | None, device: torch.device) -> torch.nn.Module:
+    """The multi-level variant's image encoder: a local open_clip ViT (``diffusion.image_encoder``), else the
+    domain feature network; ``source`` names it for the log."""
+    cfg = params.get("image_encoder") or {}
+    if cfg.get("open_clip_model"):
+        encoder = OpenClipLevels(cfg["open_clip_model"], cfg["checkpoint"], cfg.get("layers")).to(device)
+        encoder.source = f"open_clip {cfg['open_clip_model']} blocks {encoder.layers} ({cfg['checkpoint']})"
+        return encoder
+    encoder = load_feature_net(feature_net, device)
+    encoder.source = f"the domain network {feature_net}"
+    return encoder
 
 
 @torch.no_grad()

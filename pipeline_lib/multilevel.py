@@ -1,7 +1,8 @@
 """Multi-level embeddings (section III.C of the multi-level embedding paper) through GLIGEN's gated adapter.
 
 - Embeddings: five feature levels of an image encoder on the lesion crop (the whole preprocessed image where
-  there is no lesion mask). The paper uses a CLIP image encoder; here, by default, the five ``feature_maps`` of
+  there is no lesion mask). The paper uses a CLIP image encoder: with ``diffusion.image_encoder`` set, five
+  intermediate blocks of a local open_clip ViT (``OpenClipLevels``); by default the five ``feature_maps`` of
   the pipeline's own domain network (trained from scratch on train_a), frozen. Each level is average-pooled to
   a ``grid`` x ``grid`` map of tokens; a learnt linear map per level brings them to one width and e_m is their
   average over the levels (CLIP's levels share one width, so there the average is direct).
@@ -15,6 +16,7 @@
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -27,6 +29,42 @@ from diffusers.models.modeling_utils import ModelMixin
 
 N_LEVELS = 5
 MULTILEVEL_DEFAULTS = {"embedding_grid": 2, "adapter_beta": 1.0}  # beta = 1 in the multi-level paper
+
+
+class OpenClipLevels(nn.Module):
+    """Five intermediate layers of a local, frozen open_clip vision transformer as feature maps, the image
+    encoder of the multi-level paper: ``feature_maps(x)`` for x in [-1, 1] returns (B, width, h, w) patch-token
+    maps of the blocks ``layers`` (default: five evenly spaced, the last included)."""
+
+    def __init__(self, model_name: str, checkpoint: str | Path, layers: Sequence[int] | None = None):
+        super().__init__()
+        import open_clip
+
+        path = Path(checkpoint or "")
+        if not checkpoint or not path.is_file():
+            raise FileNotFoundError(f"diffusion.image_encoder.checkpoint: {path} does not exist (expected a local "
+                                    f"open_clip checkpoint of {model_name}; the pipeline downloads nothing)")
+        model = open_clip.create_model(model_name, pretrained=str(path), device="cpu").eval()
+        self.visual = model.visual.requires_grad_(False)
+        depth = len(self.visual.transformer.resblocks)
+        chosen = list(layers) if layers else sorted({round(i) for i in torch.linspace(0, depth - 1, N_LEVELS).tolist()})
+        if len(chosen) != N_LEVELS or not all(0 <= i < depth for i in chosen):
+            raise ValueError(f"diffusion.image_encoder.layers: expected {N_LEVELS} block indices in [0, {depth - 1}] "
+                             f"of {model_name}, got {chosen}")
+        self.layers = chosen
+        size = self.visual.image_size
+        self.size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        mean = getattr(self.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
+        std = getattr(self.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    @torch.no_grad()
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = F.interpolate((x + 1) / 2, size=self.size, mode="bicubic", align_corners=False).clamp(0, 1)
+        out = self.visual.forward_intermediates((x - self.mean) / self.std, indices=self.layers,
+                                                intermediates_only=True, output_fmt="NCHW")
+        return list(out["image_intermediates"])
 
 
 def level_tokens(feature_maps: Sequence[torch.Tensor], grid: int) -> list[torch.Tensor]:

@@ -152,3 +152,47 @@ def test_multilevel_needs_the_feature_network(tiny_manifest, tmp_path, diffusion
     with pytest.raises(ValueError, match="multilevel conditioning needs the domain feature network"):
         train_diffusion(tiny_manifest, tmp_path / "ae", tmp_path / "m", tmp_path / "l.parquet",
                         diffusion_params(steps=1, variant="ml", conditioning="multilevel"))
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory):
+    """A tiny open_clip model with a 9-block vision transformer, registered and saved locally."""
+    import json
+
+    import open_clip
+
+    d = tmp_path_factory.mktemp("open_clip_vit")
+    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 9, "width": 32, "patch_size": 8,
+                                           "head_width": 16},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 1, "layers": 1}}
+    (d / "medaug-tiny-vit.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(str(d))
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("medaug-tiny-vit", pretrained=None).state_dict(), d / "vit.pt")
+    return d / "vit.pt"
+
+
+def test_open_clip_levels_are_five_evenly_spaced_blocks(tiny_vit):
+    from pipeline_lib.multilevel import OpenClipLevels
+
+    enc = OpenClipLevels("medaug-tiny-vit", tiny_vit)
+    assert enc.layers == [0, 2, 4, 6, 8]
+    x = torch.rand(2, 3, 16, 16) * 2 - 1  # resized to the ViT's 32 px: 4 x 4 patches of 8 px
+    maps = enc.feature_maps(x)
+    assert [tuple(m.shape) for m in maps] == [(2, 32, 4, 4)] * 5
+    assert not torch.allclose(maps[0], maps[-1])
+    assert all(not p.requires_grad for p in enc.parameters())
+    with pytest.raises(ValueError, match=r"expected 5 block indices in \[0, 8\]"):
+        OpenClipLevels("medaug-tiny-vit", tiny_vit, layers=[0, 1, 2, 3, 9])
+    with pytest.raises(FileNotFoundError, match="diffusion.image_encoder.checkpoint: .*missing.pt does not exist"):
+        OpenClipLevels("medaug-tiny-vit", tiny_vit.with_name("missing.pt"))
+
+
+def test_multilevel_training_with_an_open_clip_image_encoder(tiny_vit, tiny_manifest, tiny_ae, diffusion_params,
+                                                             tmp_path):
+    params = diffusion_params(steps=2, variant="ml", conditioning="multilevel", embedding_grid=2,
+                              image_encoder={"open_clip_model": "medaug-tiny-vit", "checkpoint": str(tiny_vit),
+                                             "layers": None})
+    train_diffusion(tiny_manifest, tiny_ae, tmp_path / "model", tmp_path / "log.parquet", params)  # no feature net
+    refs = torch.load(tmp_path / "model" / "multilevel_references.pt", weights_only=True)
+    assert [tuple(t.shape[1:]) for t in refs["levels"]] == [(4, 32)] * 5  # 2 x 2 tokens of the ViT's width

@@ -135,6 +135,17 @@ def test_diffusion_edit_keeps_autoencoder_and_feature_network(run, tiny_config):
     assert set(jobs) == {"diffusion", "generate", "evaluate", "classify", "cluster_quality", "report", "all"}
 
 
+def test_conditioning_specific_diffusion_keys_retrain_only_the_variants_that_read_them(run, tiny_config):
+    work, _ = run
+    _edited(work, tiny_config, "diffusion", "image_encoder", {"layers": [0, 1, 2, 3, 4]})
+    proc = snakemake(work, "-n", "--configfile", "edited.yaml")
+    assert planned_jobs(proc)["diffusion"] == 1 and "diffusion/ml/model" in proc.stdout  # multi-level only
+    prompts = {**tiny_config["diffusion"]["prompts"], "com": "Perforated tympanic membrane."}
+    _edited(work, tiny_config, "diffusion", "prompts", prompts)
+    proc = snakemake(work, "-n", "--configfile", "edited.yaml")
+    assert planned_jobs(proc)["diffusion"] == 3 and "diffusion/cl/model" not in proc.stdout  # clusters: no prompts
+
+
 def test_autoencoder_edit_reruns_only_that_autoencoder_and_what_uses_it(run, tiny_config):
     work, _ = run
     # vq4 is trained and measured but no diffusion variant uses it.

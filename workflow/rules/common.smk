@@ -127,7 +127,11 @@ def diffusion_inputs(wildcards):
     too, so replacing one retrains."""
     d = config["diffusion"]
     conditioning = VARIANT_CFG[wildcards.variant]["conditioning"]
-    inputs = {"feature_net": FEATURE_NET} if conditioning == "multilevel" else {}
+    if conditioning == "multilevel":  # the image encoder of the multi-level embeddings
+        clip = d["image_encoder"]["checkpoint"] if d["image_encoder"]["open_clip_model"] else None
+        inputs = {"image_encoder": clip} if clip else {"feature_net": FEATURE_NET}
+    else:
+        inputs = {}
     if conditioning == "cluster":
         inputs |= {"cluster_assignments": CLUSTER["assignments"], "cluster_selection": CLUSTER["selection"]}
     if d["text_encoder"]["checkpoint"]:
@@ -191,7 +195,13 @@ def cluster_quality_params(wildcards):
 
 
 def diffusion_params(wildcards):
-    d = {k: v for k, v in config["diffusion"].items() if k != "variants"}
+    """The diffusion slice with the variant's own keys; keys a variant's conditioning does not read are left
+    out, so editing them does not retrain it (the image encoder only for multi-level variants, the prompts and
+    the text encoder not for cluster variants)."""
+    conditioning = VARIANT_CFG[wildcards.variant]["conditioning"]
+    unused = {"variants"} | ({"image_encoder"} if conditioning != "multilevel" else set()) \
+        | ({"prompts", "text_encoder", "max_prompt_length"} if conditioning == "cluster" else set())
+    d = {k: v for k, v in config["diffusion"].items() if k not in unused}
     return {**d, **VARIANT_CFG[wildcards.variant], "variant": wildcards.variant,
             "autoencoder": variant_autoencoder(wildcards.variant), **shared()}
 
