@@ -146,6 +146,22 @@ def test_conditioning_specific_diffusion_keys_retrain_only_the_variants_that_rea
     assert planned_jobs(proc)["diffusion"] == 3 and "diffusion/cl/model" not in proc.stdout  # clusters: no prompts
 
 
+def test_the_multilevel_ablation_is_three_variants_of_one_config(run, tiny_config):
+    """Multi-level paper: 4-channel VAE, 8-channel VAE, 8-channel VAE + multi-level embeddings."""
+    work, _ = run
+    cfg = yaml.safe_load(yaml.safe_dump(tiny_config))
+    cfg["autoencoder"]["kl4"] = {**cfg["autoencoder"]["kl8"], "latent_channels": 4}
+    cfg["diffusion"]["variants"] = {"ch4": {"conditioning": "class", "autoencoder": "kl4"},
+                                    "ch8": {"conditioning": "class", "autoencoder": "kl8"},
+                                    "ch8_ml": {"conditioning": "multilevel", "autoencoder": "kl8"}}
+    cfg["generate"]["settings"] = {"cfg2": {"guidance_scale": 2.0}}
+    (work / "edited.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(work, "-n", "--configfile", "edited.yaml")
+    jobs = planned_jobs(proc)
+    assert jobs["autoencoder"] == 1 and jobs["diffusion"] == 3 and "autoencoder/kl4/model" in proc.stdout
+    assert jobs["classify"] == 3 * len(tiny_config["generate"]["seeds"])
+
+
 def test_autoencoder_edit_reruns_only_that_autoencoder_and_what_uses_it(run, tiny_config):
     work, _ = run
     # vq4 is trained and measured but no diffusion variant uses it.
