@@ -154,7 +154,8 @@ def test_the_multilevel_ablation_is_three_variants_of_one_config(run, tiny_confi
     cfg["diffusion"]["variants"] = {"ch4": {"conditioning": "class", "autoencoder": "kl4"},
                                     "ch8": {"conditioning": "class", "autoencoder": "kl8"},
                                     "ch8_ml": {"conditioning": "multilevel", "autoencoder": "kl8"}}
-    cfg["generate"]["settings"]["cfg2"]["variants"] = ["ch4", "ch8", "ch8_ml"]  # config files merge: name them
+    # Dicts merge with config/config.yaml (its `class` variant stays): the setting names the three.
+    cfg["generate"]["settings"] = {"cfg2": {"guidance_scale": 2.0, "variants": ["ch4", "ch8", "ch8_ml"]}}
     (work / "edited.yaml").write_text(yaml.safe_dump(cfg))
     proc = snakemake(work, "-n", "--configfile", "edited.yaml")
     jobs = planned_jobs(proc)
