@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from .io import atomic_path, log, write_parquet
-from .metrics import classification_scores, fid, knn_recall
+from .metrics import classification_scores, fid_from_features, knn_recall
 from .nets import extract_features, load_feature_net, predict, train_classifier
 from .torchutils import load_images, seed_everything, select_device, set_threads
 
@@ -56,7 +56,7 @@ def quality_table(real: np.ndarray, real_labels: np.ndarray, real_splits: np.nda
             if len(r) < 2 or len(g) <= k:
                 log.info("skip %s/%s: %d real, %d generated samples are too few", ref, name, len(r), len(g))
                 continue
-            for metric, value in (("fid", fid(r, g)), ("recall", knn_recall(r, g, k))):
+            for metric, value in (("fid", fid_from_features(r, g)), ("recall", knn_recall(r, g, k))):
                 rows.append({"reference": ref, "class": name, "n_real": len(r), "n_generated": len(g),
                              "metric": metric, "value": value})
     return pd.DataFrame(rows, columns=list(EVAL_COLUMNS[3:]))

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import linalg
+from scipy.spatial.distance import cdist
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 
@@ -106,28 +107,79 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, sigma: fl
 
 # --- distribution metrics on features ---------------------------------------------------------------------------
 
-def fid_from_stats(mu_r: np.ndarray, sigma_r: np.ndarray, mu_g: np.ndarray, sigma_g: np.ndarray) -> float:
-    """Eq. (13) of the CLUE paper: ||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 (S_r S_g)^(1/2))."""
-    diff = mu_r - mu_g
-    covmean = linalg.sqrtm(sigma_r @ sigma_g)
-    if not np.isfinite(covmean).all():  # singular product: regularise as in Heusel et al.'s reference code
-        eps = np.eye(sigma_r.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((sigma_r + eps) @ (sigma_g + eps))
-    covmean = np.real(covmean)
-    return float(diff @ diff + np.trace(sigma_r) + np.trace(sigma_g) - 2 * np.trace(covmean))
+def _check_features(real: np.ndarray, fake: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    real, fake = np.asarray(real), np.asarray(fake)
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"expected (N, D) and (M, D) features, got {real.shape} and {fake.shape}")
+    return real.astype(np.float64), fake.astype(np.float64)
 
 
-def fid(real: np.ndarray, gen: np.ndarray) -> float:
-    """FID between two feature sets (N, D) and (M, D); sample covariances (ddof = 1)."""
-    if real.ndim != 2 or gen.ndim != 2 or real.shape[1] != gen.shape[1]:
-        raise ValueError(f"expected (N, D) and (M, D) features, got {real.shape} and {gen.shape}")
-    if len(real) < 2 or len(gen) < 2:
-        raise ValueError(f"FID needs at least 2 samples per set, got {len(real)} and {len(gen)}")
-    real, gen = real.astype(np.float64), gen.astype(np.float64)
-    return fid_from_stats(real.mean(0), np.cov(real, rowvar=False), gen.mean(0), np.cov(gen, rowvar=False))
+def _psd_sqrt(s: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric positive semi-definite matrix by eigendecomposition (negative rounding-error
+    eigenvalues set to 0)."""
+    w, v = linalg.eigh((s + s.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
-def knn_recall(real: np.ndarray, gen: np.ndarray, k: int = 10) -> float:
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Eq. (13) of the CLUE paper, ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), in float64.
+
+    Tr((S1 S2)^(1/2)) is computed as Tr((A S2 A)^(1/2)) with A = S1^(1/2) (S1 S2 is similar to A S2 A): the
+    square roots of the eigenvalues of a symmetric positive semi-definite matrix, clipped at 0, instead of
+    ``sqrtm`` of the non-symmetric product, which turns complex or non-finite for singular covariances."""
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if s1.shape != (len(mu1), len(mu1)) or s2.shape != s1.shape or mu2.shape != mu1.shape:
+        raise ValueError(f"expected means (D,) and covariances (D, D), got {mu1.shape}, {s1.shape}, {mu2.shape}, "
+                         f"{s2.shape}")
+    a = _psd_sqrt(s1)
+    m = a @ s2 @ a
+    trace_sqrt = float(np.sqrt(np.clip(linalg.eigvalsh((m + m.T) / 2), 0, None)).sum())
+    diff = mu1 - mu2
+    return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt, 0.0))
+
+
+def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
+    """FID between feature sets (N, D) and (M, D): ``frechet_distance`` of their means and sample covariances
+    (ddof = 1, as the reference implementations)."""
+    real, fake = _check_features(real, fake)
+    if len(real) < 2 or len(fake) < 2:
+        raise ValueError(f"FID needs at least 2 samples per set, got {len(real)} and {len(fake)}")
+    return frechet_distance(real.mean(0), np.cov(real, rowvar=False), fake.mean(0), np.cov(fake, rowvar=False))
+
+
+def _row_blocks(n: int, m: int, chunk: int | None):
+    """Row slices so that one block of an (n, m) distance matrix stays under about 64 MB."""
+    step = chunk or max(1, (64 << 20) // (8 * max(m, 1)))
+    for i in range(0, n, step):
+        yield slice(i, min(n, i + step))
+
+
+def kth_neighbour_distance(x: np.ndarray, y: np.ndarray, k: int, exclude_self: bool = False,
+                           chunk: int | None = None) -> np.ndarray:
+    """For each row of x, the Euclidean distance to its k-th nearest row of y (k >= 1); with ``exclude_self``
+    (x is y) the point itself is not counted. Computed in row blocks: never the full distance matrix."""
+    kk = k + 1 if exclude_self else k
+    if k < 1 or len(y) < kk:
+        raise ValueError(f"the k-th nearest neighbour (k = {k}) needs k >= 1 and at least {kk} points, got {len(y)}")
+    out = np.empty(len(x))
+    for rows in _row_blocks(len(x), len(y), chunk):
+        out[rows] = np.partition(cdist(x[rows], y), kk - 1, axis=1)[:, kk - 1]
+    return out
+
+
+def _balls(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, chunk: int | None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """How many of the balls B(centre_i, radius_i) hold each point, and whether each ball holds any point."""
+    counts, used = np.zeros(len(points), np.int64), np.zeros(len(centres), bool)
+    for rows in _row_blocks(len(points), len(centres), chunk):
+        inside = cdist(points[rows], centres) <= radii[None, :]
+        counts[rows] = inside.sum(1)
+        used |= inside.any(0)
+    return counts, used
+
+
+def knn_recall(real: np.ndarray, fake: np.ndarray, k: int = 10, chunk: int | None = None) -> float:
     """Eq. (14) of the CLUE paper: the fraction of real samples r whose k-th nearest generated sample lies
     within tau, ``1/|R| sum_r 1[d(r, NN_G^k(r)) <= tau]``, Euclidean distance in feature space.
 
@@ -135,17 +187,51 @@ def knn_recall(real: np.ndarray, gen: np.ndarray, k: int = 10) -> float:
     distance to its k-th nearest other generated sample (the typical radius of the generated manifold). Taking
     it over the real-to-generated distances instead would make the score 0.5 by construction.
     """
-    if real.ndim != 2 or gen.ndim != 2 or real.shape[1] != gen.shape[1]:
-        raise ValueError(f"expected (N, D) and (M, D) features, got {real.shape} and {gen.shape}")
-    if len(gen) <= k:
-        raise ValueError(f"k-NN recall with k={k} needs more than {k} generated samples, got {len(gen)}")
-    real, gen = real.astype(np.float64), gen.astype(np.float64)
-    d_rg = linalg.norm(real[:, None, :] - gen[None, :, :], axis=-1)  # (N, M)
-    d_gg = linalg.norm(gen[:, None, :] - gen[None, :, :], axis=-1)  # (M, M), diagonal = self
-    kth_rg = np.sort(d_rg, axis=1)[:, k - 1]
-    kth_gg = np.sort(d_gg, axis=1)[:, k]  # column 0 is the sample itself
-    tau = float(np.median(kth_gg))
-    return float(np.mean(kth_rg <= tau))
+    real, fake = _check_features(real, fake)
+    if len(fake) <= k:
+        raise ValueError(f"k-NN recall with k={k} needs more than {k} generated samples, got {len(fake)}")
+    tau = float(np.median(kth_neighbour_distance(fake, fake, k, exclude_self=True, chunk=chunk)))
+    return float(np.mean(kth_neighbour_distance(real, fake, k, chunk=chunk) <= tau))
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, chunk: int | None = None
+                     ) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019, eq. 1-2): each set's manifold is the union of
+    balls around its samples with radius the distance to the sample's k-th nearest neighbour in the set;
+    precision = share of generated samples inside the real manifold, recall = share of real samples inside the
+    generated one (k = 3 as the paper)."""
+    real, fake = _check_features(real, fake)
+    in_real, _ = _balls(fake, real, kth_neighbour_distance(real, real, k, exclude_self=True, chunk=chunk), chunk)
+    in_fake, _ = _balls(real, fake, kth_neighbour_distance(fake, fake, k, exclude_self=True, chunk=chunk), chunk)
+    return float(np.mean(in_real > 0)), float(np.mean(in_fake > 0))
+
+
+def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5, chunk: int | None = None
+                     ) -> tuple[float, float]:
+    """Density and coverage (Naeem et al. 2020, eq. 3-4) with the real samples' k-NN balls (k = 5 as the
+    paper): density = 1/(kM) sum_j sum_i 1[Y_j in B(X_i, NND_k(X_i))] (about 1 when the generated samples
+    follow the real density, unbounded above); coverage = share of real balls that hold at least one
+    generated sample."""
+    real, fake = _check_features(real, fake)
+    counts, used = _balls(fake, real, kth_neighbour_distance(real, real, k, exclude_self=True, chunk=chunk), chunk)
+    return float(counts.sum() / (k * len(fake))), float(used.mean())
+
+
+def inception_score(probs: np.ndarray, splits: int = 1) -> tuple[float, float]:
+    """Inception Score (Salimans et al. 2016), exp(E_x KL(p(y|x) || p(y))), from a classifier's class
+    probabilities (N, C) (here the domain classifier's); with ``splits`` > 1 the mean and std over that many
+    equal parts, as the original protocol (10 splits)."""
+    p = np.asarray(probs, np.float64)
+    if p.ndim != 2 or (p < 0).any() or not np.allclose(p.sum(1), 1.0, atol=1e-6):
+        raise ValueError(f"inception_score: rows must be probabilities (N, C) that sum to 1, got shape {p.shape}")
+    if not 1 <= splits <= len(p):
+        raise ValueError(f"inception_score: splits must be between 1 and the {len(p)} samples, got {splits}")
+    scores = []
+    for part in np.array_split(p, splits):
+        py = part.mean(0, keepdims=True)
+        kl = np.where(part > 0, part * (np.log(np.clip(part, 1e-300, None)) - np.log(np.clip(py, 1e-300, None))), 0)
+        scores.append(float(np.exp(kl.sum(1).mean())))
+    return float(np.mean(scores)), float(np.std(scores))
 
 
 # --- classification ---------------------------------------------------------------------------------------------

@@ -51,13 +51,16 @@ def test_fid_input_errors_name_the_shapes():
 
 
 def test_knn_recall_on_constructed_sets():
+    # Generated 0, 1, 2, 3, 4 with k = 1: every nearest-other distance is 1, tau = 1. Real 0.5, 2.2, 10: nearest
+    # generated at 0.5, 0.2 and 6, so two of three are recalled.
+    fake = np.arange(5.0)[:, None]
+    assert knn_recall(np.array([[0.5], [2.2], [10.0]]), fake, k=1) == pytest.approx(2 / 3)
+    # k = 2: second nearest others are 2, 1, 1, 1, 2 -> tau = 1; real 0.5 has generated 0 and 1 at 0.5: recalled,
+    # real 4.6 has 4 at 0.6 and 3 at 1.6: not.
+    assert knn_recall(np.array([[0.5], [4.6]]), fake, k=2) == pytest.approx(0.5)
     rng = np.random.default_rng(0)
-    fake = rng.normal(size=(200, 2))
-    near = rng.normal(size=(100, 2)) * 0.5  # inside the generated cloud
-    far = rng.normal(size=(100, 2)) * 0.5 + 50.0  # nowhere near it
-    assert knn_recall(near, fake, k=5) == pytest.approx(1.0)
-    assert knn_recall(far, fake, k=5) == 0.0
-    assert knn_recall(np.vstack([near, far]), fake, k=5) == pytest.approx(0.5)
+    cloud = rng.normal(size=(200, 2))
+    assert knn_recall(rng.normal(size=(100, 2)) * 0.5 + 50.0, cloud, k=5) == 0.0  # nowhere near it
 
 
 def test_knn_recall_matches_scikit_learn_neighbours_and_chunking():

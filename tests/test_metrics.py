@@ -2,12 +2,11 @@
 import numpy as np
 import pytest
 import torch
-from scipy import linalg
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
-from pipeline_lib.metrics import (MS_SSIM_WEIGHTS, classification_scores, fid, fid_from_stats, knn_recall, ms_ssim,
+from pipeline_lib.metrics import (MS_SSIM_WEIGHTS, classification_scores, knn_recall, ms_ssim,
                                   ms_ssim_scales, mse, psnr, ssim)
 
 
@@ -106,40 +105,6 @@ def test_psnr_mse_match_skimage(image_pair):
     x = torch.zeros(1, 3, 4, 4, dtype=torch.float64)
     assert mse(x, x + 0.1).item() == pytest.approx(0.01)
     assert psnr(x, x + 0.1).item() == pytest.approx(10 * np.log10(400), abs=1e-9)
-
-
-def _fid_by_eigenvalues(a, b):
-    """Independent route: Tr((S1 S2)^1/2) = sum of sqrt(eig(S1^1/2 S2 S1^1/2)), with eigh only."""
-    m1, m2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    w, v = linalg.eigh(s1)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    ev = linalg.eigvalsh(root1 @ s2 @ root1)
-    return ((m1 - m2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.clip(ev, 0, None)).sum()
-
-
-def test_fid_matches_eigenvalue_route():
-    rng = np.random.default_rng(1)
-    a = rng.normal(size=(400, 8))
-    b = rng.normal(size=(300, 8)) @ rng.normal(size=(8, 8)) * 0.5 + 0.3
-    assert fid(a, b) == pytest.approx(_fid_by_eigenvalues(a, b), rel=1e-7)
-
-
-def test_fid_hand_case_diagonal_gaussians():
-    # Diagonal covariances: FID = |mu1 - mu2|^2 + sum_i (s1_i + s2_i - 2 sqrt(s1_i s2_i)).
-    mu1, mu2 = np.array([0.0, 1.0]), np.array([3.0, 1.0])
-    s1, s2 = np.diag([1.0, 4.0]), np.diag([4.0, 1.0])
-    expected = 9.0 + (1 + 4 - 2 * 2) + (4 + 1 - 2 * 2)
-    assert fid_from_stats(mu1, s1, mu2, s2) == pytest.approx(expected, abs=1e-9)
-    x = np.random.default_rng(2).normal(size=(50, 4))
-    assert fid(x, x) == pytest.approx(0.0, abs=1e-6)
-
-
-def test_fid_rejects_bad_shapes():
-    with pytest.raises(ValueError, match=r"expected \(N, D\) and \(M, D\)"):
-        fid(np.zeros((5, 3)), np.zeros((5, 4)))
-    with pytest.raises(ValueError, match="at least 2 samples"):
-        fid(np.zeros((1, 3)), np.zeros((5, 3)))
 
 
 def _recall_sklearn(real, gen, k):
