@@ -13,18 +13,23 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .io import atomic_path, log, write_parquet
-from .metrics import classification_scores, fid_from_features, knn_recall
+from .io import atomic_path, log, read_parquet, write_parquet
+from .metrics import (classification_scores, density_coverage, fid_from_features, inception_score, knn_recall,
+                      precision_recall)
 from .nets import extract_features, load_feature_net, predict, train_classifier
 from .torchutils import load_images, seed_everything, select_device, set_threads
 
+REAL_SPLITS = ("train_a", "train_b", "test", "external")
 REFERENCES = {"train": ("train_a", "train_b"), "test": ("test",), "train+test": ("train_a", "train_b", "test")}
 EVAL_COLUMNS = ("variant", "setting", "seed", "reference", "class", "n_real", "n_generated", "metric", "value")
 
 
 def train_feature_net(manifest: str | Path, model_out: str | Path, log_table: str | Path,
-                      params: Mapping[str, Any], threads: int | None = None) -> None:
-    """Entry point of the feature_net rule: train on train_a, select on train_b, save weights and the log."""
+                      params: Mapping[str, Any], features_out: str | Path | None = None,
+                      threads: int | None = None) -> None:
+    """Entry point of the feature_net rule: train on train_a, select on train_b, save weights and the log;
+    ``features_out`` keeps the features of every real image (all splits), which the evaluate jobs and the
+    report's PCA plots read instead of embedding the real images again."""
     set_threads(threads)
     seed_everything(int(params["seed"]))
     device = select_device(params["device"])
@@ -39,43 +44,82 @@ def train_feature_net(manifest: str | Path, model_out: str | Path, log_table: st
             continue
         s = classification_scores(yt.numpy(), predict(model, xt, device), len(classes))
         log.info("feature network on %s: macro-F1 %.3f, AUC %.3f", split, s["f1_macro"], s["auc_ovr"])
+    if features_out is not None:
+        xa, _, ra = load_images(manifest, list(REAL_SPLITS), classes)
+        write_parquet(feature_frame(extract_features(model, xa, device), ra), features_out)
     write_parquet(pd.DataFrame(rows), log_table)
     with atomic_path(model_out) as tmp:
         torch.save({"params": dict(params), "n_classes": len(classes), "state_dict": model.state_dict()}, tmp)
 
 
 def quality_table(real: np.ndarray, real_labels: np.ndarray, real_splits: np.ndarray, gen: np.ndarray,
-                  gen_labels: np.ndarray, classes: list[str], k: int) -> pd.DataFrame:
-    """FID and recall per reference set and class (plus ``all``), one row per metric."""
+                  gen_labels: np.ndarray, classes: list[str], k: int, precision_k: int = 3,
+                  density_k: int = 5) -> pd.DataFrame:
+    """Per reference set (CLUE Table 6 columns: train, test, both) and class (plus ``all``), one row per metric:
+    FID (eq. 13), k-NN recall (eq. 14), improved precision and recall (Kynkaanniemi et al. 2019, k =
+    ``precision_k``), density and coverage (Naeem et al. 2020, k = ``density_k``)."""
     rows = []
     for ref, splits in REFERENCES.items():
         in_ref = np.isin(real_splits, splits)
         for ci, name in [(i, c) for i, c in enumerate(classes)] + [(None, "all")]:
             r = real[in_ref & ((real_labels == ci) if ci is not None else True)]
             g = gen[(gen_labels == ci)] if ci is not None else gen
-            if len(r) < 2 or len(g) <= k:
+            if len(r) <= max(1, precision_k, density_k) or len(g) <= max(k, precision_k):
                 log.info("skip %s/%s: %d real, %d generated samples are too few", ref, name, len(r), len(g))
                 continue
-            for metric, value in (("fid", fid_from_features(r, g)), ("recall", knn_recall(r, g, k))):
+            precision, improved_recall = precision_recall(r, g, precision_k)
+            density, coverage = density_coverage(r, g, density_k)
+            for metric, value in (("fid", fid_from_features(r, g)), ("recall", knn_recall(r, g, k)),
+                                  ("precision", precision), ("improved_recall", improved_recall),
+                                  ("density", density), ("coverage", coverage)):
                 rows.append({"reference": ref, "class": name, "n_real": len(r), "n_generated": len(g),
                              "metric": metric, "value": value})
     return pd.DataFrame(rows, columns=list(EVAL_COLUMNS[3:]))
 
 
+def inception_rows(proba: np.ndarray, splits: int) -> list[dict]:
+    """Inception Score of the generated images under the domain classifier (mean and std over ``splits``)."""
+    mean, std = inception_score(proba, min(splits, len(proba)))
+    return [{"reference": "none", "class": "all", "n_real": 0, "n_generated": len(proba), "metric": metric,
+             "value": value} for metric, value in (("inception_score", mean), ("inception_score_std", std))]
+
+
+def feature_frame(features: np.ndarray, rows: pd.DataFrame) -> pd.DataFrame:
+    """Features with the image id, label and split of each row (what the report's PCA plots read)."""
+    cols = pd.DataFrame(features.astype(np.float32), columns=[f"f{i}" for i in range(features.shape[1])])
+    return pd.concat([rows[["image_id", "label", "split"]].reset_index(drop=True), cols], axis=1)
+
+
 def evaluate_synthetic(manifest: str | Path, feature_net: str | Path, gen_manifest: str | Path, out_table: str | Path,
-                       params: Mapping[str, Any], threads: int | None = None) -> pd.DataFrame:
-    """Entry point of the evaluate rule for one (variant, setting, seed)."""
+                       params: Mapping[str, Any], features_out: str | Path | None = None,
+                       real_features: str | Path | None = None, threads: int | None = None) -> pd.DataFrame:
+    """Entry point of the evaluate rule for one (variant, setting, seed). ``real_features`` (the feature_net
+    rule's table) spares embedding the real images again; ``features_out`` keeps the generated images'."""
     set_threads(threads)
     device = select_device(params["device"])
     classes = list(params["classes"])
     model = load_feature_net(feature_net, device)
-    xr, yr, rr = load_images(manifest, ["train_a", "train_b", "test"], classes)
-    xg, yg, _ = load_images(gen_manifest, ["synthetic"], classes)
-    fr, fg = extract_features(model, xr, device), extract_features(model, xg, device)
-    table = quality_table(fr, yr.numpy(), rr["split"].to_numpy(), fg, yg.numpy(), classes, int(params["recall_k"]))
+    refs = sorted({s for splits in REFERENCES.values() for s in splits})
+    if real_features is not None:
+        rr = read_parquet(real_features, required=("image_id", "label", "split"))
+        rr = rr[rr["split"].isin(refs)].reset_index(drop=True)
+        fr = rr[[c for c in rr.columns if c.startswith("f") and c[1:].isdigit()]].to_numpy(np.float64)
+        yr = torch.tensor([classes.index(c) for c in rr["label"]])
+    else:
+        xr, yr, rr = load_images(manifest, refs, classes)
+        fr = extract_features(model, xr, device)
+    xg, yg, rg = load_images(gen_manifest, ["synthetic"], classes)
+    fg = extract_features(model, xg, device)
+    table = quality_table(fr, yr.numpy(), rr["split"].to_numpy(), fg, yg.numpy(), classes, int(params["recall_k"]),
+                          int(params.get("precision_k", 3)), int(params.get("density_k", 5)))
+    proba = predict(model, xg, device).astype(np.float64)
+    table = pd.concat([table, pd.DataFrame(inception_rows(proba / proba.sum(1, keepdims=True),
+                                                          int(params.get("is_splits", 10))))], ignore_index=True)
     for key in ("variant", "setting", "seed"):
         table.insert(0, key, params[key])
     table = table[list(EVAL_COLUMNS)]
     write_parquet(table, out_table)
+    if features_out is not None:
+        write_parquet(feature_frame(fg, rg), features_out)
     log.info("\n%s", table.to_string(index=False))
     return table

@@ -51,6 +51,36 @@ def image_grid(real_manifest: str | Path, gen_manifest: str | Path, label: str, 
     _save_figure(fig, path)
 
 
+def pca_scatter(real_features: str | Path, gen_features: str | Path, path: str | Path, title: str) -> None:
+    """Real (train_a + train_b) and synthetic images in the first two principal components of the domain
+    network's features, fitted on the real ones (CLUE Fig. 5): one colour per class, filled = real, hollow =
+    synthetic."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.decomposition import PCA
+
+    real = read_parquet(real_features, required=("label", "split"))
+    real = real[real["split"].isin(["train_a", "train_b"])]
+    gen = read_parquet(gen_features, required=("label",))
+    cols = [c for c in real.columns if c.startswith("f") and c[1:].isdigit()]
+    pca = PCA(n_components=2, random_state=0).fit(real[cols].to_numpy(np.float64))
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    for i, label in enumerate(sorted(set(real["label"]) | set(gen["label"]))):
+        colour = f"C{i}"
+        for df, kind in ((real, "real"), (gen, "synthetic")):
+            pts = pca.transform(df.loc[df["label"] == label, cols].to_numpy(np.float64))
+            ax.scatter(pts[:, 0], pts[:, 1], s=9, label=f"{label} {kind}", edgecolors=colour,
+                       facecolors=colour if kind == "real" else "none", linewidths=0.7, alpha=0.7)
+    ev = pca.explained_variance_ratio_ * 100
+    ax.set_xlabel(f"PC 1 ({ev[0]:.0f} % of the real variance)")
+    ax.set_ylabel(f"PC 2 ({ev[1]:.0f} %)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, markerscale=1.5)
+    _save_figure(fig, path)
+
+
 def f1_vs_ratio(summary: pd.DataFrame, path: str | Path, n_classes: int) -> None:
     """Macro-F1 (mean ± std over seeds) against the replacement ratio, one line per test set and setting;
     the hybrid protocol is drawn as a marker at ratio 1; the dotted line is chance (1 / n_classes)."""
@@ -122,6 +152,8 @@ def report(inputs: Mapping[str, Sequence[str]], outputs: Mapping[str, Any], para
         f1_vs_ratio(cls_summary, outputs["f1_plot"], len(params["classes"]))
         for label, path in zip(params["classes"], outputs["grids"]):
             image_grid(inputs["manifest"], inputs["generated"][0], label, path, seed=int(params["seed"]))
+        for (variant, setting, gen_features), path in zip(params["pca"], outputs["pca"]):
+            pca_scatter(inputs["real_features"], gen_features, path, f"{variant} / {setting}")
         log.info("classification, mean ± std over seeds:\n%s", cls_summary.to_string(index=False))
         log.info("image quality, mean ± std over seeds:\n%s", ev_summary.to_string(index=False))
     if inputs["cluster_quality"]:

@@ -41,7 +41,7 @@ def tiny_feature_net(tiny_manifest, tmp_path_factory, tiny_config) -> Path:
     from pipeline_lib.evaluate import train_feature_net
 
     out = tmp_path_factory.mktemp("feature_net")
-    params = {k: v for k, v in tiny_config["evaluate"].items() if k != "recall_k"}
+    params = {k: v for k, v in tiny_config["evaluate"].items() if not k.endswith(("_k", "_splits"))}
     train_feature_net(tiny_manifest, out / "model.pt", out / "log.parquet",
                       {**params, "seed": 0, "device": "cpu", "classes": tiny_config["data"]["classes"]})
     return out / "model.pt"

@@ -67,10 +67,38 @@ def test_quality_table_rows_and_identical_sets():
     splits = np.array(["train_a", "test"] * 30)
     t = quality_table(feats, labels, splits, feats, labels, ["a", "b"], k=3)
     assert set(t["reference"]) == {"train", "test", "train+test"}
-    assert set(t["class"]) == {"a", "b", "all"} and set(t["metric"]) == {"fid", "recall"}
+    assert set(t["class"]) == {"a", "b", "all"}
+    assert set(t["metric"]) == {"fid", "recall", "precision", "improved_recall", "density", "coverage"}
     both = t[(t["reference"] == "train+test") & (t["class"] == "all")].set_index("metric")["value"]
     assert both["fid"] == pytest.approx(0.0, abs=1e-6)  # generated == real
     assert 0.0 <= both["recall"] <= 1.0
+    # Identical sets: every sample is in its own ball, so precision, recall and coverage are 1.
+    assert both["precision"] == both["improved_recall"] == both["coverage"] == 1.0 and both["density"] >= 1 / 5
+
+
+def test_evaluate_reads_cached_real_features_with_the_same_numbers(tiny_manifest, tiny_feature_net, tmp_path,
+                                                                   tiny_config):
+    from pipeline_lib.evaluate import evaluate_synthetic, feature_frame
+    from pipeline_lib.nets import extract_features, load_feature_net
+    from pipeline_lib.torchutils import load_images
+
+    classes = tiny_config["data"]["classes"]
+    real = pd.read_parquet(tiny_manifest)
+    fake = real[real["split"] == "train_a"].assign(split="synthetic")  # stand-in generated set, same folder
+    fake.to_parquet(tiny_manifest.parent / "fake.parquet")
+    x, _, rows = load_images(tiny_manifest, ["train_a", "train_b", "test", "external"], classes)
+    feats = extract_features(load_feature_net(tiny_feature_net, torch.device("cpu")), x, torch.device("cpu"))
+    feature_frame(feats, rows).to_parquet(tmp_path / "real.parquet")
+    params = {"recall_k": 3, "precision_k": 2, "density_k": 2, "is_splits": 2, "variant": "v", "setting": "s",
+              "seed": 0, "device": "cpu", "classes": classes}
+    a = evaluate_synthetic(tiny_manifest, tiny_feature_net, tiny_manifest.parent / "fake.parquet",
+                           tmp_path / "a.parquet", params, features_out=tmp_path / "f.parquet")
+    b = evaluate_synthetic(tiny_manifest, tiny_feature_net, tiny_manifest.parent / "fake.parquet",
+                           tmp_path / "b.parquet", params, real_features=tmp_path / "real.parquet")
+    pd.testing.assert_frame_equal(a, b)
+    assert set(a.loc[a["reference"] == "none", "metric"]) == {"inception_score", "inception_score_std"}
+    assert 1.0 <= a.loc[a["metric"] == "inception_score", "value"].item() <= len(classes)
+    assert len(pd.read_parquet(tmp_path / "f.parquet")) == len(fake)
 
 
 def test_summarise_mean_and_sample_std():

@@ -44,7 +44,7 @@ def test_feature_network_trains_on_train_a_and_selects_on_train_b(tiny_manifest,
         return real_train(x, y, xv, yv, *args, **kw)
 
     monkeypatch.setattr(evaluate, "train_classifier", spy)
-    params = {k: v for k, v in tiny_config["evaluate"].items() if k != "recall_k"} | SHARED
+    params = {k: v for k, v in tiny_config["evaluate"].items() if not k.endswith(("_k", "_splits"))} | SHARED
     evaluate.train_feature_net(tiny_manifest, tmp_path / "f.pt", tmp_path / "f.parquet", params)
     xa, _, _ = load_images(tiny_manifest, ["train_a"], CLASSES)
     xb, _, _ = load_images(tiny_manifest, ["train_b"], CLASSES)

@@ -78,6 +78,12 @@ def test_tables_have_the_promised_columns_and_ranges(run, tiny_config):
     fid = quality[quality["metric"] == "fid"]["mean"]
     recall = quality[quality["metric"] == "recall"]["mean"]
     assert (fid > -1e-6).all() and np.isfinite(fid).all() and recall.between(0, 1).all()
+    assert {"precision", "improved_recall", "density", "coverage", "inception_score"} <= set(quality["metric"])
+    inception = quality.loc[quality["metric"] == "inception_score", "mean"]
+    assert inception.between(1, len(tiny_config["data"]["classes"])).all()
+    for variant, setting in (("class", "cfg2"), ("clue", "sigma05"), ("ml", "cfg2")):
+        png = res / "report" / "figures" / f"pca_{variant}_{setting}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     scores = pd.read_parquet(res / "report" / "classify_summary.parquet")
     assert {"variant", "setting", "arch", "protocol", "ratio", "test_set", "metric", "mean", "std",
             "n_seeds"} <= set(scores.columns)

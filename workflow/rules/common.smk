@@ -216,13 +216,16 @@ def generate_params(wildcards):
             "setting": wildcards.setting, "preprocess": config["preprocess"], **shared(), "seed": int(wildcards.seed)}
 
 
+EVAL_METRIC_KEYS = ("recall_k", "precision_k", "density_k", "is_splits")
+
+
 def feature_net_params():
-    """The evaluate slice without the metric settings: editing recall_k does not retrain the network."""
-    return {k: v for k, v in stage_params("evaluate").items() if k != "recall_k"}
+    """The evaluate slice without the metric settings: editing them does not retrain the network."""
+    return {k: v for k, v in stage_params("evaluate").items() if k not in EVAL_METRIC_KEYS}
 
 
 def evaluate_params(wildcards):
-    return {"recall_k": config["evaluate"]["recall_k"], "variant": wildcards.variant,
+    return {**{k: config["evaluate"][k] for k in EVAL_METRIC_KEYS}, "variant": wildcards.variant,
             "setting": wildcards.setting, **shared(), "seed": int(wildcards.seed)}
 
 
@@ -274,6 +277,12 @@ def evaluate_tables():
     return _over_grid(f"{R}/evaluate/{{variant}}/{{setting}}/seed{{seed}}/quality.parquet")
 
 
+def pca_inputs():
+    """(variant, setting, generated features of the first seed) for each PCA figure, in report_outputs' order."""
+    return [(v, s, f"{R}/evaluate/{v}/{s}/seed{SEEDS[0]}/features.parquet") for v, s in GRID
+            if v not in CLUSTER_VARIANTS]
+
+
 def cluster_quality_tables():
     return _over_grid(f"{R}/cluster/quality/{{variant}}/{{setting}}/seed{{seed}}/quality.parquet", True)
 
@@ -291,7 +300,8 @@ def report_outputs(flagged=False):
         o |= {"classify_summary": f"{R}/report/classify_summary.parquet",
               "evaluate_summary": f"{R}/report/evaluate_summary.parquet",
               "f1_plot": report(f1, caption="../report/f1_vs_ratio.rst", category="Classification") if flagged else f1,
-              "grids": [f"{R}/report/figures/grid_{c}.png" for c in CLASSES]}
+              "grids": [f"{R}/report/figures/grid_{c}.png" for c in CLASSES],
+              "pca": [f"{R}/report/figures/pca_{v}_{s}.png" for v, s in GRID if v not in CLUSTER_VARIANTS]}
     if any(v in CLUSTER_VARIANTS for v, _ in GRID):
         o["cluster_generation"] = f"{R}/report/cluster_generation.parquet"
     return o

@@ -5,6 +5,7 @@ rule feature_net:
     output:
         model=f"{R}/evaluate/feature_net/model.pt",
         train_log=f"{R}/evaluate/feature_net/train_log.parquet",
+        real_features=f"{R}/evaluate/feature_net/real_features.parquet",
     params:
         cfg=feature_net_params(),
     threads: 1
@@ -22,11 +23,13 @@ rule evaluate:
     input:
         manifest=rules.preprocess.output.manifest,
         feature_net=rules.feature_net.output.model,
+        real_features=rules.feature_net.output.real_features,
         generated=f"{R}/generate/{{variant}}/{{setting}}/seed{{seed}}/manifest.parquet",
         images=f"{R}/generate/{{variant}}/{{setting}}/seed{{seed}}/images",
         code=code("evaluate"),
     output:
         table=f"{R}/evaluate/{{variant}}/{{setting}}/seed{{seed}}/quality.parquet",
+        features=f"{R}/evaluate/{{variant}}/{{setting}}/seed{{seed}}/features.parquet",
     params:
         cfg=evaluate_params,
     threads: 1

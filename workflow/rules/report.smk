@@ -5,13 +5,15 @@ rule report:
         evaluate=evaluate_tables(),
         cluster_quality=cluster_quality_tables(),
         manifest=rules.preprocess.output.manifest,
+        real_features=rules.feature_net.output.real_features,
+        gen_features=[f for _, _, f in pca_inputs()],
         generated=generated("manifest.parquet"),
         images=generated("images"),
         code=code("report"),
     output:
         **report_outputs(flagged=True),
     params:
-        cfg={"classes": CLASSES, "seed": config["seed"]},
+        cfg={"classes": CLASSES, "seed": config["seed"], "pca": pca_inputs()},
     log:
         f"{LOGS}/report.log",
     script:

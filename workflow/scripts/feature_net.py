@@ -4,4 +4,4 @@ from pipeline_lib.io import stage_log
 with stage_log(snakemake.log[0]):
     out = snakemake.output
     train_feature_net(snakemake.input.manifest, out.model, out.train_log, snakemake.params.cfg,
-                      threads=snakemake.threads)
+                      features_out=out.real_features, threads=snakemake.threads)
