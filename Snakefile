@@ -20,6 +20,7 @@ include: "workflow/rules/diffusion.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/classify.smk"
+include: "workflow/rules/trajectory.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -13,7 +13,7 @@ import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import cv2
 import numpy as np
@@ -33,12 +33,16 @@ from .torchutils import select_device, set_threads, to_uint8
 @torch.no_grad()
 def sample_latents(model: DiffusionModel, class_index: int, n: int, shape: tuple[int, int, int], steps: int,
                    guidance_scale: float, generator: torch.Generator, device: torch.device,
-                   style_sigma: float | None = None) -> torch.Tensor:
+                   style_sigma: float | None = None,
+                   cond_at: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """DDIM (eta = 0) or DDPM from x_T ~ N(0, I); guidance: pred = uncond + w (cond - uncond) when w != 1, the two
     passes batched in one forward. Drawn after x_T from the same generator, so the settings of one seed share
     their initial noise: a CLUE model's style latent s ~ N(0, style_sigma^2 I) (CLUE section 4.5); a multi-level
     model's reference images, one random training image of the class per sample, whose embeddings condition it
-    (the unconditional pass gets GLIGEN's null feature)."""
+    (the unconditional pass gets GLIGEN's null feature).
+
+    ``cond_at(i, cond)`` replaces the conditional embedding at step i (trajectory traversal: the prompt
+    embedding swapped at a timestep); by default the class's own embedding throughout."""
     unet, penc, scheduler = model.unet, model.prompt_encoder, model.scheduler
     latents = torch.randn((n, *shape), generator=generator).to(device)
     guided = guidance_scale != 1.0
@@ -64,11 +68,12 @@ def sample_latents(model: DiffusionModel, class_index: int, n: int, shape: tuple
     labels = torch.full((n,), class_index, dtype=torch.long, device=device)
     cond = penc(labels)
     uncond = penc(torch.full_like(labels, penc.null_index))
-    for t in scheduler.timesteps:
+    for i, t in enumerate(scheduler.timesteps):
+        c = cond if cond_at is None else cond_at(i, cond)
         if not guided:
-            pred = unet(latents, t, encoder_hidden_states=cond, **kwargs).sample
+            pred = unet(latents, t, encoder_hidden_states=c, **kwargs).sample
         else:
-            both = unet(torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([uncond, cond]),
+            both = unet(torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([uncond, c]),
                         **kwargs).sample
             pu, pc = both.chunk(2)
             pred = pu + guidance_scale * (pc - pu)

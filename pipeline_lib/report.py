@@ -131,6 +131,14 @@ def cluster_generation_table(tables: Sequence[str]) -> pd.DataFrame:
     return out.sort_values(["method", "k", "variant", "setting", "order"]).drop(columns="order").reset_index(drop=True)
 
 
+def trajectory_summary(tables: Sequence[str]) -> pd.DataFrame:
+    """The traversal metrics (the poster's CFRT and LPIPS table, plus flip rate and latent direction cosine) per
+    variant, setting, attribute, swap step and Bezier position, mean (± std) over seeds."""
+    t = pd.concat([read_parquet(p) for p in tables], ignore_index=True)
+    metrics = [c for c in ("cfrt", "flip_rate", "lpips", "domain_perceptual", "cos_direction") if c in t]
+    return mean_std_cells(t, ["variant", "setting", "neutral", "attribute", "alpha", "swap_step", "timestep"], metrics)
+
+
 def report(inputs: Mapping[str, Sequence[str]], outputs: Mapping[str, Any], params: Mapping[str, Any]) -> None:
     """Entry point of the report rule. ``inputs``: recon, classify, evaluate and cluster_quality tables, the real
     manifest and the generated manifests; the class-based outputs exist when class-conditioned variants do,
@@ -156,6 +164,11 @@ def report(inputs: Mapping[str, Sequence[str]], outputs: Mapping[str, Any], para
             pca_scatter(inputs["real_features"], gen_features, path, f"{variant} / {setting}")
         log.info("classification, mean ± std over seeds:\n%s", cls_summary.to_string(index=False))
         log.info("image quality, mean ± std over seeds:\n%s", ev_summary.to_string(index=False))
+    if inputs.get("trajectory"):
+        table = trajectory_summary(inputs["trajectory"])
+        write_parquet(table, outputs["trajectory_summary"])
+        cells = [c for c in table if not c.endswith(("_mean", "_std"))]
+        log.info("trajectory traversal, mean (± std) over seeds:\n%s", table[cells].to_string(index=False))
     if inputs["cluster_quality"]:
         table = cluster_generation_table(inputs["cluster_quality"])
         write_parquet(table, outputs["cluster_generation"])

@@ -96,6 +96,9 @@ def test_tables_have_the_promised_columns_and_ranges(run, tiny_config):
     assert set(f1["protocol"]) == {"replace", "hybrid"}
     for png in ["f1_vs_ratio.png"] + [f"grid_{c}.png" for c in tiny_config["data"]["classes"]]:
         assert (res / "report" / "figures" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    traj = pd.read_parquet(res / "report" / "trajectory_summary.parquet")
+    assert set(traj["attribute"]) == {"ome", "com"} and set(traj["variant"]) == {"class", "clue", "ml"}
+    assert traj["cfrt_mean"].between(0, 1).all() and (traj["n_seeds"] == len(seeds)).all()
     # The cluster-conditioned variant: samples per cluster, no class-based tables, its own (Table 4) table.
     k = int(selection.loc[(selection["method"] == "kmeans") & (selection["index"] == "majority"), "best_k"].item())
     for seed in seeds:
@@ -134,11 +137,19 @@ def test_classifier_edit_reruns_only_classifier_and_report(run, tiny_config):
     assert jobs["classify"] == pairs * len(tiny_config["generate"]["seeds"]) * len(tiny_config["classify"]["archs"])
 
 
+def test_trajectory_edit_reruns_only_the_traversals_and_the_report(run, tiny_config):
+    work, _ = run
+    _edited(work, tiny_config, "trajectory", "alphas", [0.5, 1.0])
+    jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
+    assert jobs == {"trajectory": 3 * len(tiny_config["generate"]["seeds"]), "report": 1, "all": 1}
+
+
 def test_diffusion_edit_keeps_autoencoder_and_feature_network(run, tiny_config):
     work, _ = run
     _edited(work, tiny_config, "diffusion", "steps", tiny_config["diffusion"]["steps"] + 1)
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
-    assert set(jobs) == {"diffusion", "generate", "evaluate", "classify", "cluster_quality", "report", "all"}
+    assert set(jobs) == {"diffusion", "generate", "evaluate", "classify", "cluster_quality", "trajectory", "report",
+                         "all"}
 
 
 def test_conditioning_specific_diffusion_keys_retrain_only_the_variants_that_read_them(run, tiny_config):
@@ -180,7 +191,7 @@ def test_autoencoder_edit_reruns_only_that_autoencoder_and_what_uses_it(run, tin
     _edited(work, tiny_config, "autoencoder", "kl8", "lr", 0.002)
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
     assert set(jobs) == {"autoencoder", "autoencoder_metrics", "cluster", "diffusion", "generate", "evaluate",
-                         "classify", "cluster_quality", "report", "all"} and jobs["autoencoder"] == 1
+                         "classify", "cluster_quality", "trajectory", "report", "all"} and jobs["autoencoder"] == 1
 
 
 def test_perceptual_edit_reruns_the_vq_gan_and_the_tables_not_the_kl_vae(run, tiny_config):
@@ -188,7 +199,8 @@ def test_perceptual_edit_reruns_the_vq_gan_and_the_tables_not_the_kl_vae(run, ti
     _edited(work, tiny_config, "perceptual", "lpips_net", "alex")
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
     seeds = len(tiny_config["generate"]["seeds"])
-    assert jobs == {"autoencoder": 1, "autoencoder_metrics": 2, "cluster_quality": seeds, "report": 1, "all": 1}
+    assert jobs == {"autoencoder": 1, "autoencoder_metrics": 2, "cluster_quality": seeds, "trajectory": 3 * seeds,
+                    "report": 1, "all": 1}
 
 
 def test_cluster_edit_reruns_the_cluster_stage_and_the_cluster_variant_only(run, tiny_config):
@@ -230,6 +242,7 @@ def test_feature_network_edit_reruns_what_uses_it_only(run, tiny_config):
     assert jobs["feature_net"] == 1 and jobs["autoencoder"] == 1 and jobs["autoencoder_metrics"] == 2
     assert jobs["diffusion"] == 1 and jobs["generate"] == seeds and jobs["evaluate"] == 3 * seeds
     assert jobs["cluster_quality"] == seeds  # its perceptual column is the domain network's
+    assert jobs["trajectory"] == 3 * seeds  # the domain classifier measures the flips
 
 
 def test_generation_grid_errors_name_the_setting(run, tiny_config):

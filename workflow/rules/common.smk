@@ -77,6 +77,8 @@ CODE = {
     "classify": ["classify", "nets", "metrics", "torchutils", "data", "io"],
     "report": ["report", "data", "io"],
     "cluster": ["cluster/fit", "cluster/indices", "autoencoder", "torchutils", "data", "io"],
+    "trajectory": ["trajectory", "generate", "preprocess", "diffusion", "distributed", "clue", "multilevel", "text",
+                   "cluster/condition", "perceptual", "nets", "autoencoder", "torchutils", "data", "io"],
     "cluster_quality": ["cluster/quality", "cluster/condition", "cluster/fit", "perceptual", "nets", "metrics",
                         "autoencoder", "torchutils", "data", "io"],
 }
@@ -283,6 +285,21 @@ def pca_inputs():
             if v not in CLUSTER_VARIANTS]
 
 
+def trajectory_params(wildcards):
+    """The traversal settings with the sampling settings of the generation setting (steps, guidance, sigma)."""
+    setting = config["generate"]["settings"][wildcards.setting]
+    return {**config["trajectory"], "num_inference_steps": config["generate"]["num_inference_steps"],
+            "guidance_scale": setting["guidance_scale"], "style_sigma": setting.get("style_sigma"),
+            "perceptual": config["perceptual"], "variant": wildcards.variant, "setting": wildcards.setting,
+            **shared(), "seed": int(wildcards.seed)}
+
+
+def trajectory_tables():
+    if "trajectory" not in config:
+        return []
+    return _over_grid(f"{R}/trajectory/{{variant}}/{{setting}}/seed{{seed}}/trajectory.parquet")
+
+
 def cluster_quality_tables():
     return _over_grid(f"{R}/cluster/quality/{{variant}}/{{setting}}/seed{{seed}}/quality.parquet", True)
 
@@ -304,6 +321,8 @@ def report_outputs(flagged=False):
               "pca": [f"{R}/report/figures/pca_{v}_{s}.png" for v, s in GRID if v not in CLUSTER_VARIANTS]}
     if any(v in CLUSTER_VARIANTS for v, _ in GRID):
         o["cluster_generation"] = f"{R}/report/cluster_generation.parquet"
+    if trajectory_tables():
+        o["trajectory_summary"] = f"{R}/report/trajectory_summary.parquet"
     return o
 
 

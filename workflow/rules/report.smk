@@ -4,6 +4,7 @@ rule report:
         classify=classify_tables(),
         evaluate=evaluate_tables(),
         cluster_quality=cluster_quality_tables(),
+        trajectory=trajectory_tables(),
         manifest=rules.preprocess.output.manifest,
         real_features=rules.feature_net.output.real_features,
         gen_features=[f for _, _, f in pca_inputs()],

@@ -4,7 +4,8 @@ from pipeline_lib.report import report
 with stage_log(snakemake.log[0]):
     inp, out = snakemake.input, snakemake.output
     inputs = {"recon": list(inp.recon), "classify": list(inp.classify), "evaluate": list(inp.evaluate),
-              "cluster_quality": list(inp.cluster_quality), "manifest": inp.manifest,
+              "cluster_quality": list(inp.cluster_quality), "trajectory": list(inp.trajectory),
+              "manifest": inp.manifest,
               "real_features": inp.real_features,
               "generated": list(inp.generated)}
     outputs = {key: (list(value) if key in ("grids", "pca") else value) for key, value in out.items()}

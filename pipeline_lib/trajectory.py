@@ -1,0 +1,143 @@
+"""Language-guided trajectory traversal (Kumar, TehraniNasab and Arbel, MIDL 2025 poster): a neutral image is
+generated from the prompt embedding e of the neutral class; the same initial noise is generated again with e
+replaced by an attribute's embedding e' from sampling step s on ("e' replaces the original text embeddings e
+at some timestep t"; a late swap keeps the image close to the neutral one), and with embeddings on a Bezier
+curve from e to e' ("Bezier interpolations along the trajectory").
+
+Measured for each attribute A (every class but the neutral one), swap step and Bezier position alpha, with the
+domain classifier f (probability of A):
+
+- CFRT_A = 1/|X| sum_x 1[ |f_A(x) - f_A(x'_A)| > max_{j != A} |f_A(x) - f_A(x'_j)|  and  argmax f(x'_A) = A ]:
+  swapping to A moves the A score more than swapping to any other attribute does, and the image is classified
+  as A. The poster's further conditions (the image's other label and the other attributes unchanged) concern
+  data sets with several labels per image; with one label (the class) per image they are empty.
+- ``flip_rate``: the share of x'_A classified as A; the perceptual distance (LPIPS or its named substitute) of
+  x'_A to the neutral x; ``cos_direction``: the cosine similarity between the latent direction z'_A - z of this
+  swap step and that of the earliest swap step (1 = the trajectory is a straight line in latent space).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .autoencoder import decode_latents, load_autoencoder
+from .diffusion import load_diffusion
+from .generate import sample_latents, with_sampler
+from .io import log, write_parquet, write_png
+from .nets import load_feature_net
+from .perceptual import load_perceptual
+from .torchutils import select_device, set_threads, to_uint8
+
+
+def bezier(points: Sequence[torch.Tensor], alpha: float) -> torch.Tensor:
+    """The point at ``alpha`` in [0, 1] of the Bezier curve with these control points (de Casteljau)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"trajectory.alphas: a Bezier position must lie in [0, 1], got {alpha}")
+    pts = list(points)
+    while len(pts) > 1:
+        pts = [(1 - alpha) * a + alpha * b for a, b in zip(pts[:-1], pts[1:])]
+    return pts[0]
+
+
+def cfrt(neutral: np.ndarray, edited: Mapping[int, np.ndarray], attribute: int) -> float:
+    """CFRT of ``attribute`` from class probabilities (N, C) of the neutral images and of their edits towards
+    each attribute (``edited[j]``, same rows)."""
+    fa = neutral[:, attribute]
+    change = np.abs(fa - edited[attribute][:, attribute])
+    others = [np.abs(fa - p[:, attribute]) for j, p in edited.items() if j != attribute]
+    bound = np.max(others, axis=0) if others else np.zeros_like(change)
+    flipped = edited[attribute].argmax(1) == attribute
+    return float(np.mean((change > bound) & flipped))
+
+
+def swap_steps(fractions: Sequence[float], steps: int) -> list[int]:
+    """Sampling step indices at which e' takes over (0: e' from the start)."""
+    out = sorted({min(steps, max(0, round(f * steps))) for f in fractions})
+    if not out:
+        raise ValueError("trajectory.swap_fractions: expected at least one fraction")
+    return out
+
+
+@torch.no_grad()
+def traverse(ae_dir: str | Path, model_dir: str | Path, feature_net: str | Path, table_out: str | Path,
+             per_image_out: str | Path, figure_out: str | Path, params: Mapping[str, Any],
+             threads: int | None = None) -> pd.DataFrame:
+    """Entry point of the trajectory rule for one (variant, setting, seed)."""
+    set_threads(threads)
+    device = select_device(params["device"])
+    classes = list(params["classes"])
+    if params["neutral"] not in classes:
+        raise ValueError(f"trajectory.neutral: {params['neutral']!r} is not one of the classes {classes}")
+    neutral = classes.index(params["neutral"])
+    attributes = [i for i in range(len(classes)) if i != neutral]
+    model = with_sampler(load_diffusion(model_dir, device), "ddim")
+    ae = load_autoencoder(ae_dir, device)
+    classifier = load_feature_net(feature_net, device)
+    perceptual = load_perceptual(params["perceptual"], feature_net, device)
+    penc, c = model.prompt_encoder, model.unet.config
+    shape, n = (c.in_channels, c.sample_size, c.sample_size), int(params["samples"])
+    steps, guidance = int(params["num_inference_steps"]), float(params["guidance_scale"])
+    noise_seed = int(np.random.SeedSequence([int(params["seed"]), 7919]).generate_state(1)[0])
+
+    def run(cond_at=None) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(noise_seed)  # the same x_T (and style / references) for every edit
+        z = sample_latents(model, neutral, n, shape, steps, guidance, g, device, params.get("style_sigma"), cond_at)
+        return z, decode_latents(ae, z).clamp(-1, 1)
+
+    def probs(x: torch.Tensor) -> np.ndarray:
+        return F.softmax(classifier(x), 1).double().cpu().numpy()
+
+    z0, x0 = run()
+    p0 = probs(x0)
+    labels = torch.full((n,), neutral, dtype=torch.long, device=device)
+    e = penc(labels)
+    control = [penc(torch.full_like(labels, penc.null_index))] if params["bezier_control"] == "null_prompt" else []
+    rows, per, grid = [], [], {}
+    for alpha in params["alphas"]:
+        for s in swap_steps(params["swap_fractions"], steps):
+            edits = {}
+            for a in attributes:
+                target = bezier([e, *control, penc(torch.full_like(labels, a))], float(alpha))
+                z, x = run(lambda i, cond, s=s, target=target: cond if i < s else target)
+                edits[a] = (z, x, probs(x))
+                if alpha == params["alphas"][-1]:
+                    grid[(a, s)] = x[0]
+            for a in attributes:
+                z, x, p = edits[a]
+                dist = perceptual(x, x0).double().cpu().numpy()
+                rows.append({"attribute": classes[a], "swap_step": s, "alpha": float(alpha), "z": z,
+                             "cfrt": cfrt(p0, {j: edits[j][2] for j in attributes}, a),
+                             "flip_rate": float(np.mean(p.argmax(1) == a)), perceptual.name: float(dist.mean())})
+                per += [{"sample": i, "attribute": classes[a], "swap_step": s, "alpha": float(alpha),
+                         "p_attribute": float(p[i, a]), "p_attribute_neutral": float(p0[i, a]),
+                         "predicted": classes[int(p[i].argmax())], perceptual.name: float(dist[i])} for i in range(n)]
+    timesteps = model.scheduler.timesteps.tolist() + [0]
+    for r in rows:  # direction of each edit against the earliest swap of the same attribute and alpha
+        ref = min((q for q in rows if q["attribute"] == r["attribute"] and q["alpha"] == r["alpha"]),
+                  key=lambda q: q["swap_step"])
+        d, d_ref = (r["z"] - z0).flatten(1), (ref["z"] - z0).flatten(1)
+        r["cos_direction"] = float(F.cosine_similarity(d, d_ref, dim=1, eps=1e-12).mean())
+        r["timestep"] = int(timesteps[r["swap_step"]])
+    table = pd.DataFrame([{k: v for k, v in r.items() if k != "z"} for r in rows])
+    for key in ("seed", "setting", "variant"):
+        table.insert(0, key, params[key])
+    table = table.assign(neutral=params["neutral"], samples=n)
+    write_parquet(pd.DataFrame(per), per_image_out)
+    write_parquet(table, table_out)
+    _traversal_figure(x0[0], grid, attributes, figure_out)
+    log.info("trajectory traversal from %r (%d samples):\n%s", params["neutral"], n,
+             table.drop(columns=["variant", "setting", "seed", "neutral", "samples"]).round(3).to_string(index=False))
+    return table
+
+
+def _traversal_figure(neutral: torch.Tensor, grid: Mapping[tuple[int, int], torch.Tensor], attributes: Sequence[int],
+                      path: str | Path) -> None:
+    """One row per attribute: the neutral image, then the edits swapped at ever later steps (alpha = last)."""
+    steps = sorted({s for _, s in grid})
+    rows = [torch.cat([neutral, *(grid[(a, s)] for s in steps)], dim=-1) for a in attributes]
+    write_png(to_uint8(torch.cat(rows, dim=-2)[None])[0], path)

@@ -1,0 +1,73 @@
+"""Trajectory traversal: Bezier embeddings, CFRT by hand, and a traversal run on a tiny model."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline_lib.diffusion import train_diffusion
+from pipeline_lib.trajectory import bezier, cfrt, swap_steps, traverse
+
+
+def test_bezier_is_de_casteljau():
+    a, c, b = torch.tensor([0.0, 0.0]), torch.tensor([1.0, 2.0]), torch.tensor([2.0, 0.0])
+    torch.testing.assert_close(bezier([a, c, b], 0.5), 0.25 * a + 0.5 * c + 0.25 * b)
+    torch.testing.assert_close(bezier([a, c, b], 0.0), a)
+    torch.testing.assert_close(bezier([a, c, b], 1.0), b)
+    torch.testing.assert_close(bezier([a, b], 0.25), 0.75 * a + 0.25 * b)  # no control point: a line
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\], got 1.5"):
+        bezier([a, b], 1.5)
+
+
+def test_cfrt_by_hand():
+    # Classes (neutral, A = 1, B = 2); three neutral samples.
+    neutral = np.array([[0.8, 0.1, 0.1], [0.8, 0.1, 0.1], [0.8, 0.1, 0.1]])
+    to_a = np.array([[0.1, 0.8, 0.1],    # A score +0.7, classified A
+                     [0.5, 0.3, 0.2],    # A score +0.2 but not classified A
+                     [0.2, 0.5, 0.3]])   # A score +0.4, classified A, but the B edit moved A's score more
+    to_b = np.array([[0.1, 0.2, 0.7],    # A score +0.1
+                     [0.1, 0.1, 0.8],    # 0
+                     [0.1, 0.6, 0.3]])   # +0.5 > 0.4
+    assert cfrt(neutral, {1: to_a, 2: to_b}, 1) == pytest.approx(1 / 3)
+    assert cfrt(neutral, {1: to_a}, 1) == pytest.approx(2 / 3)  # one attribute: the flip alone counts
+    assert cfrt(neutral, {1: to_a, 2: to_b}, 2) == pytest.approx(2 / 3)  # B: samples 0 and 1 flip, A moves B less
+
+
+def test_swap_steps():
+    assert swap_steps([0.0, 0.25, 0.5, 1.0], 20) == [0, 5, 10, 20]
+    assert swap_steps([0.5, 0.5], 3) == [2]
+    with pytest.raises(ValueError, match="at least one fraction"):
+        swap_steps([], 10)
+
+
+@pytest.fixture(scope="module")
+def class_model(tiny_manifest, tiny_ae, diffusion_params, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trajectory_model")
+    train_diffusion(tiny_manifest, tiny_ae, out / "model", out / "log.parquet", diffusion_params(steps=3))
+    return out / "model"
+
+
+def test_traversal_table_and_the_never_swapped_edit(class_model, tiny_ae, tiny_feature_net, tmp_path, tiny_config):
+    params = {"neutral": "normal", "swap_fractions": [0.0, 0.5, 1.0], "alphas": [0.5, 1.0],
+              "bezier_control": "null_prompt", "samples": 3, "num_inference_steps": 4, "guidance_scale": 2.0,
+              "style_sigma": None, "perceptual": tiny_config["perceptual"], "variant": "class", "setting": "cfg2",
+              "seed": 0, "device": "cpu", "classes": tiny_config["data"]["classes"]}
+    table = traverse(tiny_ae, class_model, tiny_feature_net, tmp_path / "t.parquet", tmp_path / "p.parquet",
+                     tmp_path / "t.png", params)
+    assert len(table) == 2 * 3 * 2  # alphas x swap steps x attributes
+    assert set(table["attribute"]) == {"ome", "com"} and set(table["swap_step"]) == {0, 2, 4}
+    assert table["cfrt"].between(0, 1).all() and table["flip_rate"].between(0, 1).all()
+    assert table["cos_direction"].between(-1 - 1e-6, 1 + 1e-6).all()
+    first = table[table["swap_step"] == 0]
+    assert np.allclose(first["cos_direction"], 1.0)  # the reference direction itself
+    never = table[table["swap_step"] == 4]  # e' never used: the neutral image again
+    assert np.allclose(never["domain_perceptual"], 0.0, atol=1e-6) and (never["timestep"] == 0).all()
+    per = pd.read_parquet(tmp_path / "p.parquet")
+    unchanged = per[per["swap_step"] == 4]
+    np.testing.assert_allclose(unchanged["p_attribute"], unchanged["p_attribute_neutral"], atol=1e-6)
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+    again = traverse(tiny_ae, class_model, tiny_feature_net, tmp_path / "t2.parquet", tmp_path / "p2.parquet",
+                     tmp_path / "t2.png", params)
+    pd.testing.assert_frame_equal(table, again)  # seeded: the same numbers on a rerun
+    with pytest.raises(ValueError, match="trajectory.neutral: 'healthy' is not one of the classes"):
+        traverse(tiny_ae, class_model, tiny_feature_net, tmp_path / "x.parquet", tmp_path / "y.parquet",
+                 tmp_path / "z.png", {**params, "neutral": "healthy"})
