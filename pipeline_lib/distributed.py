@@ -54,7 +54,7 @@ def launch(entry: str, kwargs: Mapping[str, Any], processes: int, device: torch.
                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
     with tempfile.TemporaryDirectory(prefix="medaug-ddp-") as tmp:
         args_file = Path(tmp) / "args.json"
-        args_file.write_text(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in kwargs.items()}))
+        args_file.write_text(json.dumps(dict(kwargs), default=str))  # paths (also nested) as strings
         cmd = launch_command(entry, args_file, processes, device, _free_port(), threads)
         log.info("%s on %d processes: %s", entry, processes, " ".join(cmd))
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (threads or processes) // processes))}
