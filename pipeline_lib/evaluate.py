@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .io import atomic_path, log, read_parquet, write_parquet
+from .io import atomic_path, feature_columns, feature_frame, log, read_parquet, write_parquet
 from .metrics import (classification_scores, density_coverage, fid_from_features, inception_score, knn_recall,
                       precision_recall)
 from .nets import extract_features, load_feature_net, predict, train_classifier
@@ -84,12 +84,6 @@ def inception_rows(proba: np.ndarray, splits: int) -> list[dict]:
              "value": value} for metric, value in (("inception_score", mean), ("inception_score_std", std))]
 
 
-def feature_frame(features: np.ndarray, rows: pd.DataFrame) -> pd.DataFrame:
-    """Features with the image id, label and split of each row (what the report's PCA plots read)."""
-    cols = pd.DataFrame(features.astype(np.float32), columns=[f"f{i}" for i in range(features.shape[1])])
-    return pd.concat([rows[["image_id", "label", "split"]].reset_index(drop=True), cols], axis=1)
-
-
 def evaluate_synthetic(manifest: str | Path, feature_net: str | Path, gen_manifest: str | Path, out_table: str | Path,
                        params: Mapping[str, Any], features_out: str | Path | None = None,
                        real_features: str | Path | None = None, threads: int | None = None) -> pd.DataFrame:
@@ -103,7 +97,7 @@ def evaluate_synthetic(manifest: str | Path, feature_net: str | Path, gen_manife
     if real_features is not None:
         rr = read_parquet(real_features, required=("image_id", "label", "split"))
         rr = rr[rr["split"].isin(refs)].reset_index(drop=True)
-        fr = rr[[c for c in rr.columns if c.startswith("f") and c[1:].isdigit()]].to_numpy(np.float64)
+        fr = rr[feature_columns(rr)].to_numpy(np.float64)
         yr = torch.tensor([classes.index(c) for c in rr["label"]])
     else:
         xr, yr, rr = load_images(manifest, refs, classes)

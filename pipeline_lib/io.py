@@ -42,6 +42,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def local_file(path: str | os.PathLike | None, key: str, expected: str) -> Path:
+    """``path`` as a Path if it names an existing file, else an error naming the config ``key`` and what was
+    expected there (weights are local files: the pipeline downloads nothing)."""
+    if not path or not Path(path).is_file():
+        raise FileNotFoundError(f"{key}: {path} does not exist (expected {expected}; the pipeline downloads nothing)")
+    return Path(path)
+
+
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write ``df`` to ``path`` atomically (pyarrow engine, no index)."""
     with atomic_path(path) as tmp:
@@ -58,6 +66,17 @@ def read_parquet(path: str | os.PathLike, required: tuple[str, ...] = ()) -> pd.
     if missing:
         raise ValueError(f"{path}: expected columns {list(required)}, missing {missing}")
     return df
+
+
+def feature_frame(features: np.ndarray, rows: pd.DataFrame) -> pd.DataFrame:
+    """Features (N, D) as columns f0 .. f<D-1> (float32) after the image id, label and split of each row."""
+    cols = pd.DataFrame(features.astype(np.float32), columns=[f"f{i}" for i in range(features.shape[1])])
+    return pd.concat([rows[["image_id", "label", "split"]].reset_index(drop=True), cols], axis=1)
+
+
+def feature_columns(df: pd.DataFrame) -> list[str]:
+    """The feature columns of a ``feature_frame`` table, in order."""
+    return [c for c in df.columns if c.startswith("f") and c[1:].isdigit()]
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:

@@ -27,6 +27,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention import GatedSelfAttentionDense
 from diffusers.models.modeling_utils import ModelMixin
 
+from .io import local_file
+from .text import load_open_clip
+
 N_LEVELS = 5
 MULTILEVEL_DEFAULTS = {"embedding_grid": 2, "adapter_beta": 1.0}  # beta = 1 in the multi-level paper
 
@@ -40,12 +43,9 @@ class OpenClipLevels(nn.Module):
         super().__init__()
         import open_clip
 
-        path = Path(checkpoint or "")
-        if not checkpoint or not path.is_file():
-            raise FileNotFoundError(f"diffusion.image_encoder.checkpoint: {path} does not exist (expected a local "
-                                    f"open_clip checkpoint of {model_name}; the pipeline downloads nothing)")
-        model = open_clip.create_model(model_name, pretrained=str(path), device="cpu").eval()
-        self.visual = model.visual.requires_grad_(False)
+        path = local_file(checkpoint, "diffusion.image_encoder.checkpoint",
+                          f"a local open_clip checkpoint of {model_name}")
+        self.visual = load_open_clip(model_name, path).visual
         depth = len(self.visual.transformer.resblocks)
         chosen = list(layers) if layers else sorted({round(i) for i in torch.linspace(0, depth - 1, N_LEVELS).tolist()})
         if len(chosen) != N_LEVELS or not all(0 <= i < depth for i in chosen):

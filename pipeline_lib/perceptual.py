@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from .io import log
+from .io import local_file, log
 from .nets import load_feature_net
 
 LPIPS_NETS = {"vgg": "vgg16", "alex": "alexnet", "squeeze": "squeezenet1_1"}
@@ -45,10 +45,7 @@ class LPIPSDistance(nn.Module):
 
         if net not in LPIPS_NETS:
             raise ValueError(f"perceptual.lpips_net must be one of {sorted(LPIPS_NETS)}, got {net!r}")
-        path = Path(backbone)
-        if not path.is_file():
-            raise FileNotFoundError(f"perceptual.lpips_backbone: {path} does not exist (expected a torchvision "
-                                    f"{LPIPS_NETS[net]} ImageNet state dict)")
+        path = local_file(backbone, "perceptual.lpips_backbone", f"a torchvision {LPIPS_NETS[net]} ImageNet state dict")
         with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=False`
             warnings.simplefilter("ignore", UserWarning)
             self.model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)

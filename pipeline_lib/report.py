@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .data import resolve_path
-from .io import atomic_path, log, read_parquet, read_rgb, write_parquet
+from .io import atomic_path, feature_columns, log, read_parquet, read_rgb, write_parquet
 
 
 def summarise(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str]) -> pd.DataFrame:
@@ -64,7 +64,7 @@ def pca_scatter(real_features: str | Path, gen_features: str | Path, path: str |
     real = read_parquet(real_features, required=("label", "split"))
     real = real[real["split"].isin(["train_a", "train_b"])]
     gen = read_parquet(gen_features, required=("label",))
-    cols = [c for c in real.columns if c.startswith("f") and c[1:].isdigit()]
+    cols = feature_columns(real)
     pca = PCA(n_components=2, random_state=0).fit(real[cols].to_numpy(np.float64))
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
     for i, label in enumerate(sorted(set(real["label"]) | set(gen["label"]))):

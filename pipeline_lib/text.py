@@ -14,9 +14,16 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from .io import log
+from .io import local_file, log
 
 LAYERS = ("penultimate", "last")
+
+
+def load_open_clip(model_name: str, checkpoint: Path) -> torch.nn.Module:
+    """A frozen open_clip model (text and image towers) from a local checkpoint file, on the CPU."""
+    import open_clip
+
+    return open_clip.create_model(model_name, pretrained=str(checkpoint), device="cpu").eval().requires_grad_(False)
 
 
 @torch.no_grad()
@@ -28,11 +35,8 @@ def open_clip_prompt_embeddings(model_name: str, checkpoint: str | Path, prompts
 
     if layer not in LAYERS:
         raise ValueError(f"diffusion.text_encoder.layer must be one of {LAYERS}, got {layer!r}")
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"diffusion.text_encoder.checkpoint: {path} does not exist (expected a local open_clip "
-                                f"checkpoint of {model_name}; the pipeline downloads nothing)")
-    model = open_clip.create_model(model_name, pretrained=str(path), device="cpu").eval()
+    path = local_file(checkpoint, "diffusion.text_encoder.checkpoint", f"a local open_clip checkpoint of {model_name}")
+    model = load_open_clip(model_name, path)
     tokens = open_clip.get_tokenizer(model_name)(list(prompts))
     x = model.token_embedding(tokens) + model.positional_embedding
     blocks = model.transformer.resblocks

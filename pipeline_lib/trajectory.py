@@ -97,9 +97,10 @@ def traverse(ae_dir: str | Path, model_dir: str | Path, feature_net: str | Path,
     labels = torch.full((n,), neutral, dtype=torch.long, device=device)
     e = penc(labels)
     control = [penc(torch.full_like(labels, penc.null_index))] if params["bezier_control"] == "null_prompt" else []
-    rows, per, grid = [], [], {}
+    swaps = swap_steps(params["swap_fractions"], steps)  # ascending: the first is every edit's reference
+    rows, per, grid, reference = [], [], {}, {}
     for alpha in params["alphas"]:
-        for s in swap_steps(params["swap_fractions"], steps):
+        for s in swaps:
             edits = {}
             for a in attributes:
                 target = bezier([e, *control, penc(torch.full_like(labels, a))], float(alpha))
@@ -107,23 +108,21 @@ def traverse(ae_dir: str | Path, model_dir: str | Path, feature_net: str | Path,
                 edits[a] = (z, x, probs(x))
                 if alpha == params["alphas"][-1]:
                     grid[(a, s)] = x[0]
+            timestep = int((model.scheduler.timesteps.tolist() + [0])[s])
             for a in attributes:
                 z, x, p = edits[a]
                 dist = perceptual(x, x0).double().cpu().numpy()
-                rows.append({"attribute": classes[a], "swap_step": s, "alpha": float(alpha), "z": z,
+                direction = (z - z0).flatten(1)
+                ref = reference.setdefault((alpha, a), direction)  # the earliest swap of this attribute and alpha
+                rows.append({"attribute": classes[a], "swap_step": s, "alpha": float(alpha),
                              "cfrt": cfrt(p0, {j: edits[j][2] for j in attributes}, a),
-                             "flip_rate": float(np.mean(p.argmax(1) == a)), perceptual.name: float(dist.mean())})
+                             "flip_rate": float(np.mean(p.argmax(1) == a)), perceptual.name: float(dist.mean()),
+                             "cos_direction": float(F.cosine_similarity(direction, ref, dim=1, eps=1e-12).mean()),
+                             "timestep": timestep})
                 per += [{"sample": i, "attribute": classes[a], "swap_step": s, "alpha": float(alpha),
                          "p_attribute": float(p[i, a]), "p_attribute_neutral": float(p0[i, a]),
                          "predicted": classes[int(p[i].argmax())], perceptual.name: float(dist[i])} for i in range(n)]
-    timesteps = model.scheduler.timesteps.tolist() + [0]
-    for r in rows:  # direction of each edit against the earliest swap of the same attribute and alpha
-        ref = min((q for q in rows if q["attribute"] == r["attribute"] and q["alpha"] == r["alpha"]),
-                  key=lambda q: q["swap_step"])
-        d, d_ref = (r["z"] - z0).flatten(1), (ref["z"] - z0).flatten(1)
-        r["cos_direction"] = float(F.cosine_similarity(d, d_ref, dim=1, eps=1e-12).mean())
-        r["timestep"] = int(timesteps[r["swap_step"]])
-    table = pd.DataFrame([{k: v for k, v in r.items() if k != "z"} for r in rows])
+    table = pd.DataFrame(rows)
     for key in ("seed", "setting", "variant"):
         table.insert(0, key, params[key])
     table = table.assign(neutral=params["neutral"], samples=n)

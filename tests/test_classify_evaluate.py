@@ -78,7 +78,8 @@ def test_quality_table_rows_and_identical_sets():
 
 def test_evaluate_reads_cached_real_features_with_the_same_numbers(tiny_manifest, tiny_feature_net, tmp_path,
                                                                    tiny_config):
-    from pipeline_lib.evaluate import evaluate_synthetic, feature_frame
+    from pipeline_lib.evaluate import evaluate_synthetic
+    from pipeline_lib.io import feature_frame
     from pipeline_lib.nets import extract_features, load_feature_net
     from pipeline_lib.torchutils import load_images
 

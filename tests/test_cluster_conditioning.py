@@ -4,10 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.cluster import KMeans
 
 from pipeline_lib.cluster.condition import ClusterEmbedding, cluster_labels, resolve_k
-from pipeline_lib.cluster.fit import FittedClusters, cluster_stage, fit_partition, predict_partition
+from pipeline_lib.cluster.fit import FittedClusters, cluster_stage
 from pipeline_lib.cluster.quality import cluster_quality, pair_similarity, reference_pairs
 from pipeline_lib.diffusion import diffusion_loss, load_diffusion, noise_scheduler, train_diffusion
 from pipeline_lib.generate import generate, sample_latents
@@ -16,24 +15,6 @@ from pipeline_lib.report import cluster_generation_table
 
 CPU = torch.device("cpu")
 IMSAT = {"hidden": 16, "epochs": 5, "batch_size": 32, "lr": 0.003, "lambda": 0.1, "mu": 4.0, "noise": 0.1}
-
-
-def _blobs(k=3, n=30, seed=0):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(scale=6.0, size=(k, 4))
-    y = np.repeat(np.arange(k), n)
-    return centres[y] + rng.normal(size=(k * n, 4)), y
-
-
-def test_kmeans_prediction_is_sklearns_and_imsat_reproduces_its_labels():
-    x, _ = _blobs()
-    labels, state = fit_partition(x, 3, "kmeans", {"kmeans_n_init": 3}, seed=0)
-    km = KMeans(3, n_init=3, random_state=0).fit(x)
-    new = np.random.default_rng(1).normal(scale=6.0, size=(200, 4))
-    np.testing.assert_array_equal(predict_partition(state, new), km.predict(new))
-    np.testing.assert_array_equal(predict_partition(state, x), labels)
-    labels, state = fit_partition(x, 3, "imsat", {"imsat": IMSAT}, seed=0)
-    np.testing.assert_array_equal(predict_partition(state, x), labels)
 
 
 def test_cluster_embedding_shapes_null_row_and_config():

@@ -3,9 +3,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from pipeline_lib.cluster.fit import (INDICES, cluster_stage, imsat, index_table, latent_features, select_k)
+from pipeline_lib.cluster.fit import (INDICES, cluster_stage, fit_partition, imsat, index_table, latent_features,
+                                      predict_partition, select_k)
 
 IMSAT = {"hidden": 32, "epochs": 60, "batch_size": 64, "lr": 0.003, "lambda": 0.1, "mu": 4.0, "noise": 0.1}
 
@@ -37,8 +39,6 @@ def test_imsat_recovers_separated_blobs_and_is_deterministic():
 
 def test_selection_picks_the_true_k_on_blobs_and_votes():
     x, y = _blobs(k=3)
-    from sklearn.cluster import KMeans
-
     rows = []
     for k in (2, 3, 4, 5):
         rows += index_table(x, KMeans(k, n_init=5, random_state=0).fit_predict(x), "kmeans", k)
@@ -96,3 +96,15 @@ def test_nbclust_hartigan_variant_is_selectable(tiny_manifest, tiny_ae, tmp_path
     drops = {3: h[2] - h[3], 4: h[3] - h[4]}
     assert sel.loc[sel["index"] == "hartigan_nbclust", "best_k"].item() == max(drops, key=drops.get)
     assert set(pd.read_parquet(tmp_path / "a.parquet")["k"]) == {2, 3, 4}  # the k + 1 = 5 fit is not kept
+
+
+def test_kmeans_prediction_is_sklearns_and_imsat_reproduces_its_labels():
+    x, _ = _blobs(n=30)
+    labels, state = fit_partition(x, 3, "kmeans", {"kmeans_n_init": 3}, seed=0)
+    km = KMeans(3, n_init=3, random_state=0).fit(x)
+    new = np.random.default_rng(1).normal(scale=6.0, size=(200, 4))
+    np.testing.assert_array_equal(predict_partition(state, new), km.predict(new))
+    np.testing.assert_array_equal(predict_partition(state, x), labels)
+    small = {**IMSAT, "hidden": 16, "epochs": 5, "batch_size": 32}
+    labels, state = fit_partition(x, 3, "imsat", {"imsat": small}, seed=0)
+    np.testing.assert_array_equal(predict_partition(state, x), labels)
