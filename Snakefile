@@ -21,6 +21,7 @@ include: "workflow/rules/generate.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/classify.smk"
 include: "workflow/rules/trajectory.smk"
+include: "workflow/rules/interpolation.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -59,12 +59,21 @@ class OpenClipLevels(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] images as open_clip's image tower takes them: resized, normalised by its mean and std."""
+        x = F.interpolate((x + 1) / 2, size=self.size, mode="bicubic", align_corners=False).clamp(0, 1)
+        return (x - self.mean) / self.std
+
     @torch.no_grad()
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = F.interpolate((x + 1) / 2, size=self.size, mode="bicubic", align_corners=False).clamp(0, 1)
-        out = self.visual.forward_intermediates((x - self.mean) / self.std, indices=self.layers,
-                                                intermediates_only=True, output_fmt="NCHW")
+        out = self.visual.forward_intermediates(self._prepare(x), indices=self.layers, intermediates_only=True,
+                                                output_fmt="NCHW")
         return list(out["image_intermediates"])
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The CLIP image embedding (B, embed_dim): the pooled, projected output of the image tower."""
+        return self.visual(self._prepare(x))
 
 
 def level_tokens(feature_maps: Sequence[torch.Tensor], grid: int) -> list[torch.Tensor]:

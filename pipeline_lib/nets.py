@@ -2,8 +2,8 @@
 
 CLUE (section 5, Table 5) trains InceptionV3 from random weights on Dataset 1A with Adam (1e-3) and a
 ReduceLROnPlateau scheduler (patience 10, factor 0.5) on the validation loss, keeping the best epoch. The same
-protocol is used here with the architecture chosen in the config: ``small_cnn`` (the CPU default),
-``resnet18`` or ``inception_v3`` (torchvision, random weights; InceptionV3 wants 299 px inputs).
+protocol is used here with the architecture chosen in the config: ``small_cnn`` (the CPU default) or any timm
+model by name (``inception_v3``, ``vgg16``, ``resnet18``, ...; random weights, images resized to ``input_size``).
 """
 from __future__ import annotations
 
@@ -19,14 +19,20 @@ import torch.nn.functional as F
 from .io import log
 from .metrics import classification_scores
 
-ARCHS = ("small_cnn", "resnet18", "inception_v3")
+
+def resize_to(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Bilinear resize of a (B, C, H, W) batch to size x size; None keeps it as it is."""
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x
 
 
 class SmallCNN(nn.Module):
     """Three conv stages and a ``feature_dim`` penultimate layer (the features used for FID and recall)."""
 
-    def __init__(self, n_classes: int, feature_dim: int = 64, width: int = 16):
+    def __init__(self, n_classes: int, feature_dim: int = 64, width: int = 16, input_size: int | None = None):
         super().__init__()
+        self.input_size = input_size
 
         def stage(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
@@ -39,12 +45,12 @@ class SmallCNN(nn.Module):
         self.head = nn.Linear(feature_dim, n_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, feature_dim)
-        return self.neck(self.body(x))
+        return self.neck(self.body(resize_to(x, self.input_size)))
 
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Five feature levels: the three conv stages (B, C, H/2^k, W/2^k), the pooled (B, 4w, 1, 1) and the
         penultimate features (B, feature_dim, 1, 1)."""
-        levels = []
+        levels, x = [], resize_to(x, self.input_size)
         for module in self.body:
             x = module(x)
             if isinstance(module, nn.Sequential):
@@ -57,64 +63,56 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-class TorchvisionNet(nn.Module):
-    """A torchvision architecture with random weights; features are the input of its final linear layer."""
+class TimmNet(nn.Module):
+    """A timm architecture (``timm.create_model(arch, pretrained=False)``: random weights, nothing downloaded).
+    ``features`` are its pre-logits (the input of the classifier layer), ``feature_maps`` five intermediate
+    levels (``forward_intermediates``). Inputs are resized to ``input_size`` x ``input_size`` batch by batch
+    (CLUE trains InceptionV3 at 299 px); None keeps the images' own size."""
 
-    LEVELS = {"resnet18": ("relu", "layer1", "layer2", "layer3", "layer4"),
-              "inception_v3": ("Conv2d_2b_3x3", "Conv2d_4a_3x3", "Mixed_5d", "Mixed_6e", "Mixed_7c")}
-
-    def __init__(self, arch: str, n_classes: int):
+    def __init__(self, arch: str, n_classes: int, input_size: int | None = None):
         super().__init__()
-        import torchvision
+        import timm
 
-        if arch == "resnet18":
-            self.net = torchvision.models.resnet18(weights=None, num_classes=n_classes)
-        elif arch == "inception_v3":
-            self.net = torchvision.models.inception_v3(weights=None, num_classes=n_classes, aux_logits=False,
-                                                       init_weights=True)
-        else:
-            raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+        if not timm.is_model(arch):
+            raise ValueError(f"arch {arch!r} is neither small_cnn nor a timm model name (timm.list_models())")
+        self.net = timm.create_model(arch, pretrained=False, num_classes=n_classes)
         self.arch = arch
-        self.head = self.net.fc
-        self.net.fc = nn.Identity()
-        self.min_size = 299 if arch == "inception_v3" else 32
-
-    def _resize(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] < self.min_size:
-            x = F.interpolate(x, size=(self.min_size, self.min_size), mode="bilinear", align_corners=False)
-        return x
+        self.input_size = input_size
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self._resize(x))
+        return self.net.forward_head(self.net.forward_features(resize_to(x, self.input_size)), pre_logits=True)
 
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Five feature levels from the stem to the last stage (``LEVELS``), each (B, C, h, w)."""
-        modules = dict(self.net.named_modules())
-        levels: list[torch.Tensor] = []
-        hooks = [modules[name].register_forward_hook(lambda _m, _i, out: levels.append(out))
-                 for name in self.LEVELS[self.arch]]
+        """Five feature levels from the stem to the last stage, each (B, C, h, w)."""
         try:
-            self.net(self._resize(x))
-        finally:
-            for h in hooks:
-                h.remove()
-        return levels
+            return self.net.forward_intermediates(resize_to(x, self.input_size), indices=5, intermediates_only=True)
+        except NotImplementedError as err:
+            raise ValueError(f"timm model {self.arch!r} has no forward_intermediates, so it gives no feature "
+                             f"levels (perceptual distance, multi-level embeddings); use another arch") from err
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.net(resize_to(x, self.input_size))
 
 
-def build_classifier(arch: str, n_classes: int, feature_dim: int = 64, width: int = 16) -> nn.Module:
+def build_classifier(arch: str, n_classes: int, feature_dim: int = 64, width: int = 16,
+                     input_size: int | None = None) -> nn.Module:
+    """``small_cnn`` (feature_dim, width) or any timm model name; both resize inputs to ``input_size``."""
     if arch == "small_cnn":
-        return SmallCNN(n_classes, feature_dim, width)
-    return TorchvisionNet(arch, n_classes)
+        return SmallCNN(n_classes, feature_dim, width, input_size)
+    return TimmNet(arch, n_classes, input_size)
+
+
+def classifier_from_params(params: Mapping[str, Any], n_classes: int) -> nn.Module:
+    """The classifier an `evaluate` or `classify` config slice describes."""
+    size = params.get("input_size")
+    return build_classifier(params["arch"], n_classes, int(params["feature_dim"]), int(params["width"]),
+                            None if size is None else int(size))
 
 
 def load_feature_net(path: str | Path, device: torch.device) -> nn.Module:
     """The domain feature network saved by the feature_net rule, in eval mode."""
     state = torch.load(path, map_location="cpu", weights_only=False)
-    model = build_classifier(state["params"]["arch"], state["n_classes"], int(state["params"]["feature_dim"]),
-                             int(state["params"]["width"]))
+    model = classifier_from_params(state["params"], state["n_classes"])
     model.load_state_dict(state["state_dict"])
     return model.to(device).eval()
 
@@ -131,6 +129,19 @@ def predict(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size:
 def extract_features(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 256) -> np.ndarray:
     model.eval()
     return torch.cat([model.features(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]).numpy()
+
+
+@torch.no_grad()
+def check_input_size(model: nn.Module, x: torch.Tensor, params: Mapping[str, Any]) -> None:
+    """One image through the untrained network: an architecture that cannot take images this small (timm's
+    inception_v3 needs at least 75 px) fails here with the key to set, before any training."""
+    model.eval()
+    try:
+        model(x.to(next(model.parameters()).device))
+    except RuntimeError as err:
+        raise ValueError(f"arch {params['arch']!r} cannot take {x.shape[-2]} x {x.shape[-1]} px images "
+                         f"(input_size: {params.get('input_size')}): set `input_size` of this section to a "
+                         f"larger side (CLUE: 299 for inception_v3) [{err}]") from err
 
 
 def augment(xb: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
@@ -155,7 +166,8 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_va
         raise ValueError("classifier training set is empty")
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = build_classifier(params["arch"], n_classes, int(params["feature_dim"]), int(params["width"])).to(device)
+    model = classifier_from_params(params, n_classes).to(device)
+    check_input_size(model, x[:1], params)
     opt = torch.optim.Adam(model.parameters(), lr=float(params["lr"]))
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=float(params["lr_factor"]),
                                                        patience=int(params["lr_patience"]))

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .data import resolve_path
-from .io import atomic_path, feature_columns, log, read_parquet, read_rgb, write_parquet
+from .io import feature_columns, log, pyplot, read_parquet, read_rgb, save_figure, write_parquet
 
 
 def summarise(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str]) -> pd.DataFrame:
@@ -19,21 +19,10 @@ def summarise(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str]) -> p
     return out.rename(columns={"count": "n_seeds"})
 
 
-def _save_figure(fig, path: str | Path) -> None:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-
 def image_grid(real_manifest: str | Path, gen_manifest: str | Path, label: str, path: str | Path,
                n: int = 8, seed: int = 0) -> None:
     """Top row: ``n`` real train_a images of ``label``; bottom row: ``n`` synthetic ones."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(2, n, figsize=(1.2 * n, 2.6))
@@ -48,17 +37,14 @@ def image_grid(real_manifest: str | Path, gen_manifest: str | Path, label: str, 
                 ax.imshow(read_rgb(resolve_path(manifest, pick["path"].iloc[i])))
         axes[row][0].set_title(title, fontsize=8, loc="left")
     fig.suptitle(label)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def pca_scatter(real_features: str | Path, gen_features: str | Path, path: str | Path, title: str) -> None:
     """Real (train_a + train_b) and synthetic images in the first two principal components of the domain
     network's features, fitted on the real ones (CLUE Fig. 5): one colour per class, filled = real, hollow =
     synthetic."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from sklearn.decomposition import PCA
 
     real = read_parquet(real_features, required=("label", "split"))
@@ -78,16 +64,13 @@ def pca_scatter(real_features: str | Path, gen_features: str | Path, path: str |
     ax.set_ylabel(f"PC 2 ({ev[1]:.0f} %)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6, markerscale=1.5)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def f1_vs_ratio(summary: pd.DataFrame, path: str | Path, n_classes: int) -> None:
     """Macro-F1 (mean ± std over seeds) against the replacement ratio, one line per test set and setting;
     the hybrid protocol is drawn as a marker at ratio 1; the dotted line is chance (1 / n_classes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     f1 = summary[summary["metric"] == "f1_macro"]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -105,7 +88,7 @@ def f1_vs_ratio(summary: pd.DataFrame, path: str | Path, n_classes: int) -> None
     ax.axhline(1 / n_classes, color="grey", lw=0.8, ls=":")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def mean_std_cells(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str], digits: int = 3) -> pd.DataFrame:
@@ -139,6 +122,22 @@ def trajectory_summary(tables: Sequence[str]) -> pd.DataFrame:
     return mean_std_cells(t, ["variant", "setting", "neutral", "attribute", "alpha", "swap_step", "timestep"], metrics)
 
 
+def semantic_variance_table(tables: Sequence[str]) -> pd.DataFrame:
+    """Multi-level paper Table 6: a row per class (and all classes), the semantic variance (PCA) of the generated
+    set A and of the set AI with interpolated samples, mean (± std) over seeds, and the share of seeds in which
+    AI's is the higher; ``<set>_full`` is the same without the projection."""
+    t = pd.concat([read_parquet(p) for p in tables], ignore_index=True)
+    keys = ["variant", "setting", "embedding", "pca_components", "class", "seed"]
+    wide = t.pivot_table(index=keys, columns="set", values=["variance_pca", "variance_full"]).reset_index()
+    wide.columns = [f"{s}_full" if v == "variance_full" else (s or v) for v, s in wide.columns]
+    wide["ai_higher"] = (wide["AI"] > wide["A"]).astype(float)
+    out = mean_std_cells(wide, keys[:-1], ["A", "AI", "A_full", "AI_full"], digits=4)
+    out["ai_higher_share"] = wide.groupby(keys[:-1], sort=True)["ai_higher"].mean().to_numpy()
+    order = {c: i for i, c in enumerate(dict.fromkeys(t["class"]))}
+    return out.sort_values(["variant", "setting", "class"], key=lambda c: c.map(order) if c.name == "class" else c
+                           ).reset_index(drop=True)
+
+
 def report(inputs: Mapping[str, Sequence[str]], outputs: Mapping[str, Any], params: Mapping[str, Any]) -> None:
     """Entry point of the report rule. ``inputs``: recon, classify, evaluate and cluster_quality tables, the real
     manifest and the generated manifests; the class-based outputs exist when class-conditioned variants do,
@@ -169,6 +168,12 @@ def report(inputs: Mapping[str, Sequence[str]], outputs: Mapping[str, Any], para
         write_parquet(table, outputs["trajectory_summary"])
         cells = [c for c in table if not c.endswith(("_mean", "_std"))]
         log.info("trajectory traversal, mean (± std) over seeds:\n%s", table[cells].to_string(index=False))
+    if inputs.get("interpolation"):
+        table = semantic_variance_table(inputs["interpolation"])
+        write_parquet(table, outputs["semantic_variance"])
+        cells = [c for c in table if not c.endswith(("_mean", "_std", "_full"))]
+        log.info("semantic variance of A and AI (multi-level paper Table 6), mean (± std) over seeds:\n%s",
+                 table[cells].to_string(index=False))
     if inputs["cluster_quality"]:
         table = cluster_generation_table(inputs["cluster_quality"])
         write_parquet(table, outputs["cluster_generation"])

@@ -69,3 +69,22 @@ def diffusion_params(tiny_config):
         return {**d, "seed": 0, "device": "cpu", "classes": tiny_config["data"]["classes"], "variant": "class",
                 "conditioning": "class", **overrides}
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory):
+    """A tiny open_clip model with a 9-block vision transformer, registered and saved locally."""
+    import json
+
+    import open_clip
+    import torch
+
+    d = tmp_path_factory.mktemp("open_clip_vit")
+    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 9, "width": 32, "patch_size": 8,
+                                           "head_width": 16},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 1, "layers": 1}}
+    (d / "medaug-tiny-vit.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(str(d))
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("medaug-tiny-vit", pretrained=None).state_dict(), d / "vit.pt")
+    return d / "vit.pt"

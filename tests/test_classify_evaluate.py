@@ -52,12 +52,35 @@ def test_train_classifier_learns_and_is_deterministic():
         train_classifier(x[:0], y[:0], xv, yv, 3, params, seed=1, device=torch.device("cpu"))
 
 
-@pytest.mark.parametrize("arch", ["small_cnn", "resnet18"])
-def test_classifier_features_shape(arch):
+@pytest.mark.parametrize("arch,dim", [("small_cnn", 16), ("resnet18", 512), ("vgg13", 4096)])
+def test_classifier_features_and_levels(arch, dim):
     m = build_classifier(arch, 3, feature_dim=16).eval()
+    x = torch.zeros(2, 3, 32, 32)
     with torch.no_grad():
-        f = m.features(torch.zeros(2, 3, 32, 32))
-    assert f.shape == (2, 16 if arch == "small_cnn" else 512)
+        assert m.features(x).shape == (2, dim)
+        assert m(x).shape == (2, 3)
+        levels = m.feature_maps(x)
+    assert len(levels) == 5 and all(f.ndim == 4 and len(f) == 2 for f in levels)
+
+
+def test_timm_inception_v3_resizes_to_its_input_size():
+    """CLUE's InceptionV3 (timm, random weights) at 299 px here 75, its smallest input: 2048 pre-logits."""
+    m = build_classifier("inception_v3", 3, input_size=75).eval()
+    with torch.no_grad():
+        assert m.features(torch.zeros(2, 3, 32, 32)).shape == (2, 2048)
+        assert [f.shape[-1] for f in m.feature_maps(torch.zeros(1, 3, 32, 32))] == [35, 15, 7, 3, 1]
+    with pytest.raises(ValueError, match="'inceptionv3' is neither small_cnn nor a timm model"):
+        build_classifier("inceptionv3", 3)
+
+
+def test_too_small_images_fail_before_training_naming_input_size():
+    rng = np.random.default_rng(0)
+    x, y = _blobs(4, rng)
+    params = {"arch": "inception_v3", "feature_dim": 16, "width": 8, "input_size": None, "shift_pixels": 1,
+              "epochs": 1, "early_stopping_patience": 1, "batch_size": 4, "lr": 1e-3, "lr_patience": 1,
+              "lr_factor": 0.5}
+    with pytest.raises(ValueError, match=r"cannot take 16 x 16 px images .*set `input_size`"):
+        train_classifier(x, y, x, y, 3, params, seed=0, device=torch.device("cpu"))
 
 
 def test_quality_table_rows_and_identical_sets():

@@ -99,6 +99,12 @@ def test_tables_have_the_promised_columns_and_ranges(run, tiny_config):
     traj = pd.read_parquet(res / "report" / "trajectory_summary.parquet")
     assert set(traj["attribute"]) == {"ome", "com"} and set(traj["variant"]) == {"class", "clue", "ml"}
     assert traj["cfrt_mean"].between(0, 1).all() and (traj["n_seeds"] == len(seeds)).all()
+    sv = pd.read_parquet(res / "report" / "semantic_variance.parquet")
+    assert set(sv["class"]) == {*tiny_config["data"]["classes"], "all"} and (sv["n_seeds"] == len(seeds)).all()
+    assert set(sv["variant"]) == {"class", "clue", "ml"} and sv["ai_higher_share"].between(0, 1).all()
+    assert {"A", "AI", "A_mean", "AI_std", "A_full_mean"} <= set(sv.columns) and (sv["A_mean"] > 0).all()
+    sets = pd.read_parquet(res / "interpolation" / "class" / "cfg2" / f"seed{seeds[0]}" / "sets.parquet")
+    assert set(sets.loc[sets["origin"] == "interpolated", "label"]) <= {"ome", "com"}
     # The cluster-conditioned variant: samples per cluster, no class-based tables, its own (Table 4) table.
     k = int(selection.loc[(selection["method"] == "kmeans") & (selection["index"] == "majority"), "best_k"].item())
     for seed in seeds:
@@ -142,6 +148,13 @@ def test_trajectory_edit_reruns_only_the_traversals_and_the_report(run, tiny_con
     _edited(work, tiny_config, "trajectory", "alphas", [0.5, 1.0])
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
     assert jobs == {"trajectory": 3 * len(tiny_config["generate"]["seeds"]), "report": 1, "all": 1}
+
+
+def test_interpolation_edit_reruns_only_the_interpolations_and_the_report(run, tiny_config):
+    work, _ = run
+    _edited(work, tiny_config, "interpolation", "alphas", [0.25, 0.75])
+    jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
+    assert jobs == {"interpolation": 3 * len(tiny_config["generate"]["seeds"]), "report": 1, "all": 1}
 
 
 def test_diffusion_edit_keeps_autoencoder_and_feature_network(run, tiny_config):
@@ -243,6 +256,7 @@ def test_feature_network_edit_reruns_what_uses_it_only(run, tiny_config):
     assert jobs["diffusion"] == 1 and jobs["generate"] == seeds and jobs["evaluate"] == 3 * seeds
     assert jobs["cluster_quality"] == seeds  # its perceptual column is the domain network's
     assert jobs["trajectory"] == 3 * seeds  # the domain classifier measures the flips
+    assert jobs["interpolation"] == 3 * seeds  # it embeds the images for the semantic variance
 
 
 def test_generation_grid_errors_name_the_setting(run, tiny_config):
@@ -262,3 +276,15 @@ def test_unknown_config_key_fails_with_its_name(run, tiny_config):
     proc = snakemake(work, "-n", "--configfile", "edited.yaml", check=False)
     assert proc.returncode != 0
     assert "epochz" in proc.stdout + proc.stderr
+
+
+def test_classifier_archs_are_timm_names_checked_before_any_job(run, tiny_config):
+    work, _ = run
+    _edited(work, tiny_config, "classify", "archs", ["small_cnn", "inceptionv3"])
+    proc = snakemake(work, "-n", "--configfile", "edited.yaml", check=False)
+    assert proc.returncode != 0
+    assert "classify.archs: 'inceptionv3' is neither small_cnn nor a timm model name (did you mean inception_v3" \
+        in proc.stdout + proc.stderr
+    _edited(work, tiny_config, "classify", "archs", ["small_cnn", "resnet18"])
+    jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
+    assert jobs["classify"] == len(tiny_config["generate"]["seeds"]) * 3  # the new arch only, every generated set

@@ -2,7 +2,9 @@
 # only its own config slice (plus the shared seed, device and classes) through `params:`, so an edit to one
 # stage's settings reruns that stage and what depends on it, nothing else.
 
+import os
 import re
+from pathlib import Path
 
 R = f"results/{config['experiment']}"
 LOGS = f"logs/{config['experiment']}"
@@ -50,6 +52,43 @@ CLUSTER_VARIANTS = [v for v in VARIANTS if VARIANT_CFG[v]["conditioning"] == "cl
 SETTINGS = list(config["generate"]["settings"])
 SEEDS = list(config["generate"]["seeds"])
 ARCHS = list(config["classify"]["archs"])
+
+
+def _timm_model_names():
+    """timm's model names, listed once per installed timm version into .snakemake/ (importing timm takes
+    seconds, too long for every parse of the workflow)."""
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    cache = Path(".snakemake/medaug") / f"timm-{importlib.metadata.version('timm')}-models.txt"
+    if not cache.exists():
+        names = subprocess.run([sys.executable, "-c", "import timm; print('\\n'.join(timm.list_models()))"],
+                               check=True, capture_output=True, text=True).stdout
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + f".{os.getpid()}.tmp")
+        tmp.write_text(names)
+        tmp.replace(cache)
+    return set(cache.read_text().split())
+
+
+def _check_archs():
+    """Every classifier or feature-network arch is small_cnn or a timm model name, checked before any job."""
+    asked = [("evaluate.arch", config["evaluate"]["arch"])] + [("classify.archs", a) for a in ARCHS]
+    asked = [(key, a) for key, a in asked if a != "small_cnn"]
+    if not asked:
+        return
+    import difflib
+
+    names = _timm_model_names()
+    for key, arch in asked:
+        if arch not in names:
+            close = difflib.get_close_matches(arch, sorted(names), n=3)
+            raise ValueError(f"{key}: {arch!r} is neither small_cnn nor a timm model name"
+                             + (f" (did you mean {', '.join(close)}?)" if close else ""))
+
+
+_check_archs()
 CLASSES = list(config["data"]["classes"])
 
 
@@ -79,6 +118,8 @@ CODE = {
     "cluster": ["cluster/fit", "cluster/indices", "autoencoder", "torchutils", "data", "io"],
     "trajectory": ["trajectory", "generate", "preprocess", "diffusion", "distributed", "clue", "multilevel", "text",
                    "cluster/condition", "perceptual", "nets", "autoencoder", "torchutils", "data", "io"],
+    "interpolation": ["interpolation", "generate", "preprocess", "autoencoder", "multilevel", "text", "nets",
+                      "metrics", "torchutils", "data", "io"],
     "cluster_quality": ["cluster/quality", "cluster/condition", "cluster/fit", "perceptual", "nets", "metrics",
                         "autoencoder", "torchutils", "data", "io"],
 }
@@ -124,16 +165,19 @@ def perceptual_inputs(wildcards=None):
     return {"lpips_backbone": backbone} if backbone else {"feature_net": FEATURE_NET}
 
 
+def image_encoder_inputs():
+    """The image encoder of the multi-level embeddings and of the semantic variance: the local open_clip
+    checkpoint of diffusion.image_encoder when one is configured, else the domain feature network."""
+    enc = config["diffusion"]["image_encoder"]
+    return {"image_encoder": enc["checkpoint"]} if enc["open_clip_model"] else {"feature_net": FEATURE_NET}
+
+
 def diffusion_inputs(wildcards):
     """A multi-level variant embeds its images with the domain feature network; local weight files are inputs
     too, so replacing one retrains."""
     d = config["diffusion"]
     conditioning = VARIANT_CFG[wildcards.variant]["conditioning"]
-    if conditioning == "multilevel":  # the image encoder of the multi-level embeddings
-        clip = d["image_encoder"]["checkpoint"] if d["image_encoder"]["open_clip_model"] else None
-        inputs = {"image_encoder": clip} if clip else {"feature_net": FEATURE_NET}
-    else:
-        inputs = {}
+    inputs = image_encoder_inputs() if conditioning == "multilevel" else {}
     if conditioning == "cluster":
         inputs |= {"cluster_assignments": CLUSTER["assignments"], "cluster_selection": CLUSTER["selection"]}
     if d["text_encoder"]["checkpoint"]:
@@ -294,6 +338,24 @@ def trajectory_params(wildcards):
             **shared(), "seed": int(wildcards.seed)}
 
 
+def interpolation_inputs(wildcards):
+    return {"autoencoder": variant_autoencoder_model(wildcards), **image_encoder_inputs()}
+
+
+def interpolation_params(wildcards):
+    """The interpolation slice (its `classes` as classes_interpolated), the preprocessing that finishes the
+    decoded images and the image encoder of the semantic variance."""
+    i = {("classes_interpolated" if k == "classes" else k): v for k, v in config["interpolation"].items()}
+    return {**i, "preprocess": config["preprocess"], "image_encoder": config["diffusion"]["image_encoder"],
+            "variant": wildcards.variant, "setting": wildcards.setting, **shared(), "seed": int(wildcards.seed)}
+
+
+def interpolation_tables():
+    if "interpolation" not in config:
+        return []
+    return _over_grid(f"{R}/interpolation/{{variant}}/{{setting}}/seed{{seed}}/semantic_variance.parquet")
+
+
 def trajectory_tables():
     if "trajectory" not in config:
         return []
@@ -323,6 +385,8 @@ def report_outputs(flagged=False):
         o["cluster_generation"] = f"{R}/report/cluster_generation.parquet"
     if trajectory_tables():
         o["trajectory_summary"] = f"{R}/report/trajectory_summary.parquet"
+    if interpolation_tables():
+        o["semantic_variance"] = f"{R}/report/semantic_variance.parquet"
     return o
 
 

@@ -5,6 +5,7 @@ rule report:
         evaluate=evaluate_tables(),
         cluster_quality=cluster_quality_tables(),
         trajectory=trajectory_tables(),
+        interpolation=interpolation_tables(),
         manifest=rules.preprocess.output.manifest,
         real_features=rules.feature_net.output.real_features,
         gen_features=[f for _, _, f in pca_inputs()],

@@ -5,6 +5,7 @@ with stage_log(snakemake.log[0]):
     inp, out = snakemake.input, snakemake.output
     inputs = {"recon": list(inp.recon), "classify": list(inp.classify), "evaluate": list(inp.evaluate),
               "cluster_quality": list(inp.cluster_quality), "trajectory": list(inp.trajectory),
+              "interpolation": list(inp.interpolation),
               "manifest": inp.manifest,
               "real_features": inp.real_features,
               "generated": list(inp.generated)}
