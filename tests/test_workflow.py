@@ -161,8 +161,8 @@ def test_diffusion_edit_keeps_autoencoder_and_feature_network(run, tiny_config):
     work, _ = run
     _edited(work, tiny_config, "diffusion", "steps", tiny_config["diffusion"]["steps"] + 1)
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
-    assert set(jobs) == {"diffusion", "generate", "evaluate", "classify", "cluster_quality", "trajectory", "report",
-                         "all"}
+    assert set(jobs) == {"diffusion", "generate", "evaluate", "classify", "cluster_quality", "trajectory",
+                         "interpolation", "report", "all"}
 
 
 def test_conditioning_specific_diffusion_keys_retrain_only_the_variants_that_read_them(run, tiny_config):
@@ -204,7 +204,8 @@ def test_autoencoder_edit_reruns_only_that_autoencoder_and_what_uses_it(run, tin
     _edited(work, tiny_config, "autoencoder", "kl8", "lr", 0.002)
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
     assert set(jobs) == {"autoencoder", "autoencoder_metrics", "cluster", "diffusion", "generate", "evaluate",
-                         "classify", "cluster_quality", "trajectory", "report", "all"} and jobs["autoencoder"] == 1
+                         "classify", "cluster_quality", "trajectory", "interpolation", "report", "all"}
+    assert jobs["autoencoder"] == 1
 
 
 def test_perceptual_edit_reruns_the_vq_gan_and_the_tables_not_the_kl_vae(run, tiny_config):
