@@ -1,15 +1,26 @@
-"""Downstream classifier grid (CLUE section 5.4): real images of train_a replaced by synthetic ones.
+"""Downstream classifier grids: real training images replaced by, scaled up with, or mixed with synthetic ones.
 
-* ``replace``: for every class, a fraction ``ratio`` of the real train_a images is swapped for as many synthetic
-  images of that class, so the training set keeps its size (Tables 8-11); ratio 0 is the real-only baseline.
-* ``hybrid``: all real train_a images plus synthetic images at 100 % scale ("100 % + Dataset 1A").
+Each training set (a grid ``point``) is one job per (variant, setting, seed, arch):
 
-train_b is the validation set, test ("Dataset 2") and external (AI-HUB's role) are only tested on. One run per
-(variant, setting, seed, arch); the synthetic set of seed N is paired with classifier seed N, as the paper's
-independent experiments are.
+* ``replace_<pct>`` (CLUE section 5.4, Tables 8-11): per class, pct % of the real train_a images are swapped for
+  as many synthetic images of that class, so the training set keeps train_a's size; replace_0 is the real-only
+  baseline.
+* ``replace_100_plus_real``: all real train_a images plus as many synthetic ones per class ("100 % + Dataset 1A").
+* ``scale_<pct>`` (Tables 12-15): synthetic images only, pct % of train_a's size per class (100, 200, 500, 1000).
+* ``scale_<pct>_plus_real``: the same plus all real train_a images ("1000 % + Dataset 1A").
+* ``count_<name>`` (multi-level paper, Table I: Origin250, Origin500, Synthetic500, Hybrid1000): a fixed number
+  of real and of synthetic images in all, shared out over the classes in train_a's proportions (largest
+  remainders).
+
+Which images are used is drawn with a generator seeded by (seed, point) and recorded (``training_set.parquet``:
+image ids, label, origin). train_b is the validation set; test (CLUE's Dataset 2) and external (the other
+institution) are only tested on. The synthetic set of seed N is paired with classifier seed N, as the paper's
+independent experiments are. ``scores.parquet`` holds, per test set, a row ``class = all`` (macro-F1,
+one-vs-rest macro AUC, accuracy) and a row per class (F1, one-vs-rest AUC and that ROC curve's points).
 """
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,12 +29,20 @@ import pandas as pd
 import torch
 
 from .io import log, write_parquet
-from .metrics import classification_scores
+from .leakage import check_training_set
+from .metrics import classification_scores, per_class_scores
 from .nets import predict, train_classifier
 from .torchutils import load_images, seed_everything, select_device, set_threads
 
-CLASSIFY_COLUMNS = ("variant", "setting", "seed", "arch", "protocol", "ratio", "n_real", "n_synthetic",
-                    "test_set", "f1_macro", "auc_ovr", "accuracy", "epochs")
+PROTOCOLS = ("replace", "hybrid", "scale", "scale_hybrid", "count")
+SCORE_COLUMNS = ("variant", "setting", "seed", "arch", "point", "protocol", "value", "n_real", "n_synthetic",
+                 "test_set", "class", "f1", "auc", "accuracy", "epochs", "fpr", "tpr")
+
+
+def _take(pool: np.ndarray, k: int, rng: np.random.Generator, what: str) -> np.ndarray:
+    if k > len(pool):
+        raise ValueError(f"{what}: {k} images needed, only {len(pool)} available")
+    return rng.permutation(pool)[:k]
 
 
 def replacement_indices(y_real: np.ndarray, y_syn: np.ndarray, ratio: float, rng: np.random.Generator
@@ -33,52 +52,99 @@ def replacement_indices(y_real: np.ndarray, y_syn: np.ndarray, ratio: float, rng
         raise ValueError(f"classify.ratios must lie in [0, 1], got {ratio}")
     keep, add = [], []
     for c in np.unique(y_real):
-        real_c, syn_c = np.flatnonzero(y_real == c), np.flatnonzero(y_syn == c)
+        real_c = np.flatnonzero(y_real == c)
         k = int(round(ratio * len(real_c)))
-        if k > len(syn_c):
-            raise ValueError(f"replacement ratio {ratio} needs {k} synthetic images of class {c}, "
-                             f"only {len(syn_c)} were generated (raise generate.scale)")
+        add.append(_take(np.flatnonzero(y_syn == c), k, rng,
+                         f"replacement ratio {ratio}, synthetic images of class {c} (raise generate.scale)"))
         keep.append(rng.permutation(real_c)[: len(real_c) - k])
-        add.append(rng.permutation(syn_c)[:k])
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(add))
 
 
+def proportional_counts(total: int, class_sizes: np.ndarray) -> np.ndarray:
+    """``total`` shared out over classes in proportion to ``class_sizes`` by largest remainders (sums to total)."""
+    share = total * class_sizes / class_sizes.sum()
+    counts = np.floor(share).astype(int)
+    order = np.argsort(-(share - counts), kind="stable")
+    counts[order[: total - counts.sum()]] += 1
+    return counts
+
+
+def training_indices(protocol: str, value: Any, y_real: np.ndarray, y_syn: np.ndarray, rng: np.random.Generator,
+                     counts: Mapping[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(real indices kept, synthetic indices added) of one grid point; see the module docstring."""
+    if protocol == "replace":
+        return replacement_indices(y_real, y_syn, float(value), rng)
+    classes = np.unique(y_real)
+    every_real = np.arange(len(y_real))
+    if protocol == "hybrid":
+        return every_real, replacement_indices(y_real, y_syn, 1.0, rng)[1]
+    if protocol in ("scale", "scale_hybrid"):
+        scale = float(value)
+        add = [_take(np.flatnonzero(y_syn == c), int(round(scale * np.sum(y_real == c))), rng,
+                     f"scale {scale:g}, synthetic images of class {c} (raise generate.scale)") for c in classes]
+        add = np.sort(np.concatenate(add))
+        return (every_real if protocol == "scale_hybrid" else np.array([], int)), add
+    if protocol == "count":
+        sizes = np.array([np.sum(y_real == c) for c in classes])
+        keep, add = [], []
+        for c, n_real, n_syn in zip(classes, proportional_counts(int(counts["real"]), sizes),
+                                    proportional_counts(int(counts["synthetic"]), sizes)):
+            keep.append(_take(np.flatnonzero(y_real == c), n_real, rng,
+                              f"classify.count_sets.{value}, real train_a images of class {c}"))
+            add.append(_take(np.flatnonzero(y_syn == c), n_syn, rng,
+                             f"classify.count_sets.{value}, synthetic images of class {c} (raise generate.scale)"))
+        return np.sort(np.concatenate(keep)), np.sort(np.concatenate(add))
+    raise ValueError(f"classifier protocol must be one of {PROTOCOLS}, got {protocol!r}")
+
+
+def score_rows(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> list[dict]:
+    """The ``class = all`` row (macro-F1, macro one-vs-rest AUC, accuracy) and one row per class."""
+    s = classification_scores(y_true, proba, len(classes))
+    rows = [{"class": "all", "f1": s["f1_macro"], "auc": s["auc_ovr"], "accuracy": s["accuracy"],
+             "fpr": None, "tpr": None}]
+    rows += [{"class": name, "f1": r["f1"], "auc": r["auc"], "accuracy": np.nan, "fpr": r["fpr"], "tpr": r["tpr"]}
+             for name, r in zip(classes, per_class_scores(y_true, proba, len(classes)))]
+    return rows
+
+
 def classify(manifest: str | Path, gen_manifest: str | Path, out_table: str | Path, log_table: str | Path,
-             params: Mapping[str, Any], threads: int | None = None) -> pd.DataFrame:
-    """Entry point of the classify rule for one (variant, setting, seed, arch)."""
+             training_set_out: str | Path, params: Mapping[str, Any], hashes: str | Path | None = None,
+             threads: int | None = None) -> pd.DataFrame:
+    """Entry point of the classify rule for one (variant, setting, seed, arch, point). ``hashes``: the leakage
+    stage's image hashes; with them the training set is checked before training (``check_training_set``)."""
     set_threads(threads)
     seed = int(params["seed"])
     seed_everything(seed)
     device = select_device(params["device"])
     classes = list(params["classes"])
-    xr, yr, _ = load_images(manifest, ["train_a"], classes)
+    protocol, value, point = params["protocol"], params["value"], params["point"]
+    xr, yr, real_rows = load_images(manifest, ["train_a"], classes)
     xv, yv, _ = load_images(manifest, ["train_b"], classes)
-    xs, ys, _ = load_images(gen_manifest, ["synthetic"], classes)
-    tests = {}
+    xs, ys, syn_rows = load_images(gen_manifest, ["synthetic"], classes)
+    rng = np.random.default_rng([seed, zlib.crc32(point.encode())])
+    keep, add = training_indices(protocol, value, yr.numpy(), ys.numpy(), rng, params.get("counts"))
+    used = pd.concat([real_rows.iloc[keep][["image_id", "label"]].assign(origin="real"),
+                      syn_rows.iloc[add][["image_id", "label"]].assign(origin="synthetic")], ignore_index=True)
+    if hashes is not None:
+        check_training_set(used, hashes, f"classifier {params['variant']}/{params['setting']}/seed{seed}/{point}")
+    x, y = torch.cat([xr[keep], xs[add]]), torch.cat([yr[keep], ys[add]])
+    model, hist = train_classifier(x, y, xv, yv, len(classes), params, seed, device)
+    run = {"variant": params["variant"], "setting": params["setting"], "seed": seed, "arch": params["arch"],
+           "point": point, "protocol": protocol, "value": float(value) if protocol != "count" else np.nan,
+           "n_real": len(keep), "n_synthetic": len(add)}
+    rows = []
     for split in params["test_sets"]:
         try:
-            tests[split] = load_images(manifest, [split], classes)[:2]
+            xt, yt, _ = load_images(manifest, [split], classes)
         except ValueError:
             log.info("no images in test set %s; skipped", split)
-    runs = [("replace", float(r)) for r in params["ratios"]] + ([("hybrid", 1.0)] if params["hybrid"] else [])
-    rows, logs = [], []
-    for protocol, ratio in runs:
-        rng = np.random.default_rng([seed, int(round(ratio * 1000)), int(protocol == "hybrid")])
-        if protocol == "replace":
-            keep, add = replacement_indices(yr.numpy(), ys.numpy(), ratio, rng)
-        else:
-            keep, add = np.arange(len(yr)), replacement_indices(yr.numpy(), ys.numpy(), 1.0, rng)[1]
-        x = torch.cat([xr[keep], xs[add]])
-        y = torch.cat([yr[keep], ys[add]])
-        model, hist = train_classifier(x, y, xv, yv, len(classes), params, seed, device)
-        logs += [h | {"protocol": protocol, "ratio": ratio} for h in hist]
-        for name, (xt, yt) in tests.items():
-            s = classification_scores(yt.numpy(), predict(model, xt, device), len(classes))
-            rows.append({"variant": params["variant"], "setting": params["setting"], "seed": seed,
-                         "arch": params["arch"], "protocol": protocol, "ratio": ratio, "n_real": len(keep),
-                         "n_synthetic": len(add), "test_set": name, **s, "epochs": len(hist)})
-            log.info("%s ratio %.2f on %s: F1 %.3f AUC %.3f", protocol, ratio, name, s["f1_macro"], s["auc_ovr"])
-    table = pd.DataFrame(rows, columns=list(CLASSIFY_COLUMNS))
-    write_parquet(pd.DataFrame(logs), log_table)
+            continue
+        scores = score_rows(yt.numpy(), predict(model, xt, device), classes)
+        rows += [{**run, "test_set": split, **r, "epochs": len(hist)} for r in scores]
+        log.info("%s (%d real, %d synthetic) on %s: macro-F1 %.3f AUC %.3f", point, len(keep), len(add), split,
+                 scores[0]["f1"], scores[0]["auc"])
+    table = pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
+    write_parquet(used, training_set_out)
+    write_parquet(pd.DataFrame(hist).assign(point=point), log_table)
     write_parquet(table, out_table)
     return table

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from scipy import linalg
 from scipy.spatial.distance import cdist
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+from scipy.stats import rankdata
 
 
 # --- reconstruction -------------------------------------------------------------------------------------------
@@ -236,16 +236,63 @@ def inception_score(probs: np.ndarray, splits: int = 1) -> tuple[float, float]:
 
 # --- classification ---------------------------------------------------------------------------------------------
 
+def confusion_matrix(y_true: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n_classes, n_classes) counts, rows true class, columns predicted class."""
+    y_true, pred = np.asarray(y_true, np.int64), np.asarray(pred, np.int64)
+    return np.bincount(y_true * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def f1_per_class(y_true: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """F1 = 2 TP / (2 TP + FP + FN) per class; 0 for a class neither present nor predicted (scikit-learn's
+    zero_division=0)."""
+    cm = confusion_matrix(y_true, pred, n_classes)
+    tp = np.diag(cm).astype(np.float64)
+    denom = 2 * tp + (cm.sum(0) - tp) + (cm.sum(1) - tp)
+    return np.divide(2 * tp, denom, out=np.zeros(n_classes), where=denom > 0)
+
+
+def binary_auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve as the Mann-Whitney statistic: (sum of the positives' ranks - P (P + 1) / 2) / (P N),
+    tied scores sharing their average rank (a tie counts one half). NaN without positives or negatives."""
+    positive = np.asarray(positive, bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(np.asarray(score, np.float64))
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def roc_points(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ROC curve (fpr, tpr, thresholds) with a point at every distinct score, from (0, 0) at threshold inf:
+    a sample is called positive when its score >= the threshold."""
+    positive = np.asarray(positive, bool)
+    order = np.argsort(-np.asarray(score, np.float64), kind="mergesort")
+    s, p = np.asarray(score, np.float64)[order], positive[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # the last sample of each run of equal scores
+    tps = np.cumsum(p)[last].astype(np.float64)
+    fps = (last + 1) - tps
+    n_pos, n_neg = max(1, int(positive.sum())), max(1, int((~positive).sum()))
+    return np.r_[0.0, fps / n_neg], np.r_[0.0, tps / n_pos], np.r_[np.inf, s[last]]
+
+
 def classification_scores(y_true: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[str, float]:
-    """Macro-F1 of the arg-max prediction, one-vs-rest macro AUC of the probabilities, and accuracy."""
+    """Macro-F1 of the arg-max prediction, one-vs-rest macro AUC of the probabilities (the unweighted mean of the
+    per-class AUCs; NaN when a class is absent, where one-vs-rest AUC is undefined), and accuracy."""
     y_true = np.asarray(y_true)
     if proba.shape != (len(y_true), n_classes):
         raise ValueError(f"expected probabilities of shape ({len(y_true)}, {n_classes}), got {proba.shape}")
     pred = proba.argmax(1)
-    labels = list(range(n_classes))
-    f1 = f1_score(y_true, pred, labels=labels, average="macro", zero_division=0)
-    if len(np.unique(y_true)) == n_classes:
-        auc = roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=labels)
-    else:
-        auc = float("nan")  # one-vs-rest AUC is undefined when a class is absent from the test set
-    return {"f1_macro": float(f1), "auc_ovr": float(auc), "accuracy": float(accuracy_score(y_true, pred))}
+    aucs = [binary_auc(y_true == c, proba[:, c]) for c in range(n_classes)]
+    return {"f1_macro": float(f1_per_class(y_true, pred, n_classes).mean()), "auc_ovr": float(np.mean(aucs)),
+            "accuracy": float(np.mean(pred == y_true))}
+
+
+def per_class_scores(y_true: np.ndarray, proba: np.ndarray, n_classes: int) -> list[dict]:
+    """Per class: F1, one-vs-rest AUC and the one-vs-rest ROC curve points (``fpr``, ``tpr`` arrays)."""
+    y_true = np.asarray(y_true)
+    f1 = f1_per_class(y_true, proba.argmax(1), n_classes)
+    rows = []
+    for c in range(n_classes):
+        fpr, tpr, _ = roc_points(y_true == c, proba[:, c])
+        rows.append({"f1": float(f1[c]), "auc": binary_auc(y_true == c, proba[:, c]), "fpr": fpr, "tpr": tpr})
+    return rows

@@ -67,28 +67,87 @@ def pca_scatter(real_features: str | Path, gen_features: str | Path, path: str |
     save_figure(fig, path)
 
 
-def f1_vs_ratio(summary: pd.DataFrame, path: str | Path, n_classes: int) -> None:
-    """Macro-F1 (mean ± std over seeds) against the replacement ratio, one line per test set and setting;
-    the hybrid protocol is drawn as a marker at ratio 1; the dotted line is chance (1 / n_classes)."""
+def f1_curve(summary: pd.DataFrame, path: str | Path, n_classes: int, protocol: str, xlabel: str) -> None:
+    """Macro-F1 (mean ± std over seeds) against the synthetic share (``replace``, CLUE Fig. 8-9) or scale
+    (``scale``, Fig. 10-11) in %, one line per variant / setting / arch / test set; the matching "+ all real"
+    point is a star; the dotted line is chance (1 / n_classes)."""
     plt = pyplot()
-
+    hybrid = {"replace": "hybrid", "scale": "scale_hybrid"}[protocol]
     f1 = summary[summary["metric"] == "f1_macro"]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for (variant, setting, arch, test_set), g in f1.groupby(["variant", "setting", "arch", "test_set"]):
-        rep = g[g["protocol"] == "replace"].sort_values("ratio")
-        line = ax.errorbar(rep["ratio"] * 100, rep["mean"], yerr=rep["std"].fillna(0), marker="o", capsize=3,
+        pts = g[g["protocol"] == protocol].sort_values("value")
+        if pts.empty:
+            continue
+        line = ax.errorbar(pts["value"] * 100, pts["mean"], yerr=pts["std"].fillna(0), marker="o", capsize=3,
                            label=f"{variant}/{setting}/{arch} on {test_set}")
-        hyb = g[g["protocol"] == "hybrid"]
+        hyb = g[g["protocol"] == hybrid]
         if len(hyb):
-            ax.errorbar(hyb["ratio"] * 100, hyb["mean"], yerr=hyb["std"].fillna(0), marker="*", markersize=11,
+            ax.errorbar(hyb["value"] * 100, hyb["mean"], yerr=hyb["std"].fillna(0), marker="*", markersize=11,
                         color=line[0].get_color(), linestyle="none", capsize=3)
-    ax.set_xlabel("synthetic share of the training set (%)  (star: 100 % synthetic + all real)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("macro-F1")
     ax.set_ylim(0, 1)
     ax.axhline(1 / n_classes, color="grey", lw=0.8, ls=":")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     save_figure(fig, path)
+
+
+def mean_roc(rows: pd.DataFrame, grid: np.ndarray) -> np.ndarray:
+    """The macro-averaged one-vs-rest ROC: each (seed, class) curve's TPR interpolated at the FPRs of ``grid``
+    (the curves are step-wise increasing, so linear interpolation between their points), then averaged."""
+    curves = [np.interp(grid, np.asarray(f, float), np.asarray(t, float)) for f, t in zip(rows["fpr"], rows["tpr"])]
+    return np.mean(curves, axis=0)
+
+
+def roc_figure(scores: pd.DataFrame, path: str | Path, point: str) -> None:
+    """ROC curves of the classifiers trained at ``point`` (CLUE Fig. 8-11: 100 % synthetic), macro-averaged over
+    classes and seeds, one curve per variant / setting / arch / test set, with the mean AUC."""
+    plt = pyplot()
+    grid = np.linspace(0, 1, 101)
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    per_class = scores[(scores["point"] == point) & (scores["class"] != "all")]
+    for (variant, setting, arch, test_set), g in per_class.groupby(["variant", "setting", "arch", "test_set"]):
+        auc = scores[(scores["point"] == point) & (scores["class"] == "all") & (scores["variant"] == variant)
+                     & (scores["setting"] == setting) & (scores["arch"] == arch) & (scores["test_set"] == test_set)]
+        ax.plot(grid, mean_roc(g, grid), label=f"{variant}/{setting}/{arch} on {test_set} "
+                                               f"(AUC {auc['auc'].mean():.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(f"{point}: one-vs-rest ROC, mean over classes and seeds", fontsize=8)
+    ax.legend(fontsize=6)
+    save_figure(fig, path)
+
+
+def point_order(points: Sequence[str]) -> list[str]:
+    """Grid points in the papers' row order: replacement by share, its + real point, scales, theirs, counts."""
+    kind = {"replace": 0, "scale": 2, "count": 4}
+
+    def key(p: str):
+        parts = p.split("_")
+        plus = p.endswith("_plus_real")
+        number = float(parts[1]) if parts[0] in ("replace", "scale") else 0.0
+        return kind[parts[0]] + plus, number, p
+
+    return sorted(set(points), key=key)
+
+
+def classify_tables(overall: pd.DataFrame) -> pd.DataFrame:
+    """CLUE Tables 8-15 and the multi-level paper's Table I in one: a row per (arch, test set, metric, grid
+    point), a column per variant / setting, cells "mean (± std)" over seeds."""
+    metrics = ["f1_macro", "auc_ovr", "accuracy"]
+    cells = mean_std_cells(overall, ["arch", "test_set", "point", "variant", "setting"], metrics)
+    long = cells.melt(id_vars=["arch", "test_set", "point", "variant", "setting"], value_vars=metrics,
+                      var_name="metric", value_name="cell")
+    long["column"] = long["variant"] + "/" + long["setting"]
+    table = long.pivot(index=["arch", "test_set", "metric", "point"], columns="column", values="cell").reset_index()
+    order = {p: i for i, p in enumerate(point_order(table["point"]))}
+    table = table.sort_values(["arch", "test_set", "metric", "point"],
+                              key=lambda c: c.map(order) if c.name == "point" else c)
+    table.columns.name = None
+    return table.reset_index(drop=True)
 
 
 def mean_std_cells(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str], digits: int = 3) -> pd.DataFrame:
@@ -149,14 +208,26 @@ def report(inputs: Mapping[str, Sequence[str]], outputs: Mapping[str, Any], para
              recon.to_string(index=False))
     if inputs["classify"]:
         cls = pd.concat([read_parquet(p) for p in inputs["classify"]], ignore_index=True)
+        overall = cls[cls["class"] == "all"].rename(columns={"f1": "f1_macro", "auc": "auc_ovr"})
         ev = pd.concat([read_parquet(p) for p in inputs["evaluate"]], ignore_index=True)
-        cls_summary = summarise(cls, ["variant", "setting", "arch", "protocol", "ratio", "test_set"],
+        cls_summary = summarise(overall, ["variant", "setting", "arch", "point", "protocol", "value", "test_set"],
                                 ["f1_macro", "auc_ovr", "accuracy"])
+        write_parquet(classify_tables(overall), outputs["classify_tables"])
+        per_class = cls[cls["class"] != "all"]
+        write_parquet(mean_std_cells(per_class, ["variant", "setting", "arch", "point", "test_set", "class"], ["f1", "auc"]),
+                      outputs["classify_per_class"])
         ev_summary = ev.groupby(["variant", "setting", "reference", "class", "metric"])["value"].agg(
             ["mean", "std", "count"]).reset_index().rename(columns={"count": "n_seeds"})
         write_parquet(cls_summary, outputs["classify_summary"])
         write_parquet(ev_summary, outputs["evaluate_summary"])
-        f1_vs_ratio(cls_summary, outputs["f1_plot"], len(params["classes"]))
+        n = len(params["classes"])
+        f1_curve(cls_summary, outputs["f1_plot"], n, "replace",
+                 "synthetic share of the training set (%)  (star: 100 % synthetic + all real)")
+        if "f1_scale_plot" in outputs:
+            f1_curve(cls_summary, outputs["f1_scale_plot"], n, "scale",
+                     "synthetic images, % of the real training set  (star: + all real)")
+        if "roc_plot" in outputs:
+            roc_figure(cls, outputs["roc_plot"], params["roc_point"])
         for label, path in zip(params["classes"], outputs["grids"]):
             image_grid(inputs["manifest"], inputs["generated"][0], label, path, seed=int(params["seed"]))
         for (variant, setting, gen_features), path in zip(params["pca"], outputs["pca"]):

@@ -3,30 +3,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline_lib.classify import replacement_indices
 from pipeline_lib.evaluate import quality_table
 from pipeline_lib.nets import build_classifier, train_classifier
 from pipeline_lib.report import summarise
-
-
-def test_replacement_keeps_size_and_class_balance():
-    y_real = np.repeat([0, 1, 2], 10)
-    y_syn = np.repeat([0, 1, 2], 12)
-    rng = np.random.default_rng(0)
-    for ratio in (0.0, 0.3, 0.5, 1.0):
-        keep, add = replacement_indices(y_real, y_syn, ratio, rng)
-        assert len(keep) + len(add) == len(y_real)
-        for c in range(3):
-            assert (y_real[keep] == c).sum() == 10 - round(10 * ratio)
-            assert (y_syn[add] == c).sum() == round(10 * ratio)
-        assert len(set(keep)) == len(keep) and len(set(add)) == len(add)
-
-
-def test_replacement_errors_name_the_problem():
-    with pytest.raises(ValueError, match=r"ratios must lie in \[0, 1\], got 1.5"):
-        replacement_indices(np.zeros(4, int), np.zeros(4, int), 1.5, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="needs 4 synthetic images of class 0, only 2 were generated"):
-        replacement_indices(np.zeros(4, int), np.zeros(2, int), 1.0, np.random.default_rng(0))
 
 
 def _blobs(n, rng):

@@ -6,8 +6,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
-from pipeline_lib.metrics import (MS_SSIM_WEIGHTS, classification_scores, knn_recall, ms_ssim,
-                                  ms_ssim_scales, mse, psnr, ssim)
+from pipeline_lib.metrics import (MS_SSIM_WEIGHTS, binary_auc, classification_scores, f1_per_class, knn_recall,
+                                  ms_ssim, ms_ssim_scales, mse, per_class_scores, psnr, roc_points, ssim)
 
 
 @pytest.fixture
@@ -144,3 +144,38 @@ def test_classification_scores_against_sklearn_and_hand():
     assert s["accuracy"] == pytest.approx(4 / 6)
     with pytest.raises(ValueError, match=r"expected probabilities of shape \(6, 4\)"):
         classification_scores(y, proba, 4)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_f1_auc_and_roc_equal_sklearn_on_random_and_tied_scores(seed):
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.default_rng(seed)
+    n, c = 200, 4
+    y = rng.integers(0, c, n)
+    logits = rng.normal(size=(n, c)) + 1.5 * np.eye(c)[y]
+    if seed == 2:
+        logits = np.round(logits)  # many tied scores
+    proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    pred = proba.argmax(1)
+    assert np.allclose(f1_per_class(y, pred, c), f1_score(y, pred, labels=range(c), average=None, zero_division=0))
+    s = classification_scores(y, proba, c)
+    assert s["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro"), abs=1e-12)
+    assert s["auc_ovr"] == pytest.approx(roc_auc_score(y, proba, multi_class="ovr", average="macro"), abs=1e-12)
+    for k, row in enumerate(per_class_scores(y, proba, c)):
+        fpr, tpr, thr = roc_curve(y == k, proba[:, k], drop_intermediate=False)
+        assert np.allclose(row["fpr"], fpr) and np.allclose(row["tpr"], tpr)
+        assert row["auc"] == pytest.approx(roc_auc_score(y == k, proba[:, k]), abs=1e-12)
+    assert np.array_equal(roc_points(y == 0, proba[:, 0])[2][1:], roc_curve(y == 0, proba[:, 0],
+                                                                           drop_intermediate=False)[2][1:])
+
+
+def test_auc_and_roc_by_hand_and_undefined_cases():
+    # Scores 0.9 (+), 0.8 (-), 0.8 (+), 0.1 (-): pairs (+, -) ordered right 3 of 4, one tie -> (3 + 0.5) / 4.
+    pos, score = np.array([1, 0, 1, 0], bool), np.array([0.9, 0.8, 0.8, 0.1])
+    assert binary_auc(pos, score) == pytest.approx(3.5 / 4)
+    fpr, tpr, thr = roc_points(pos, score)
+    assert fpr.tolist() == [0, 0, 0.5, 1] and tpr.tolist() == [0, 0.5, 1, 1] and thr.tolist() == [np.inf, 0.9, 0.8, 0.1]
+    assert np.isnan(binary_auc(np.ones(3, bool), np.arange(3.0)))
+    # F1 by hand: no sample of class 2 and none predicted -> 0, as scikit-learn's zero_division=0.
+    assert f1_per_class(np.array([0, 1, 1]), np.array([0, 1, 0]), 3).tolist() == pytest.approx([2 / 3, 2 / 3, 0])

@@ -85,16 +85,28 @@ def test_tables_have_the_promised_columns_and_ranges(run, tiny_config):
         png = res / "report" / "figures" / f"pca_{variant}_{setting}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     scores = pd.read_parquet(res / "report" / "classify_summary.parquet")
-    assert {"variant", "setting", "arch", "protocol", "ratio", "test_set", "metric", "mean", "std",
+    assert {"variant", "setting", "arch", "point", "protocol", "value", "test_set", "metric", "mean", "std",
             "n_seeds"} <= set(scores.columns)
     assert (scores["n_seeds"] == len(seeds)).all()
     assert set(zip(scores["variant"], scores["setting"])) == {("class", "cfg2"), ("clue", "sigma05"), ("ml", "cfg2")}
     f1 = scores[scores["metric"] == "f1_macro"]
     assert f1["mean"].between(0, 1).all()
     assert set(f1["test_set"]) == {"test", "external"}
-    assert set(f1.loc[f1["protocol"] == "replace", "ratio"]) == set(tiny_config["classify"]["ratios"])
-    assert set(f1["protocol"]) == {"replace", "hybrid"}
-    for png in ["f1_vs_ratio.png"] + [f"grid_{c}.png" for c in tiny_config["data"]["classes"]]:
+    assert set(f1.loc[f1["protocol"] == "replace", "value"]) == set(tiny_config["classify"]["ratios"])
+    assert set(f1["point"]) == {"replace_0", "replace_100", "replace_100_plus_real", "scale_100", "count_mixed"}
+    tables = pd.read_parquet(res / "report" / "classify_tables.parquet")
+    assert tables.loc[tables["metric"] == "f1_macro", "point"].drop_duplicates().tolist() == \
+        ["replace_0", "replace_100", "replace_100_plus_real", "scale_100", "count_mixed"]
+    assert {"class/cfg2", "clue/sigma05", "ml/cfg2"} <= set(tables.columns)
+    per_class = pd.read_parquet(res / "report" / "classify_per_class.parquet")
+    assert set(per_class["class"]) == set(tiny_config["data"]["classes"]) and per_class["f1_mean"].between(0, 1).all()
+    run_dir = res / "classify" / "class" / "cfg2" / f"seed{seeds[0]}" / "small_cnn" / "count_mixed"
+    used = pd.read_parquet(run_dir / "training_set.parquet")
+    assert used.groupby("origin").size().to_dict() == {"real": 6, "synthetic": 6}
+    leak = pd.read_parquet(res / "preprocess" / "leakage.parquet")
+    assert len(leak) == 4 and (leak["n_violations"] == 0).all()
+    for png in ["f1_vs_ratio.png", "f1_vs_scale.png", "roc_replace_100.png"] + \
+            [f"grid_{c}.png" for c in tiny_config["data"]["classes"]]:
         assert (res / "report" / "figures" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     traj = pd.read_parquet(res / "report" / "trajectory_summary.parquet")
     assert set(traj["attribute"]) == {"ome", "com"} and set(traj["variant"]) == {"class", "clue", "ml"}
@@ -140,7 +152,9 @@ def test_classifier_edit_reruns_only_classifier_and_report(run, tiny_config):
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
     assert set(jobs) == {"classify", "report", "all"}
     pairs = 3  # (class, cfg2), (ml, cfg2) and (clue, sigma05): each setting names its variants
-    assert jobs["classify"] == pairs * len(tiny_config["generate"]["seeds"]) * len(tiny_config["classify"]["archs"])
+    points = len(tiny_config["classify"]["ratios"]) + 1 + len(tiny_config["classify"]["scales"]) + 1  # hybrid, count
+    assert jobs["classify"] == pairs * len(tiny_config["generate"]["seeds"]) * len(tiny_config["classify"]["archs"]) \
+        * points
 
 
 def test_trajectory_edit_reruns_only_the_traversals_and_the_report(run, tiny_config):
@@ -190,7 +204,7 @@ def test_the_multilevel_ablation_is_three_variants_of_one_config(run, tiny_confi
     proc = snakemake(work, "-n", "--configfile", "edited.yaml")
     jobs = planned_jobs(proc)
     assert jobs["autoencoder"] == 1 and jobs["diffusion"] == 3 and "autoencoder/kl4/model" in proc.stdout
-    assert jobs["classify"] == 3 * len(tiny_config["generate"]["seeds"])
+    assert jobs["classify"] == 3 * len(tiny_config["generate"]["seeds"]) * 5  # five grid points each
 
 
 def test_autoencoder_edit_reruns_only_that_autoencoder_and_what_uses_it(run, tiny_config):
@@ -288,4 +302,4 @@ def test_classifier_archs_are_timm_names_checked_before_any_job(run, tiny_config
         in proc.stdout + proc.stderr
     _edited(work, tiny_config, "classify", "archs", ["small_cnn", "resnet18"])
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
-    assert jobs["classify"] == len(tiny_config["generate"]["seeds"]) * 3  # the new arch only, every generated set
+    assert jobs["classify"] == len(tiny_config["generate"]["seeds"]) * 3 * 5  # the new arch's grid only

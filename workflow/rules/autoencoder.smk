@@ -1,6 +1,7 @@
 rule autoencoder:
     input:
         unpack(autoencoder_inputs),
+        leakage=LEAKAGE,  # the leakage checks pass before any training
         manifest=rules.preprocess.output.manifest,
         code=autoencoder_code,
     output:

@@ -2,6 +2,7 @@ if "cluster" in config:
 
     rule cluster:
         input:
+            leakage=LEAKAGE,  # the leakage checks pass before any training
             manifest=rules.preprocess.output.manifest,
             autoencoder=f"{R}/autoencoder/{cluster_params()['autoencoder']}/model",
             code=code("cluster"),

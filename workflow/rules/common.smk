@@ -54,6 +54,29 @@ SEEDS = list(config["generate"]["seeds"])
 ARCHS = list(config["classify"]["archs"])
 
 
+def _classify_points():
+    """The classifier grid's training sets by name -> (protocol, value); see pipeline_lib.classify. Each
+    synthetic count must be within what generate.scale draws."""
+    c, pct = config["classify"], lambda v: f"{round(100 * v):d}"
+    points = {f"replace_{pct(r)}": ("replace", r) for r in c["ratios"]}
+    if c["hybrid"]:
+        points["replace_100_plus_real"] = ("hybrid", 1.0)
+    points |= {f"scale_{pct(v)}": ("scale", v) for v in c["scales"]}
+    if c["scale_hybrid"] and c["scales"]:
+        points[f"scale_{pct(max(c['scales']))}_plus_real"] = ("scale_hybrid", max(c["scales"]))
+    points |= {f"count_{name}": ("count", name) for name in c["count_sets"]}
+    needed = {"classify.ratios": max(c["ratios"], default=0), "classify.hybrid": 1.0 if c["hybrid"] else 0,
+              "classify.scales": max(c["scales"], default=0)}
+    for key, scale in needed.items():
+        if scale > config["generate"]["scale"]:
+            raise ValueError(f"{key}: {scale:g} x the train_a images of a class are needed, generate.scale draws "
+                             f"{config['generate']['scale']:g} x; raise generate.scale to at least {scale:g}")
+    return points
+
+
+CLASSIFY_POINTS = _classify_points()
+
+
 def _timm_model_names():
     """timm's model names, listed once per installed timm version into .snakemake/ (importing timm takes
     seconds, too long for every parse of the workflow)."""
@@ -98,6 +121,7 @@ wildcard_constraints:
     setting="|".join(map(re.escape, SETTINGS)),
     seed=r"\d+",
     arch="|".join(map(re.escape, ARCHS)),
+    point="|".join(map(re.escape, CLASSIFY_POINTS)),
 
 
 # The pipeline_lib modules each stage runs: listed as inputs, so an edit to the code reruns the stage.
@@ -113,8 +137,9 @@ CODE = {
                  "cluster/condition", "nets", "autoencoder", "torchutils", "data", "io"],
     "feature_net": ["evaluate", "nets", "metrics", "torchutils", "data", "io"],
     "evaluate": ["evaluate", "nets", "metrics", "torchutils", "data", "io"],
-    "classify": ["classify", "nets", "metrics", "torchutils", "data", "io"],
+    "classify": ["classify", "leakage", "nets", "metrics", "torchutils", "data", "io"],
     "report": ["report", "data", "io"],
+    "leakage": ["leakage", "data", "io"],
     "cluster": ["cluster/fit", "cluster/indices", "autoencoder", "torchutils", "data", "io"],
     "trajectory": ["trajectory", "generate", "preprocess", "diffusion", "distributed", "clue", "multilevel", "text",
                    "cluster/condition", "perceptual", "nets", "autoencoder", "torchutils", "data", "io"],
@@ -157,6 +182,7 @@ def variant_autoencoder_model(wildcards):
 
 
 FEATURE_NET = f"{R}/evaluate/feature_net/model.pt"
+LEAKAGE = f"{R}/preprocess/leakage.parquet"
 
 
 def perceptual_inputs(wildcards=None):
@@ -275,9 +301,18 @@ def evaluate_params(wildcards):
             "setting": wildcards.setting, **shared(), "seed": int(wildcards.seed)}
 
 
+GRID_KEYS = ("archs", "ratios", "hybrid", "scales", "scale_hybrid", "count_sets")
+
+
 def classify_params(wildcards):
-    c = {k: v for k, v in config["classify"].items() if k != "archs"}
-    return {**c, "arch": wildcards.arch, "variant": wildcards.variant, "setting": wildcards.setting,
+    """The trainer settings, the test sets and this job's own grid point only: adding a ratio or an arch adds
+    jobs without rerunning the others."""
+    c = {k: v for k, v in config["classify"].items() if k not in GRID_KEYS}
+    protocol, value = CLASSIFY_POINTS[wildcards.point]
+    point = {"point": wildcards.point, "protocol": protocol, "value": value}
+    if protocol == "count":
+        point["counts"] = config["classify"]["count_sets"][value]
+    return {**c, **point, "arch": wildcards.arch, "variant": wildcards.variant, "setting": wildcards.setting,
             **shared(), "seed": int(wildcards.seed)}
 
 
@@ -316,7 +351,8 @@ def generated(kind, clusters=False):
 
 
 def classify_tables():
-    return _over_grid(f"{R}/classify/{{variant}}/{{setting}}/seed{{seed}}/{{arch}}/scores.parquet", arch=ARCHS)
+    return _over_grid(f"{R}/classify/{{variant}}/{{setting}}/seed{{seed}}/{{arch}}/{{point}}/scores.parquet",
+                      arch=ARCHS, point=list(CLASSIFY_POINTS))
 
 
 def evaluate_tables():
@@ -370,6 +406,9 @@ def recon_tables():
     return expand(f"{R}/autoencoder/{{ae}}/recon_metrics.parquet", ae=AUTOENCODERS)
 
 
+ROC_POINT = "replace_100"  # the ROC figure's training set: 100 % synthetic (CLUE Fig. 8-11)
+
+
 def report_outputs(flagged=False):
     """The report's files: the class-based tables and figures when class-conditioned variants are generated, the
     cluster-generation table when cluster-conditioned ones are. ``flagged``: figures marked for `--report`."""
@@ -377,10 +416,19 @@ def report_outputs(flagged=False):
     if any(v not in CLUSTER_VARIANTS for v, _ in GRID):
         f1 = f"{R}/report/figures/f1_vs_ratio.png"
         o |= {"classify_summary": f"{R}/report/classify_summary.parquet",
+              "classify_tables": f"{R}/report/classify_tables.parquet",
+              "classify_per_class": f"{R}/report/classify_per_class.parquet",
               "evaluate_summary": f"{R}/report/evaluate_summary.parquet",
               "f1_plot": report(f1, caption="../report/f1_vs_ratio.rst", category="Classification") if flagged else f1,
               "grids": [f"{R}/report/figures/grid_{c}.png" for c in CLASSES],
               "pca": [f"{R}/report/figures/pca_{v}_{s}.png" for v, s in GRID if v not in CLUSTER_VARIANTS]}
+        if config["classify"]["scales"]:
+            f = f"{R}/report/figures/f1_vs_scale.png"
+            o["f1_scale_plot"] = report(f, caption="../report/f1_vs_scale.rst", category="Classification") \
+                if flagged else f
+        if ROC_POINT in CLASSIFY_POINTS:
+            f = f"{R}/report/figures/roc_{ROC_POINT}.png"
+            o["roc_plot"] = report(f, caption="../report/roc.rst", category="Classification") if flagged else f
     if any(v in CLUSTER_VARIANTS for v, _ in GRID):
         o["cluster_generation"] = f"{R}/report/cluster_generation.parquet"
     if trajectory_tables():

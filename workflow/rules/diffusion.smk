@@ -1,6 +1,7 @@
 rule diffusion:
     input:
         unpack(diffusion_inputs),
+        leakage=LEAKAGE,  # the leakage checks pass before any training
         manifest=rules.preprocess.output.manifest,
         autoencoder=variant_autoencoder_model,
         code=code("diffusion"),

@@ -1,5 +1,6 @@
 rule feature_net:
     input:
+        leakage=LEAKAGE,  # the leakage checks pass before any training
         manifest=rules.preprocess.output.manifest,
         code=code("feature_net"),
     output:

@@ -15,3 +15,17 @@ rule preprocess:
         f"{LOGS}/preprocess.log",
     script:
         "../scripts/preprocess.py"
+
+
+rule leakage:
+    input:
+        raw=rules.ingest.output.manifest,
+        manifest=rules.preprocess.output.manifest,
+        code=code("leakage"),
+    output:
+        table=LEAKAGE,
+        hashes=f"{R}/preprocess/hashes.parquet",
+    log:
+        f"{LOGS}/leakage.log",
+    script:
+        "../scripts/leakage.py"

@@ -15,7 +15,7 @@ rule report:
     output:
         **report_outputs(flagged=True),
     params:
-        cfg={"classes": CLASSES, "seed": config["seed"], "pca": pca_inputs()},
+        cfg={"classes": CLASSES, "seed": config["seed"], "pca": pca_inputs(), "roc_point": ROC_POINT},
     log:
         f"{LOGS}/report.log",
     script:

@@ -3,4 +3,5 @@ from pipeline_lib.io import stage_log
 
 with stage_log(snakemake.log[0]):
     inp, out = snakemake.input, snakemake.output
-    classify(inp.manifest, inp.generated, out.table, out.train_log, snakemake.params.cfg, threads=snakemake.threads)
+    classify(inp.manifest, inp.generated, out.table, out.train_log, out.training_set, snakemake.params.cfg,
+             hashes=inp.hashes, threads=snakemake.threads)
