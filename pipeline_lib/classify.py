@@ -16,7 +16,8 @@ Which images are used is drawn with a generator seeded by (seed, point) and reco
 image ids, label, origin). train_b is the validation set; test (CLUE's Dataset 2) and external (the other
 institution) are only tested on. The synthetic set of seed N is paired with classifier seed N, as the paper's
 independent experiments are. ``scores.parquet`` holds, per test set, a row ``class = all`` (macro-F1,
-one-vs-rest macro AUC, accuracy) and a row per class (F1, one-vs-rest AUC and that ROC curve's points).
+one-vs-rest macro AUC, accuracy) and a row per class (F1, one-vs-rest AUC and that ROC curve's points);
+``synthetic_scale`` is the number of synthetic images as a multiple of train_a's size (the ratio or scale).
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from .nets import predict, train_classifier
 from .torchutils import load_images, seed_everything, select_device, set_threads
 
 PROTOCOLS = ("replace", "hybrid", "scale", "scale_hybrid", "count")
-SCORE_COLUMNS = ("variant", "setting", "seed", "arch", "point", "protocol", "value", "n_real", "n_synthetic",
+SCORE_COLUMNS = ("variant", "setting", "seed", "arch", "point", "protocol", "synthetic_scale", "n_real", "n_synthetic",
                  "test_set", "class", "f1", "auc", "accuracy", "epochs", "fpr", "tpr")
 
 
@@ -130,8 +131,8 @@ def classify(manifest: str | Path, gen_manifest: str | Path, out_table: str | Pa
     x, y = torch.cat([xr[keep], xs[add]]), torch.cat([yr[keep], ys[add]])
     model, hist = train_classifier(x, y, xv, yv, len(classes), params, seed, device)
     run = {"variant": params["variant"], "setting": params["setting"], "seed": seed, "arch": params["arch"],
-           "point": point, "protocol": protocol, "value": float(value) if protocol != "count" else np.nan,
-           "n_real": len(keep), "n_synthetic": len(add)}
+           "point": point, "protocol": protocol, "n_real": len(keep), "n_synthetic": len(add),
+           "synthetic_scale": float(value) if protocol != "count" else len(add) / len(yr)}
     rows = []
     for split in params["test_sets"]:
         try:

@@ -76,14 +76,14 @@ def f1_curve(summary: pd.DataFrame, path: str | Path, n_classes: int, protocol: 
     f1 = summary[summary["metric"] == "f1_macro"]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for (variant, setting, arch, test_set), g in f1.groupby(["variant", "setting", "arch", "test_set"]):
-        pts = g[g["protocol"] == protocol].sort_values("value")
+        pts = g[g["protocol"] == protocol].sort_values("synthetic_scale")
         if pts.empty:
             continue
-        line = ax.errorbar(pts["value"] * 100, pts["mean"], yerr=pts["std"].fillna(0), marker="o", capsize=3,
+        line = ax.errorbar(pts["synthetic_scale"] * 100, pts["mean"], yerr=pts["std"].fillna(0), marker="o", capsize=3,
                            label=f"{variant}/{setting}/{arch} on {test_set}")
         hyb = g[g["protocol"] == hybrid]
         if len(hyb):
-            ax.errorbar(hyb["value"] * 100, hyb["mean"], yerr=hyb["std"].fillna(0), marker="*", markersize=11,
+            ax.errorbar(hyb["synthetic_scale"] * 100, hyb["mean"], yerr=hyb["std"].fillna(0), marker="*", markersize=11,
                         color=line[0].get_color(), linestyle="none", capsize=3)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("macro-F1")
@@ -210,12 +210,13 @@ def report(inputs: Mapping[str, Sequence[str]], outputs: Mapping[str, Any], para
         cls = pd.concat([read_parquet(p) for p in inputs["classify"]], ignore_index=True)
         overall = cls[cls["class"] == "all"].rename(columns={"f1": "f1_macro", "auc": "auc_ovr"})
         ev = pd.concat([read_parquet(p) for p in inputs["evaluate"]], ignore_index=True)
-        cls_summary = summarise(overall, ["variant", "setting", "arch", "point", "protocol", "value", "test_set"],
-                                ["f1_macro", "auc_ovr", "accuracy"])
-        write_parquet(classify_tables(overall), outputs["classify_tables"])
+        cls_summary = summarise(overall, ["variant", "setting", "arch", "point", "protocol", "synthetic_scale",
+                                          "test_set"], ["f1_macro", "auc_ovr", "accuracy"])
+        tables = classify_tables(overall)
+        write_parquet(tables, outputs["classify_tables"])
         per_class = cls[cls["class"] != "all"]
-        write_parquet(mean_std_cells(per_class, ["variant", "setting", "arch", "point", "test_set", "class"], ["f1", "auc"]),
-                      outputs["classify_per_class"])
+        write_parquet(mean_std_cells(per_class, ["variant", "setting", "arch", "point", "test_set", "class"],
+                                     ["f1", "auc"]), outputs["classify_per_class"])
         ev_summary = ev.groupby(["variant", "setting", "reference", "class", "metric"])["value"].agg(
             ["mean", "std", "count"]).reset_index().rename(columns={"count": "n_seeds"})
         write_parquet(cls_summary, outputs["classify_summary"])
@@ -232,7 +233,8 @@ def report(inputs: Mapping[str, Sequence[str]], outputs: Mapping[str, Any], para
             image_grid(inputs["manifest"], inputs["generated"][0], label, path, seed=int(params["seed"]))
         for (variant, setting, gen_features), path in zip(params["pca"], outputs["pca"]):
             pca_scatter(inputs["real_features"], gen_features, path, f"{variant} / {setting}")
-        log.info("classification, mean ± std over seeds:\n%s", cls_summary.to_string(index=False))
+        log.info("classification, macro-F1, mean (± std) over seeds:\n%s",
+                 tables[tables["metric"] == "f1_macro"].drop(columns="metric").to_string(index=False))
         log.info("image quality, mean ± std over seeds:\n%s", ev_summary.to_string(index=False))
     if inputs.get("trajectory"):
         table = trajectory_summary(inputs["trajectory"])

@@ -85,14 +85,14 @@ def test_tables_have_the_promised_columns_and_ranges(run, tiny_config):
         png = res / "report" / "figures" / f"pca_{variant}_{setting}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     scores = pd.read_parquet(res / "report" / "classify_summary.parquet")
-    assert {"variant", "setting", "arch", "point", "protocol", "value", "test_set", "metric", "mean", "std",
+    assert {"variant", "setting", "arch", "point", "protocol", "synthetic_scale", "test_set", "metric", "mean", "std",
             "n_seeds"} <= set(scores.columns)
     assert (scores["n_seeds"] == len(seeds)).all()
     assert set(zip(scores["variant"], scores["setting"])) == {("class", "cfg2"), ("clue", "sigma05"), ("ml", "cfg2")}
     f1 = scores[scores["metric"] == "f1_macro"]
     assert f1["mean"].between(0, 1).all()
     assert set(f1["test_set"]) == {"test", "external"}
-    assert set(f1.loc[f1["protocol"] == "replace", "value"]) == set(tiny_config["classify"]["ratios"])
+    assert set(f1.loc[f1["protocol"] == "replace", "synthetic_scale"]) == set(tiny_config["classify"]["ratios"])
     assert set(f1["point"]) == {"replace_0", "replace_100", "replace_100_plus_real", "scale_100", "count_mixed"}
     tables = pd.read_parquet(res / "report" / "classify_tables.parquet")
     assert tables.loc[tables["metric"] == "f1_macro", "point"].drop_duplicates().tolist() == \
