@@ -121,7 +121,8 @@ def embedding_network(params: Mapping[str, Any], feature_net: str | Path | None,
     """The network whose ``features`` embed images for the semantic variance, and its name."""
     enc = params.get("image_encoder") or {}
     if enc.get("open_clip_model"):
-        return OpenClipLevels(enc["open_clip_model"], enc["checkpoint"]).to(device), f"open_clip:{enc['open_clip_model']}"
+        name = enc["open_clip_model"]
+        return OpenClipLevels(name, enc["checkpoint"]).to(device), f"open_clip:{name}"
     if feature_net is None:
         raise ValueError("interpolation: no image encoder is configured and no domain feature network was given")
     return load_feature_net(feature_net, device), "domain_feature_net"
@@ -206,9 +207,10 @@ def interpolate(gen_manifest: str | Path, ae_dir: str | Path, feature_net: str |
                       for i, g in zip(sets["image_id"], a_rows)]
     paths = [resolve_path(manifest_out if o == "interpolated" else gen_manifest, p)
              for o, p in zip(sets["origin"], sets["path"])]
-    images = np.stack([read_rgb(p) for p in paths])
     network, name = embedding_network(params, feature_net, device)
-    emb = extract_features(network, to_tensor(images), device).astype(np.float64)
+    chunk = 4 * int(params["batch_size"])  # images read and embedded a chunk at a time, never all at once
+    emb = np.concatenate([extract_features(network, to_tensor(np.stack([read_rgb(p) for p in paths[i:i + chunk]])),
+                                           device) for i in range(0, len(paths), chunk)]).astype(np.float64)
     variance = semantic_variance(emb, sets["label"].to_numpy(), {"A": sets["in_A"], "AI": sets["in_AI"]}, classes,
                                  int(params["pca_components"]))
     n_interp = sets[sets["in_AI"] & (sets["origin"] == "interpolated")].groupby("label").size()

@@ -72,7 +72,8 @@ def test_classify_run_table_and_recorded_training_set(tiny_manifest, tiny_config
     params = {k: c[k] for k in ("feature_dim", "width", "shift_pixels", "early_stopping_patience", "batch_size",
                                 "lr", "lr_patience", "lr_factor", "test_sets")}
     params |= {"epochs": 2, "arch": "small_cnn", "point": "replace_50", "protocol": "replace", "value": 0.5,
-               "variant": "class", "setting": "cfg", "seed": 3, "device": "cpu", "classes": tiny_config["data"]["classes"]}
+               "variant": "class", "setting": "cfg", "seed": 3, "device": "cpu",
+               "classes": tiny_config["data"]["classes"]}
 
     def run(name):
         out = tmp_path / name

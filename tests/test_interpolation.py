@@ -147,9 +147,11 @@ def test_interpolation_stage_end_to_end(tiny_manifest, tiny_ae, tiny_feature_net
     assert all((out / p).is_file() for p in sets["path"])  # paths relative to the sets table
     assert sets[sets["in_A"]].groupby("label").size().equals(sets[sets["in_AI"]].groupby("label").size())
     v = variance.set_index(["class", "set"])
-    assert set(variance["class"]) == {"normal", "ome", "com", "all"} and (variance["embedding"] == "domain_feature_net").all()
+    assert set(variance["class"]) == {"normal", "ome", "com", "all"}
+    assert (variance["embedding"] == "domain_feature_net").all()
     assert v.loc[("normal", "A"), "variance_pca"] == v.loc[("normal", "AI"), "variance_pca"]  # not interpolated
-    assert v.loc[("com", "AI"), "n_interpolated"] == ((sets["origin"] == "interpolated") & (sets["label"] == "com")).sum()
+    com_interpolated = (sets["origin"] == "interpolated") & (sets["label"] == "com")
+    assert v.loc[("com", "AI"), "n_interpolated"] == com_interpolated.sum()
     assert (out / "interpolation.png").stat().st_size > 0 and (out / "pca.png").stat().st_size > 0
     # Same config and seed, same numbers.
     _, again = _run(tmp_path, "b", gen_manifest, tiny_ae, tiny_feature_net, tiny_config)
