@@ -14,7 +14,8 @@ are optional. The ``external`` split comes from a shifted "camera": colour balan
 for the cross-institution test (CLUE's AI-HUB set).
 
 ``ingest`` writes ``manifest.parquet`` (image_id, path, label, split, group, source) for the embedded set or for
-the user's own images: an ImageFolder tree ``<split>/<class>/*.png|jpg`` or a CSV/Parquet manifest.
+the user's own images: an ImageFolder tree ``<split>/<class>/*.png|jpg``, a CSV/Parquet manifest, or HAM10000
+in its own layout, optionally with another institution's external test set (``pipeline_lib.adapters``).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from .adapters import external_manifest, ham10000_manifest
 from .io import log, write_parquet, write_png
 
 SPLITS = ("train_a", "train_b", "test", "external")
@@ -288,8 +290,14 @@ def ingest(manifest_path: str | Path, image_dir: str | Path, params: Mapping[str
         df = scan_imagefolder(params["path"])
     elif source == "manifest":
         df = read_user_manifest(params["path"])
+    elif source == "ham10000":
+        df = ham10000_manifest(params)
     else:
-        raise ValueError(f"data.source must be embedded, imagefolder or manifest, got {source!r}")
+        raise ValueError(f"data.source must be embedded, imagefolder, manifest or ham10000, got {source!r}")
+    if params.get("external"):
+        if (df["split"] == "external").any():
+            raise ValueError(f"data.external: {params['path']} has its own external split already")
+        df = pd.concat([df, external_manifest(params["external"], list(params["classes"]))], ignore_index=True)
     df = normalise_manifest(df, list(params["classes"]), str(params["path"]))
     Path(image_dir).mkdir(parents=True, exist_ok=True)
     write_parquet(df, manifest_path)

@@ -126,7 +126,7 @@ wildcard_constraints:
 
 # The pipeline_lib modules each stage runs: listed as inputs, so an edit to the code reruns the stage.
 CODE = {
-    "ingest": ["data", "io"],
+    "ingest": ["data", "adapters", "io"],
     "preprocess": ["preprocess", "data", "io"],
     "autoencoder_kl": ["autoencoder", "metrics", "torchutils", "data", "io"],
     "autoencoder_vq": ["autoencoder", "vqgan", "perceptual", "nets", "metrics", "torchutils", "data", "io"],
