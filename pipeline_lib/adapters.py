@@ -94,6 +94,7 @@ def external_manifest(cfg: Mapping[str, Any], classes: list[str]) -> pd.DataFram
     if not path.is_file():
         raise FileNotFoundError(f"data.external.manifest: {path} not found")
     meta = pd.read_csv(path)
+    cfg = {"id_column": "img_id", "label_column": "diagnostic", **cfg}  # PAD-UFES-20's column names by default
     for key in ("id_column", "label_column"):
         if cfg[key] not in meta.columns:
             raise ValueError(f"{path}: column {cfg[key]!r} (data.external.{key}) not found; "

@@ -150,10 +150,15 @@ class DiffusionModel:
     references: dict | None = None  # multi-level: the training images' level tokens and labels
 
 
+LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
+
+
 def diffusion_loss(unet, prompt_encoder, scheduler, latents, labels, cond_dropout: float, gen: torch.Generator,
                    style: tuple[StyleEncoder, StyleAdapter, float] | None = None,
-                   multilevel: tuple[MultiLevelEmbedder, list[torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
-    """One denoising loss: eq. (8) of the CLUE paper for v-prediction (the simplified epsilon loss otherwise);
+                   multilevel: tuple[MultiLevelEmbedder, list[torch.Tensor]] | None = None,
+                   loss: str = "mse") -> dict[str, torch.Tensor]:
+    """One denoising loss: eq. (8) of the CLUE paper for v-prediction (the simplified epsilon loss otherwise),
+    squared error, or with ``loss = "l1"`` the absolute error (the multi-level paper, section III.E);
     with ``style = (encoder, adapter, lambda)`` the CLUE objective of eq. (11), the style latent drawn from the
     encoder's posterior on the clean latent and the (possibly dropped) prompt by eq. (12); with
     ``multilevel = (embedder, level tokens of the batch)`` the images' multi-level embeddings feed the gated
@@ -179,7 +184,9 @@ def diffusion_loss(unet, prompt_encoder, scheduler, latents, labels, cond_dropou
         embedder, levels = multilevel
         extra["gligen"] = embedder.gligen_kwargs(levels, keep=~drop)
     pred = unet(noisy, t, encoder_hidden_states=prompt, cross_attention_kwargs=extra or None).sample
-    terms["denoise"] = F.mse_loss(pred, target)
+    if loss not in LOSSES:
+        raise ValueError(f"diffusion.loss must be one of {sorted(LOSSES)}, got {loss!r}")
+    terms["denoise"] = LOSSES[loss](pred, target)
     terms["loss"] = terms["denoise"] + (kl_weight * terms["kl"] if style is not None else 0.0)
     return terms
 
@@ -188,10 +195,11 @@ class Objective(torch.nn.Module):
     """The training loss of all trainable modules as one module, so DistributedDataParallel can wrap it (the
     style adapter lives inside the UNet's attention processors, the embedders outside the UNet)."""
 
-    def __init__(self, modules: Mapping[str, torch.nn.Module], scheduler, cond_dropout: float, kl_weight: float):
+    def __init__(self, modules: Mapping[str, torch.nn.Module], scheduler, cond_dropout: float, kl_weight: float,
+                 loss: str = "mse"):
         super().__init__()
         self.parts = torch.nn.ModuleDict(dict(modules))
-        self.scheduler, self.cond_dropout, self.kl_weight = scheduler, cond_dropout, kl_weight
+        self.scheduler, self.cond_dropout, self.kl_weight, self.loss = scheduler, cond_dropout, kl_weight, loss
 
     def forward(self, latents: torch.Tensor, labels: torch.Tensor, gen: torch.Generator,
                 levels: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -199,7 +207,7 @@ class Objective(torch.nn.Module):
         style = (m["style_encoder"], m["style_adapter"], self.kl_weight) if "style_encoder" in m else None
         multilevel = (m["multilevel_embedder"], levels) if levels is not None else None
         return diffusion_loss(m["unet"], m["prompt_encoder"], self.scheduler, latents, labels, self.cond_dropout,
-                              gen, style, multilevel)
+                              gen, style, multilevel, self.loss)
 
 
 def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, log_table: str | Path,
@@ -302,7 +310,8 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
              ", ".join(f"{k} {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M" for k, m in modules.items()),
              tuple(mean.shape[1:]))
     sched = noise_scheduler(params)
-    objective = Objective(modules, sched, float(params["cond_dropout"]), style[2] if style else 0.0)
+    objective = Objective(modules, sched, float(params["cond_dropout"]), style[2] if style else 0.0,
+                          params.get("loss", "mse"))
     model = accelerator.prepare_model(objective) if accelerator is not None else objective
     trainable = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=float(params["lr"]))  # constant learning rate (CLUE Table 3)

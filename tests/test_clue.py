@@ -150,3 +150,27 @@ def test_clue_sampling_is_reproducible_and_sigma_changes_the_images(clue_model):
     assert not torch.allclose(sample(0.0), a)
     with pytest.raises(ValueError, match="a CLUE model needs the setting's `style_sigma`"):
         sample(None)
+
+
+def test_l1_denoising_loss_is_the_mean_absolute_error():
+    """With a denoiser that predicts 0 and epsilon-prediction the target is the drawn noise: MSE = mean(noise^2),
+    L1 (the multi-level paper's loss) = mean |noise|."""
+    from types import SimpleNamespace
+
+    def zero_unet(x, t, encoder_hidden_states=None, cross_attention_kwargs=None):
+        return SimpleNamespace(sample=torch.zeros_like(x))
+
+    penc = PromptEncoder(list(CLASSES), ["a b", "c d", "e f"], dim=16, max_length=4)
+    sched = noise_scheduler({"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4,
+                             "beta_end": 0.02, "prediction_type": "epsilon"})
+    lat, labels = torch.randn(4, 8, 8, 8), torch.tensor([0, 1, 2, 0])
+    noise = torch.randn(lat.shape, generator=torch.Generator().manual_seed(5))
+
+    def loss(kind):
+        return diffusion_loss(zero_unet, penc, sched, lat, labels, 0.0, torch.Generator().manual_seed(5),
+                              loss=kind)["denoise"]
+
+    torch.testing.assert_close(loss("l1"), noise.abs().mean())
+    torch.testing.assert_close(loss("mse"), noise.pow(2).mean())
+    with pytest.raises(ValueError, match=r"diffusion.loss must be one of \['l1', 'mse'\], got 'huber'"):
+        loss("huber")
