@@ -189,6 +189,9 @@ def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: st
     device = select_device(params["device"])
     kind, name = params.get("type", "kl"), params.get("name", "autoencoder")
     check_generative_splits(params["train_splits"], f"autoencoder.{name}.train_splits")
+    if int(params["steps"]) == 0 and not params.get("pretrained"):
+        raise ValueError(f"autoencoder.{name}.steps: 0 keeps pretrained weights as they are, and "
+                         f"autoencoder.{name}.pretrained is not set: the autoencoder would stay untrained")
     weights = loss_weights(params)
     x, _, _ = load_images(manifest, params["train_splits"], list(params["classes"]))
     ae = build_autoencoder(params, x.shape[-1]).to(device)

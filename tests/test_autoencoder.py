@@ -213,6 +213,22 @@ def test_finetune_from_saved_4_channel_vae_to_8_channels(tmp_path, tiny_config, 
         build_autoencoder({**p, "pretrained": str(tmp_path / "missing")}, 16)
 
 
+def test_zero_steps_keep_the_pretrained_vae_as_it_is(tmp_path, tiny_config, tiny_manifest):
+    """CLUE uses Stable Diffusion 2.1's VAE unchanged: steps 0 saves the pretrained weights with the scaling
+    factor measured on the training images; without pretrained weights steps 0 is an error."""
+    torch.manual_seed(2)
+    sd = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                       up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
+                       sample_size=16)
+    sd.save_pretrained(tmp_path / "sd_vae")
+    p = _params(tiny_config, "kl8", pretrained=str(tmp_path / "sd_vae"), latent_channels=4, steps=0)
+    train_autoencoder(tiny_manifest, tmp_path / "m", tmp_path / "log.parquet", p)
+    kept = load_autoencoder(tmp_path / "m", CPU).state_dict()
+    assert all(torch.equal(v, kept[k]) for k, v in sd.state_dict().items())
+    with pytest.raises(ValueError, match="autoencoder.kl8.steps: 0 keeps pretrained weights .* would stay untrained"):
+        train_autoencoder(tiny_manifest, tmp_path / "n", tmp_path / "n.parquet", {**p, "pretrained": None})
+
+
 # --- perceptual distance ------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
