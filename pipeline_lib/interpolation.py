@@ -164,7 +164,8 @@ def interpolate(gen_manifest: str | Path, ae_dir: str | Path, feature_net: str |
             for i in batch:
                 row = gen.iloc[i]
                 image = read_rgb(resolve_path(gen_manifest, row["path"]))
-                fov = cv2.erode(fov_mask(image.shape[0]), np.ones((3, 3), np.uint8)).astype(bool)
+                fov = np.ones(image.shape[:2], bool) if pre.get("aperture", "circle") == "none" else \
+                    cv2.erode(fov_mask(image.shape[0]), np.ones((3, 3), np.uint8)).astype(bool)
                 lesion = segment_lesion(image, fov, int(params["dilate"]))
                 fraction = float(lesion.sum() / max(1, fov.sum()))
                 record = {"source_image_id": row["image_id"], "label": row["label"], "lesion_fraction": fraction}

@@ -134,8 +134,13 @@ def inspect_frame(image: np.ndarray, params: Mapping[str, Any]) -> tuple[np.ndar
     """The frame to crop (hair removed when DullRazor is switched on) and the QC record of one RGB frame:
     cx, cy, r (CLUE section 4.3), hair_fraction, status (``ok`` or ``dropped``) and reason."""
     threshold, hair_cfg = int(params["threshold"]), params["hair_removal"]
-    cx, cy, r = find_circle(image, threshold)
     clean, hair = remove_hair(image, **_hair_args(params))
+    if params.get("aperture", "circle") == "none":  # dermoscopy: the whole frame is the field of view
+        h, w = image.shape[:2]
+        record = {"cx": w / 2, "cy": h / 2, "r": float("nan"), "hair_fraction": float((hair > 0).mean()),
+                  "status": "ok", "reason": ""}
+        return (clean if hair_cfg["enabled"] else image), record
+    cx, cy, r = find_circle(image, threshold)
     inside = np.zeros(image.shape[:2], np.uint8)
     if r > 0:
         cv2.circle(inside, (int(round(cx)), int(round(cy))), int(round(r)), 1, -1)
@@ -160,8 +165,19 @@ def preprocess_image(image: np.ndarray, params: Mapping[str, Any]) -> tuple[np.n
     frame, record = inspect_frame(image, params)
     if record["status"] != "ok":
         return None, None, record
-    out, out_mask = mask_crop_resize(frame, record["cx"], record["cy"], record["r"], int(params["image_size"]))
+    out, out_mask = crop_resize(frame, record, params)
     return out, out_mask, record
+
+
+def crop_resize(frame: np.ndarray, record: Mapping[str, Any], params: Mapping[str, Any]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The circle's mask, crop and resize (``aperture: circle``), or the whole frame resized with a full mask
+    (``aperture: none``: dermoscopy, as the multi-level paper's plain resize to 256 x 256)."""
+    size = int(params["image_size"])
+    if params.get("aperture", "circle") == "none":
+        return (cv2.resize(frame, (size, size), interpolation=cv2.INTER_LINEAR),
+                np.full((size, size), 255, np.uint8))
+    return mask_crop_resize(frame, record["cx"], record["cy"], record["r"], size)
 
 
 def _preprocess_row(task: tuple[dict, str, str, Mapping[str, Any]]) -> tuple[dict, dict | None]:
@@ -177,7 +193,7 @@ def _preprocess_row(task: tuple[dict, str, str, Mapping[str, Any]]) -> tuple[dic
     record = {"image_id": row["image_id"], **record}
     if record["status"] != "ok":
         return record, None
-    out, out_mask = mask_crop_resize(frame, record["cx"], record["cy"], record["r"], int(params["image_size"]))
+    out, out_mask = crop_resize(frame, record, params)
     write_png(out, Path(out_dir) / "images" / f"{row['image_id']}.png")
     write_png(out_mask, Path(out_dir) / "masks" / f"{row['image_id']}.png")
     lesion = None

@@ -48,6 +48,18 @@ def test_mask_crop_resize_geometry():
     assert out[0, 0].max() == 0 and out[16, 16].min() > 150
 
 
+def test_no_aperture_resizes_the_whole_frame_for_dermoscopy(tiny_config):
+    """aperture: none (dermoscopy has no endoscopic circle): the whole frame, resized, with a full mask; even a
+    dark frame in which no aperture would be found is kept."""
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 20, (45, 60, 3), dtype=np.uint8)  # below the threshold everywhere
+    params = {**tiny_config["preprocess"], "aperture": "none", "image_size": 16}
+    out, mask, record = preprocess_image(frame, params)
+    assert record["status"] == "ok" and out.shape == (16, 16, 3) and (mask == 255).all()
+    assert np.array_equal(out, cv2.resize(frame, (16, 16), interpolation=cv2.INTER_LINEAR))
+    assert preprocess_image(frame, {**params, "aperture": "circle"})[2]["status"] == "dropped"
+
+
 def test_remove_hair_finds_and_inpaints_a_dark_line():
     img = disc_image(value=180)
     cv2.line(img, (30, 20), (80, 60), (20, 20, 20), 2)
