@@ -317,6 +317,12 @@ def classify_params(wildcards):
 
 
 def _check_grid():
+    if len(CLASSES) == 1:
+        labelled = [v for v in VARIANTS if VARIANT_CFG[v]["conditioning"] != "cluster"]
+        if labelled:
+            raise ValueError(f"data.classes: one class ({CLASSES[0]}) means unlabelled images, which only "
+                             f"cluster-conditioned variants can learn; variants {labelled} need two classes or more "
+                             f"(set them to null to drop the ones config/config.yaml gives)")
     pairs = []
     for s, cfg in config["generate"]["settings"].items():
         named = cfg.get("variants", list(VARIANT_MEMBERS))
@@ -357,6 +363,11 @@ def classify_tables():
 
 def evaluate_tables():
     return _over_grid(f"{R}/evaluate/{{variant}}/{{setting}}/seed{{seed}}/quality.parquet")
+
+
+def real_features_input():
+    """The real images' cached features, which the PCA figures of class-conditioned variants need."""
+    return [f"{R}/evaluate/feature_net/real_features.parquet"] if pca_inputs() else []
 
 
 def pca_inputs():

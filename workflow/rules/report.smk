@@ -7,7 +7,7 @@ rule report:
         trajectory=trajectory_tables(),
         interpolation=interpolation_tables(),
         manifest=rules.preprocess.output.manifest,
-        real_features=rules.feature_net.output.real_features,
+        real_features=real_features_input(),
         gen_features=[f for _, _, f in pca_inputs()],
         generated=generated("manifest.parquet"),
         images=generated("images"),

@@ -7,7 +7,7 @@ with stage_log(snakemake.log[0]):
               "cluster_quality": list(inp.cluster_quality), "trajectory": list(inp.trajectory),
               "interpolation": list(inp.interpolation),
               "manifest": inp.manifest,
-              "real_features": inp.real_features,
+              "real_features": next(iter(inp.real_features), None),
               "generated": list(inp.generated)}
     outputs = {key: (list(value) if key in ("grids", "pca") else value) for key, value in out.items()}
     report(inputs, outputs, snakemake.params.cfg)

@@ -1,0 +1,69 @@
+"""The papers' configurations: each passes the schema and plans the papers' job grid in a dry run. The local
+weights they name are stood in for by empty files (a dry run only checks that inputs exist)."""
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PLACEHOLDERS = ["models/stable-diffusion-2-1/vae/", "models/open_clip/ViT-H-14.bin", "models/vgg16-397923af.pth"]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    work = tmp_path_factory.mktemp("papers")
+    for part in ("Snakefile", "workflow", "pipeline_lib", "profiles", "config"):
+        src = ROOT / part
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / part)
+    for p in PLACEHOLDERS:
+        target = work / p
+        if p.endswith("/"):
+            target.mkdir(parents=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.touch()
+    return work
+
+
+def dry_run(work: Path, config: str) -> dict[str, int]:
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "2", "--configfile", config],
+                          cwd=work, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = (proc.stdout + proc.stderr).split("Job stats:", 1)[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
+
+
+def test_paper_clue_plans_ten_seeds_five_settings_and_the_full_classifier_grids(work):
+    jobs = dry_run(work, "config/paper_clue.yaml")
+    assert jobs["autoencoder"] == 1 and jobs["diffusion"] == 2  # SD 2.1's VAE as it is; Vanilla and CLUE
+    assert jobs["generate"] == 10 * 5 and jobs["evaluate"] == 10 * 5  # Vanilla + sigma 0, 0.1, 0.3, 0.5
+    # Tables 8-15: 11 replacement shares + "100 % + 1A", 4 scales + "1000 % + 1A", one InceptionV3 each.
+    assert jobs["classify"] == 10 * 5 * (11 + 1 + 4 + 1)
+    assert "cluster" not in jobs and "trajectory" not in jobs and "interpolation" not in jobs
+
+
+def test_paper_multilevel_plans_the_ablation_the_five_classifiers_and_the_interpolation(work):
+    jobs = dry_run(work, "config/paper_multilevel.yaml")
+    assert jobs["autoencoder"] == 2 and jobs["autoencoder_metrics"] == 2  # 4ch and 8ch (Table 1)
+    assert jobs["diffusion"] == 3  # 4ch, 8ch, 8ch + ML (Table 5)
+    pairs_seeds = 3 * 3 * 3  # variants x CFG scales 1, 3, 5 x seeds
+    assert jobs["generate"] == jobs["evaluate"] == jobs["interpolation"] == pairs_seeds
+    assert jobs["classify"] == pairs_seeds * 5 * (1 + 4)  # VGG13/16/19, ResNet18/34 x real + Table I's four
+
+
+def test_paper_cldm_plans_one_cluster_conditioned_model_per_k_and_no_class_stages(work):
+    jobs = dry_run(work, "config/paper_cldm.yaml")
+    assert jobs["cluster"] == 1 and jobs["diffusion"] == 7  # k = 10..16 (Table 4)
+    assert jobs["generate"] == jobs["cluster_quality"] == 7 * 3
+    assert not {"feature_net", "evaluate", "classify"} & set(jobs)  # unlabelled: no class-based stages
+
+
+def test_one_class_with_a_class_conditioned_variant_is_an_error(work):
+    (work / "one_class.yaml").write_text("data: {classes: [tissue]}\n")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", "one_class.yaml"],
+                          cwd=work, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "data.classes: one class (tissue) means unlabelled images" in proc.stdout + proc.stderr
