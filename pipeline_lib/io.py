@@ -122,8 +122,9 @@ def write_png(image: np.ndarray, path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def stage_log(log_path: str | os.PathLike | None) -> Iterator[logging.Logger]:
-    """Send the ``pipeline_lib`` logger, stdout and stderr (tqdm progress) of a rule to its log file."""
+def stage_log(log_path: str | os.PathLike | None, job=None) -> Iterator[logging.Logger]:
+    """Send the ``pipeline_lib`` logger, stdout and stderr (tqdm progress) of a rule to its log file. With the
+    ``job`` (a script's ``snakemake`` object), a GPU job first takes its GPU slots (``gpu_slots``)."""
     if log_path is None:
         yield log
         return
@@ -137,6 +138,10 @@ def stage_log(log_path: str | os.PathLike | None) -> Iterator[logging.Logger]:
         old_out, old_err = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = fh
         try:
+            if job is not None:
+                from .gpu_slots import claim_for_job
+
+                claim_for_job(job)
             yield log
         except BaseException:
             log.exception("stage failed")

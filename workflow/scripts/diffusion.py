@@ -1,7 +1,7 @@
 from pipeline_lib.diffusion import train_diffusion
 from pipeline_lib.io import stage_log
 
-with stage_log(snakemake.log[0]):
+with stage_log(snakemake.log[0], snakemake):
     inp, out = snakemake.input, snakemake.output
     clusters = {"assignments": inp.cluster_assignments, "selection": inp.cluster_selection} \
         if "cluster_assignments" in inp.keys() else None

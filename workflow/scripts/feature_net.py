@@ -1,7 +1,7 @@
 from pipeline_lib.evaluate import train_feature_net
 from pipeline_lib.io import stage_log
 
-with stage_log(snakemake.log[0]):
+with stage_log(snakemake.log[0], snakemake):
     out = snakemake.output
     train_feature_net(snakemake.input.manifest, out.model, out.train_log, snakemake.params.cfg,
                       features_out=out.real_features, threads=snakemake.threads)

@@ -1,7 +1,7 @@
 from pipeline_lib.generate import generate
 from pipeline_lib.io import stage_log
 
-with stage_log(snakemake.log[0]):
+with stage_log(snakemake.log[0], snakemake):
     inp, out = snakemake.input, snakemake.output
     generate(inp.manifest, inp.autoencoder, inp.model, out.images, out.manifest, snakemake.params.cfg,
              threads=snakemake.threads)

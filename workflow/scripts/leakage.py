@@ -1,6 +1,6 @@
 from pipeline_lib.io import stage_log
 from pipeline_lib.leakage import check_data
 
-with stage_log(snakemake.log[0]):
+with stage_log(snakemake.log[0], snakemake):
     inp, out = snakemake.input, snakemake.output
     check_data(inp.raw, inp.manifest, out.table, out.hashes)

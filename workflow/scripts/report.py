@@ -1,7 +1,7 @@
 from pipeline_lib.io import stage_log
 from pipeline_lib.report import report
 
-with stage_log(snakemake.log[0]):
+with stage_log(snakemake.log[0], snakemake):
     inp, out = snakemake.input, snakemake.output
     inputs = {"recon": list(inp.recon), "classify": list(inp.classify), "evaluate": list(inp.evaluate),
               "cluster_quality": list(inp.cluster_quality), "trajectory": list(inp.trajectory),

@@ -1,7 +1,7 @@
 from pipeline_lib.io import stage_log
 from pipeline_lib.trajectory import traverse
 
-with stage_log(snakemake.log[0]):
+with stage_log(snakemake.log[0], snakemake):
     inp, out = snakemake.input, snakemake.output
     traverse(inp.autoencoder, inp.model, inp.classifier, out.table, out.per_image, out.figure, snakemake.params.cfg,
              threads=snakemake.threads)
