@@ -89,7 +89,11 @@ def claim_for_job(job: Any) -> list[str]:
     """The slots of a Snakemake job (the ``snakemake`` object of a script): ``resources.gpu`` of them from the
     config's ``gpu_devices`` (null: the visible GPUs). None on a machine without GPUs, or under SLURM."""
     n = int(getattr(job.resources, "gpu", 0) or 0)
-    if n == 0 or os.environ.get("SLURM_JOB_ID"):
+    if n == 0:
+        return []
+    if os.environ.get("SLURM_JOB_ID"):
+        log.info("SLURM job %s: CUDA_VISIBLE_DEVICES=%s, assigned by the scheduler", os.environ["SLURM_JOB_ID"],
+                 os.environ.get("CUDA_VISIBLE_DEVICES", ""))
         return []
     devices = job.config.get("gpu_devices")
     devices = visible_devices() if devices is None else list(devices)

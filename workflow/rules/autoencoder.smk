@@ -12,6 +12,8 @@ rule autoencoder:
     threads: 2
     resources:
         gpu=1,
+    conda:
+        "../../envs/medaug.yaml"
     log:
         f"{LOGS}/autoencoder/{{ae}}.log",
     benchmark:
@@ -34,7 +36,11 @@ rule autoencoder_metrics:
     threads: 1
     resources:
         gpu=1,
+    conda:
+        "../../envs/medaug.yaml"
     log:
         f"{LOGS}/autoencoder/{{ae}}_metrics.log",
+    benchmark:
+        f"{LOGS}/autoencoder/{{ae}}_metrics.benchmark.tsv"
     script:
         "../scripts/autoencoder_metrics.py"

@@ -15,6 +15,8 @@ rule classify:
     threads: 1
     resources:
         gpu=1,
+    conda:
+        "../../envs/medaug.yaml"
     log:
         f"{LOGS}/classify/{{variant}}/{{setting}}/seed{{seed}}/{{arch}}/{{point}}.log",
     benchmark:

@@ -16,6 +16,8 @@ if "cluster" in config:
         threads: 1
         resources:
             gpu=1,
+        conda:
+            "../../envs/medaug.yaml"
         log:
             f"{LOGS}/cluster.log",
         benchmark:
@@ -41,6 +43,8 @@ if "cluster" in config:
         threads: 1
         resources:
             gpu=1,
+        conda:
+            "../../envs/medaug.yaml"
         log:
             f"{LOGS}/cluster/quality/{{variant}}/{{setting}}/seed{{seed}}.log",
         benchmark:

@@ -6,6 +6,28 @@ import os
 import re
 from pathlib import Path
 
+from snakemake.utils import validate
+
+
+def drop_nulls(cfg):
+    """A file given with --configfile is merged into config/config.yaml; setting an entry to null there removes
+    what config/config.yaml gives: an optional section (cluster, trajectory, interpolation) or a named entry
+    (autoencoder, diffusion variant, generation setting, classifier count set)."""
+    for section in ("cluster", "trajectory", "interpolation"):
+        if section in cfg and cfg[section] is None:
+            del cfg[section]
+    for path in (("autoencoder",), ("diffusion", "variants"), ("generate", "settings"), ("classify", "count_sets")):
+        node = cfg
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            for name in [n for n, v in node.items() if v is None]:
+                del node[name]
+
+
+drop_nulls(config)
+validate(config, "../schemas/config.schema.yaml")
+
 R = f"results/{config['experiment']}"
 LOGS = f"logs/{config['experiment']}"
 AUTOENCODERS = list(config["autoencoder"])

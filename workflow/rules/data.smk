@@ -6,6 +6,8 @@ rule ingest:
         images=directory(f"{R}/data/images"),
     params:
         cfg=data_params(),
+    conda:
+        "../../envs/medaug.yaml"
     log:
         f"{LOGS}/ingest.log",
     script:

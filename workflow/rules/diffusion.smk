@@ -13,6 +13,8 @@ rule diffusion:
     threads: 2
     resources:
         gpu=config["diffusion"]["gpus"],
+    conda:
+        "../../envs/medaug.yaml"
     log:
         f"{LOGS}/diffusion/{{variant}}.log",
     benchmark:

@@ -12,6 +12,8 @@ rule feature_net:
     threads: 1
     resources:
         gpu=1,
+    conda:
+        "../../envs/medaug.yaml"
     log:
         f"{LOGS}/evaluate/feature_net.log",
     benchmark:
@@ -36,6 +38,8 @@ rule evaluate:
     threads: 1
     resources:
         gpu=1,
+    conda:
+        "../../envs/medaug.yaml"
     log:
         f"{LOGS}/evaluate/{{variant}}/{{setting}}/seed{{seed}}.log",
     benchmark:

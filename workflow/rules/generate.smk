@@ -12,6 +12,8 @@ rule generate:
     threads: 1
     resources:
         gpu=1,
+    conda:
+        "../../envs/medaug.yaml"
     log:
         f"{LOGS}/generate/{{variant}}/{{setting}}/seed{{seed}}.log",
     benchmark:

@@ -18,6 +18,8 @@ if "interpolation" in config:
         threads: 1
         resources:
             gpu=1,
+        conda:
+            "../../envs/medaug.yaml"
         log:
             f"{LOGS}/interpolation/{{variant}}/{{setting}}/seed{{seed}}.log",
         benchmark:

@@ -11,8 +11,12 @@ rule preprocess:
     params:
         cfg=config["preprocess"],
     threads: 2
+    conda:
+        "../../envs/medaug.yaml"
     log:
         f"{LOGS}/preprocess.log",
+    benchmark:
+        f"{LOGS}/preprocess.benchmark.tsv"
     script:
         "../scripts/preprocess.py"
 
@@ -25,7 +29,11 @@ rule leakage:
     output:
         table=LEAKAGE,
         hashes=f"{R}/preprocess/hashes.parquet",
+    conda:
+        "../../envs/medaug.yaml"
     log:
         f"{LOGS}/leakage.log",
+    benchmark:
+        f"{LOGS}/leakage.benchmark.tsv"
     script:
         "../scripts/leakage.py"

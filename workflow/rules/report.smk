@@ -16,6 +16,8 @@ rule report:
         **report_outputs(flagged=True),
     params:
         cfg={"classes": CLASSES, "seed": config["seed"], "pca": pca_inputs(), "roc_point": ROC_POINT},
+    conda:
+        "../../envs/medaug.yaml"
     log:
         f"{LOGS}/report.log",
     script:

@@ -16,6 +16,8 @@ if "trajectory" in config:
         threads: 1
         resources:
             gpu=1,
+        conda:
+            "../../envs/medaug.yaml"
         log:
             f"{LOGS}/trajectory/{{variant}}/{{setting}}/seed{{seed}}.log",
         benchmark:

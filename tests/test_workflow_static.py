@@ -1,5 +1,6 @@
-"""The papers' configurations: each passes the schema and plans the papers' job grid in a dry run. The local
-weights they name are stood in for by empty files (a dry run only checks that inputs exist)."""
+"""The workflow without running it: `snakemake --lint` is clean, every rule has a log and the heavy ones a
+benchmark, and the papers' configurations each pass the schema and plan the papers' job grid in a dry run (the
+local weights they name are stood in for by empty files: a dry run only checks that inputs exist)."""
 import re
 import shutil
 import subprocess
@@ -67,3 +68,20 @@ def test_one_class_with_a_class_conditioned_variant_is_an_error(work):
                           cwd=work, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert "data.classes: one class (tissue) means unlabelled images" in proc.stdout + proc.stderr
+
+
+def test_lint_is_clean_and_every_rule_logs(work):
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=work, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0 and "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr, \
+        proc.stdout[-3000:] + proc.stderr[-3000:]
+    rules = {}  # rule name -> its text up to the next rule
+    for f in (work / "workflow" / "rules").glob("*.smk"):
+        text = f.read_text()
+        names = re.findall(r"^\s*rule (\w+):", text, flags=re.M)
+        rules.update(zip(names, re.split(r"^\s*rule \w+:", text, flags=re.M)[1:]))
+    assert len(rules) >= 15
+    assert all("log:" in body for body in rules.values()), [r for r, b in rules.items() if "log:" not in b]
+    light = {"ingest", "report"}  # reading a manifest, writing tables: no benchmark needed
+    missing = [r for r, b in rules.items() if r not in light and "benchmark:" not in b]
+    assert not missing, missing
