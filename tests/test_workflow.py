@@ -171,6 +171,31 @@ def test_interpolation_edit_reruns_only_the_interpolations_and_the_report(run, t
     assert jobs == {"interpolation": 3 * len(tiny_config["generate"]["seeds"]), "report": 1, "all": 1}
 
 
+def test_generation_edit_reruns_generation_and_what_follows_but_no_training(run, tiny_config):
+    work, _ = run
+    _edited(work, tiny_config, "generate", "num_inference_steps", tiny_config["generate"]["num_inference_steps"] + 1)
+    jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
+    assert set(jobs) == {"generate", "evaluate", "classify", "interpolation", "cluster_quality", "trajectory",
+                         "report", "all"}  # no autoencoder, diffusion, cluster or feature network
+    assert jobs["generate"] == 4 * len(tiny_config["generate"]["seeds"])
+
+
+def test_preprocessing_edit_reruns_everything_after_it(run, tiny_config):
+    work, _ = run
+    _edited(work, tiny_config, "preprocess", "threshold", tiny_config["preprocess"].get("threshold", 26) + 1)
+    jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
+    assert "ingest" not in jobs
+    assert {"preprocess", "leakage", "autoencoder", "feature_net", "cluster", "diffusion", "generate", "evaluate",
+            "classify", "report"} <= set(jobs)
+
+
+def test_a_comment_edit_reruns_nothing(run, tiny_config):
+    work, _ = run
+    text = (work / "config.yaml").read_text()
+    (work / "edited.yaml").write_text("# a note on this run\n" + text.replace("\n", "  # noted\n", 3))
+    assert planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml")) == {}
+
+
 def test_diffusion_edit_keeps_autoencoder_and_feature_network(run, tiny_config):
     work, _ = run
     _edited(work, tiny_config, "diffusion", "steps", tiny_config["diffusion"]["steps"] + 1)
