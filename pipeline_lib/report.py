@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .data import resolve_path
-from .io import feature_columns, log, pyplot, read_parquet, read_rgb, save_figure, write_parquet
+from .io import atomic_path, feature_columns, log, pyplot, read_parquet, read_rgb, save_figure, write_parquet
 
 
 def summarise(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str]) -> pd.DataFrame:
@@ -197,6 +197,13 @@ def semantic_variance_table(tables: Sequence[str]) -> pd.DataFrame:
                            ).reset_index(drop=True)
 
 
+def write_csv_copy(table: pd.DataFrame, path: str | Path) -> None:
+    """A Parquet table as CSV for `snakemake --report` (columns holding arrays, e.g. ROC points, left out)."""
+    scalar = [c for c in table.columns if not table[c].map(lambda v: isinstance(v, (list, np.ndarray))).any()]
+    with atomic_path(path) as tmp:
+        table[scalar].to_csv(tmp, index=False)
+
+
 def report(inputs: Mapping[str, Sequence[str]], outputs: Mapping[str, Any], params: Mapping[str, Any]) -> None:
     """Entry point of the report rule. ``inputs``: recon, classify, evaluate and cluster_quality tables, the real
     manifest and the generated manifests; the class-based outputs exist when class-conditioned variants do,
@@ -253,3 +260,6 @@ def report(inputs: Mapping[str, Sequence[str]], outputs: Mapping[str, Any], para
         cells = [c for c in table if not c.endswith(("_mean", "_std"))]
         log.info("cluster-conditioned generation (cLDM Table 4 and section 4.5), mean (± std) over seeds:\n%s",
                  table[cells].to_string(index=False))
+    for key, path in outputs.items():
+        if key.endswith("_csv"):
+            write_csv_copy(read_parquet(outputs[key[: -len("_csv")]]), path)

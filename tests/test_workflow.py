@@ -328,3 +328,18 @@ def test_classifier_archs_are_timm_names_checked_before_any_job(run, tiny_config
     _edited(work, tiny_config, "classify", "archs", ["small_cnn", "resnet18"])
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
     assert jobs["classify"] == len(tiny_config["generate"]["seeds"]) * 3 * 5  # the new arch's grid only
+
+
+def test_html_report_holds_the_tables_and_figures_by_category(run, tiny_config):
+    work, res = run
+    for key in ("autoencoder_comparison", "evaluate_summary", "classify_tables", "cluster_generation",
+                "trajectory_summary", "semantic_variance"):
+        csv = pd.read_csv(res / "report" / "tables" / f"{key}.csv")
+        assert len(csv) == len(pd.read_parquet(res / "report" / f"{key}.parquet"))
+    snakemake(work, "--report", "report.zip")
+    import zipfile
+
+    names = zipfile.ZipFile(work / "report.zip").namelist()
+    text = "\n".join(names)
+    for item in ("classify_tables.csv", "semantic_variance.csv", "f1_vs_ratio.png", "roc_replace_100.png"):
+        assert item in text, item
