@@ -44,7 +44,7 @@ def cluster(tmp_path_factory):
 def test_tiny_workflow_through_the_slurm_profile(cluster, tmp_path, tiny_config):
     work = tmp_path / "work"
     work.mkdir()
-    for part in ("Snakefile", "workflow", "pipeline_lib", "profiles"):
+    for part in ("Snakefile", "workflow", "pipeline_lib", "profiles", "envs"):
         src = ROOT / part
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / part)
     (work / "config").mkdir()

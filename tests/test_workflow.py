@@ -34,7 +34,7 @@ def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_config):
     work = tmp_path_factory.mktemp("workflow")
-    for part in ("Snakefile", "workflow", "pipeline_lib", "profiles"):
+    for part in ("Snakefile", "workflow", "pipeline_lib", "profiles", "envs"):
         src = ROOT / part
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / part)
     (work / "config").mkdir()

@@ -16,7 +16,7 @@ PLACEHOLDERS = ["models/stable-diffusion-2-1/vae/", "models/open_clip/ViT-H-14.b
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     work = tmp_path_factory.mktemp("papers")
-    for part in ("Snakefile", "workflow", "pipeline_lib", "profiles", "config"):
+    for part in ("Snakefile", "workflow", "pipeline_lib", "profiles", "envs", "config"):
         src = ROOT / part
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / part)
     for p in PLACEHOLDERS:
