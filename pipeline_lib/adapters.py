@@ -19,6 +19,7 @@ import pandas as pd
 
 from .io import log
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # image files the adapters and the ImageFolder scan take
 HAM_COLUMNS = ("image_id", "dx", "lesion_id")
 GENERATIVE_SPLITS = ("train_a", "train_b", "test")
 
@@ -47,7 +48,7 @@ def grouped_split(groups: pd.Series, labels: pd.Series, fractions: Mapping[str, 
     return groups.map(assigned)
 
 
-def find_images(root: Path, ids: pd.Series, suffixes=(".jpg", ".jpeg", ".png")) -> pd.Series:
+def find_images(root: Path, ids: pd.Series, suffixes=IMAGE_SUFFIXES) -> pd.Series:
     """The file of each image id below ``root`` (<image_id>.<suffix>, any depth)."""
     found = {}
     for p in root.rglob("*"):

@@ -27,12 +27,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .adapters import external_manifest, ham10000_manifest
+from .adapters import IMAGE_SUFFIXES, external_manifest, ham10000_manifest
 from .io import log, write_parquet, write_png
 
 SPLITS = ("train_a", "train_b", "test", "external")
 CLASSES = ("normal", "ome", "com")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MANIFEST_COLUMNS = ("image_id", "path", "label", "split", "group", "source")
 
 

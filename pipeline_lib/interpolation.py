@@ -44,10 +44,8 @@ from .generate import finalize_synthetic, fov_mask
 from .io import atomic_path, log, pyplot, read_parquet, read_rgb, save_figure, write_parquet, write_png
 from .multilevel import OpenClipLevels
 from .nets import extract_features, load_feature_net
+from .preprocess import inpaint
 from .torchutils import select_device, set_threads, to_tensor, to_uint8
-
-INPAINT_METHODS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
-
 
 def segment_lesion(image: np.ndarray, fov: np.ndarray, dilate: int = 1) -> np.ndarray:
     """Boolean lesion mask (H, W) of an RGB uint8 image inside the boolean field of view ``fov`` (see the module
@@ -78,12 +76,10 @@ def segment_lesion(image: np.ndarray, fov: np.ndarray, dilate: int = 1) -> np.nd
 def pseudo_normal(image: np.ndarray, lesion: np.ndarray, fov: np.ndarray, radius: int = 3,
                   method: str = "telea") -> np.ndarray:
     """The image with ``lesion`` inpainted from the surrounding tissue, black outside the field of view."""
-    if method not in INPAINT_METHODS:
-        raise ValueError(f"interpolation.inpaint_method must be one of {sorted(INPAINT_METHODS)}, got {method!r}")
     inside = fov.astype(bool)
     filled = image.copy()
     filled[~inside] = np.median(image[inside & ~lesion], axis=0).astype(np.uint8)
-    out = cv2.inpaint(filled, lesion.astype(np.uint8), int(radius), INPAINT_METHODS[method])
+    out = inpaint(filled, lesion.astype(np.uint8), radius, method, key="interpolation.inpaint_method")
     return out * inside[..., None].astype(np.uint8)
 
 

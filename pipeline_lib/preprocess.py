@@ -66,6 +66,15 @@ def _plateau_centre(dist: np.ndarray, offset: int = 0) -> tuple[float, float, fl
 
 
 KERNEL_SHAPES = {"cross": cv2.MORPH_CROSS, "rect": cv2.MORPH_RECT, "ellipse": cv2.MORPH_ELLIPSE}
+INPAINT_METHODS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
+
+
+def inpaint(image: np.ndarray, mask: np.ndarray, radius: int, method: str, key: str = "inpaint method") -> np.ndarray:
+    """OpenCV inpainting of the non-zero pixels of ``mask`` (uint8) by Telea's or the Navier-Stokes method;
+    ``key`` names the setting in the error for an unknown method."""
+    if method not in INPAINT_METHODS:
+        raise ValueError(f"{key} must be one of {sorted(INPAINT_METHODS)}, got {method!r}")
+    return cv2.inpaint(image, mask, int(radius), INPAINT_METHODS[method])
 
 
 def remove_hair(image: np.ndarray, kernel_size: int = 9, threshold: int = 10, inpaint_radius: int = 3,
@@ -74,16 +83,13 @@ def remove_hair(image: np.ndarray, kernel_size: int = 9, threshold: int = 10, in
     ``kernel_shape`` structuring element of ``kernel_size`` px, threshold to a hair mask, inpaint (Telea or
     Navier-Stokes). Returns ``(clean, hair_mask)``: the inpainted RGB image and the uint8 hair mask (0 or 255).
     """
-    methods = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
-    if method not in methods:
-        raise ValueError(f"inpaint method must be one of {sorted(methods)}, got {method!r}")
     if kernel_shape not in KERNEL_SHAPES:
         raise ValueError(f"kernel_shape must be one of {sorted(KERNEL_SHAPES)}, got {kernel_shape!r}")
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     kernel = cv2.getStructuringElement(KERNEL_SHAPES[kernel_shape], (kernel_size, kernel_size))
     blackhat = cv2.morphologyEx(gray, cv2.MORPH_BLACKHAT, kernel)
     _, hair = cv2.threshold(blackhat, threshold, 255, cv2.THRESH_BINARY)
-    clean = cv2.inpaint(image, hair, inpaint_radius, methods[method])
+    clean = inpaint(image, hair, inpaint_radius, method)
     return clean, hair
 
 

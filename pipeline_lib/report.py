@@ -209,8 +209,14 @@ def report(inputs: Mapping[str, Sequence[str]], outputs: Mapping[str, Any], para
     manifest and the generated manifests; the class-based outputs exist when class-conditioned variants do,
     ``cluster_generation`` when cluster-conditioned ones do."""
     pd.set_option("display.width", 160)
+
+    def emit(key: str, table: pd.DataFrame) -> None:  # a report table, and its CSV copy where one is asked for
+        write_parquet(table, outputs[key])
+        if f"{key}_csv" in outputs:
+            write_csv_copy(table, outputs[f"{key}_csv"])
+
     recon = pd.concat([read_parquet(p) for p in inputs["recon"]], ignore_index=True)
-    write_parquet(recon, outputs["autoencoder_comparison"])
+    emit("autoencoder_comparison", recon)
     log.info("autoencoders, reconstructions of the test split (multi-level paper Table 1):\n%s",
              recon.to_string(index=False))
     if inputs["classify"]:
@@ -220,14 +226,14 @@ def report(inputs: Mapping[str, Sequence[str]], outputs: Mapping[str, Any], para
         cls_summary = summarise(overall, ["variant", "setting", "arch", "point", "protocol", "synthetic_scale",
                                           "test_set"], ["f1_macro", "auc_ovr", "accuracy"])
         tables = classify_tables(overall)
-        write_parquet(tables, outputs["classify_tables"])
+        emit("classify_tables", tables)
         per_class = cls[cls["class"] != "all"]
-        write_parquet(mean_std_cells(per_class, ["variant", "setting", "arch", "point", "test_set", "class"],
-                                     ["f1", "auc"]), outputs["classify_per_class"])
+        emit("classify_per_class", mean_std_cells(per_class, ["variant", "setting", "arch", "point", "test_set",
+                                                              "class"], ["f1", "auc"]))
         ev_summary = ev.groupby(["variant", "setting", "reference", "class", "metric"])["value"].agg(
             ["mean", "std", "count"]).reset_index().rename(columns={"count": "n_seeds"})
-        write_parquet(cls_summary, outputs["classify_summary"])
-        write_parquet(ev_summary, outputs["evaluate_summary"])
+        emit("classify_summary", cls_summary)
+        emit("evaluate_summary", ev_summary)
         n = len(params["classes"])
         f1_curve(cls_summary, outputs["f1_plot"], n, "replace",
                  "synthetic share of the training set (%)  (star: 100 % synthetic + all real)")
@@ -245,21 +251,18 @@ def report(inputs: Mapping[str, Sequence[str]], outputs: Mapping[str, Any], para
         log.info("image quality, mean ± std over seeds:\n%s", ev_summary.to_string(index=False))
     if inputs.get("trajectory"):
         table = trajectory_summary(inputs["trajectory"])
-        write_parquet(table, outputs["trajectory_summary"])
+        emit("trajectory_summary", table)
         cells = [c for c in table if not c.endswith(("_mean", "_std"))]
         log.info("trajectory traversal, mean (± std) over seeds:\n%s", table[cells].to_string(index=False))
     if inputs.get("interpolation"):
         table = semantic_variance_table(inputs["interpolation"])
-        write_parquet(table, outputs["semantic_variance"])
+        emit("semantic_variance", table)
         cells = [c for c in table if not c.endswith(("_mean", "_std", "_full"))]
         log.info("semantic variance of A and AI (multi-level paper Table 6), mean (± std) over seeds:\n%s",
                  table[cells].to_string(index=False))
     if inputs["cluster_quality"]:
         table = cluster_generation_table(inputs["cluster_quality"])
-        write_parquet(table, outputs["cluster_generation"])
+        emit("cluster_generation", table)
         cells = [c for c in table if not c.endswith(("_mean", "_std"))]
         log.info("cluster-conditioned generation (cLDM Table 4 and section 4.5), mean (± std) over seeds:\n%s",
                  table[cells].to_string(index=False))
-    for key, path in outputs.items():
-        if key.endswith("_csv"):
-            write_csv_copy(read_parquet(outputs[key[: -len("_csv")]]), path)

@@ -1,10 +1,24 @@
 """Shared fixtures: tiny configs and data made on the fly; nothing is downloaded and no GPU is needed."""
+import shutil
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def copy_workflow(work: Path, configs: Sequence[str] | None = ("config.yaml",)) -> Path:
+    """The workflow (Snakefile, rules and scripts, the package, profiles, the conda environment its rules name)
+    copied into ``work`` with the named files of config/ (None: all), so a test's runs keep their results there."""
+    for part in ("Snakefile", "workflow", "pipeline_lib", "profiles", "envs"):
+        src = ROOT / part
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / part)
+    (work / "config").mkdir()
+    for name in configs if configs is not None else [p.name for p in (ROOT / "config").iterdir()]:
+        shutil.copy(ROOT / "config" / name, work / "config" / name)
+    return work
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import copy_workflow
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,11 +45,7 @@ def cluster(tmp_path_factory):
 def test_tiny_workflow_through_the_slurm_profile(cluster, tmp_path, tiny_config):
     work = tmp_path / "work"
     work.mkdir()
-    for part in ("Snakefile", "workflow", "pipeline_lib", "profiles", "envs"):
-        src = ROOT / part
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / part)
-    (work / "config").mkdir()
-    shutil.copy(ROOT / "config" / "config.yaml", work / "config" / "config.yaml")
+    copy_workflow(work)
     # The tiny config cut to one seed, one class-conditioned and one cluster-conditioned variant and one
     # classifier per set (SLURM polls each job's state: every job costs seconds more than locally).
     cfg = yaml.safe_load(yaml.safe_dump(tiny_config))

@@ -1,6 +1,5 @@
 """The whole DAG through Snakemake on the tiny config, in a copy of the workflow (results stay in tmp)."""
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import copy_workflow
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
@@ -33,12 +32,7 @@ def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_config):
-    work = tmp_path_factory.mktemp("workflow")
-    for part in ("Snakefile", "workflow", "pipeline_lib", "profiles", "envs"):
-        src = ROOT / part
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / part)
-    (work / "config").mkdir()
-    shutil.copy(ROOT / "config" / "config.yaml", work / "config" / "config.yaml")
+    work = copy_workflow(tmp_path_factory.mktemp("workflow"))
     (work / "config.yaml").write_text(yaml.safe_dump(tiny_config))
     snakemake(work)
     return work, work / "results" / tiny_config["experiment"]

@@ -2,23 +2,19 @@
 benchmark, and the papers' configurations each pass the schema and plan the papers' job grid in a dry run (the
 local weights they name are stood in for by empty files: a dry run only checks that inputs exist)."""
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import copy_workflow
 
-ROOT = Path(__file__).resolve().parents[1]
 PLACEHOLDERS = ["models/stable-diffusion-2-1/vae/", "models/open_clip/ViT-H-14.bin", "models/vgg16-397923af.pth"]
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    work = tmp_path_factory.mktemp("papers")
-    for part in ("Snakefile", "workflow", "pipeline_lib", "profiles", "envs", "config"):
-        src = ROOT / part
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / part)
+    work = copy_workflow(tmp_path_factory.mktemp("papers"), configs=None)
     for p in PLACEHOLDERS:
         target = work / p
         if p.endswith("/"):
