@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .io import atomic_path, log, write_parquet
 from .metrics import ms_ssim, ms_ssim_scales, mse, psnr, ssim
 from .perceptual import load_perceptual
-from .torchutils import Checkpoint, load_adapted, load_images, seed_everything, select_device, set_threads
+from .torchutils import Checkpoint, fingerprint, load_adapted, load_images, seed_everything, select_device, set_threads
 from .vqgan import PatchDiscriminator, discriminator_loss, generator_loss, vector_quantize
 
 GENERATIVE_SPLITS = ("train_a", "train_b")  # the only splits a generative model may see (CLUE section 4.2)
@@ -211,7 +211,7 @@ def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: st
         log.info("%s autoencoder %s trained from scratch (no pretrained weights)", kind, name)
     log.info("%.2f M parameters, %d training images of %d px", sum(p.numel() for p in ae.parameters()) / 1e6,
              len(x), x.shape[-1])
-    ckpt = Checkpoint(Path(model_dir).with_name(Path(model_dir).name + ".resume.pt"), params)
+    ckpt = Checkpoint(Path(model_dir).with_name(Path(model_dir).name + ".resume.pt"), {**params, "data": fingerprint(x)})
     start, rows = ckpt.load(modules, optimizers, gen)
     steps, bs = int(params["steps"]), int(params["batch_size"])
     ae.train()

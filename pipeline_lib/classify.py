@@ -129,7 +129,8 @@ def classify(manifest: str | Path, gen_manifest: str | Path, out_table: str | Pa
     if hashes is not None:
         check_training_set(used, hashes, f"classifier {params['variant']}/{params['setting']}/seed{seed}/{point}")
     x, y = torch.cat([xr[keep], xs[add]]), torch.cat([yr[keep], ys[add]])
-    model, hist = train_classifier(x, y, xv, yv, len(classes), params, seed, device)
+    resume = Path(out_table).with_name("classifier.resume.pt")
+    model, hist = train_classifier(x, y, xv, yv, len(classes), params, seed, device, checkpoint=resume)
     run = {"variant": params["variant"], "setting": params["setting"], "seed": seed, "arch": params["arch"],
            "point": point, "protocol": protocol, "n_real": len(keep), "n_synthetic": len(add),
            "synthetic_scale": float(value) if protocol != "count" else len(add) / len(yr)}
@@ -148,4 +149,5 @@ def classify(manifest: str | Path, gen_manifest: str | Path, out_table: str | Pa
     write_parquet(used, training_set_out)
     write_parquet(pd.DataFrame(hist).assign(point=point), log_table)
     write_parquet(table, out_table)
+    resume.unlink(missing_ok=True)
     return table

@@ -260,6 +260,11 @@ def normalise_manifest(df: pd.DataFrame, classes: list[str], origin: str) -> pd.
     for split in ("train_a", "train_b", "test"):
         if split not in set(df["split"]):
             raise ValueError(f"{origin}: expected images in split {split!r}, found none")
+    present = set(zip(df["split"], df["label"]))
+    empty = [f"{c} in {s}" for s in ("train_a", "train_b", "test") for c in classes if (s, c) not in present]
+    if empty:
+        raise ValueError(f"{origin}: every class of data.classes needs images in train_a, train_b and test; "
+                         f"none for {', '.join(empty)}")
     missing = [p for p in df["path"] if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"{origin}: {len(missing)} image files not found, first: {missing[0]}")

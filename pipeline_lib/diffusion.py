@@ -39,7 +39,7 @@ from .io import atomic_path, log, read_rgb, write_parquet
 from .multilevel import MULTILEVEL_DEFAULTS, MultiLevelEmbedder, OpenClipLevels, install_adapters, level_tokens
 from .nets import load_feature_net
 from .text import FrozenTextEmbeddings, frozen_prompt_encoder
-from .torchutils import (Checkpoint, load_adapted, load_images, seed_everything, select_device, set_threads,
+from .torchutils import (Checkpoint, fingerprint, load_adapted, load_images, seed_everything, select_device, set_threads,
                          to_tensor)
 
 
@@ -319,7 +319,8 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
     if params.get("ema_decay"):
         states["ema"] = EMAModel(trainable, decay=float(params["ema_decay"]))
     autocast = _autocast(params.get("mixed_precision", "no"), device)
-    ckpt = Checkpoint(Path(model_dir).with_name(Path(model_dir).name + ".resume.pt"), params)
+    data = fingerprint(mean, std, y, *(levels or []))  # latents, conditions, multi-level embeddings
+    ckpt = Checkpoint(Path(model_dir).with_name(Path(model_dir).name + ".resume.pt"), {**params, "data": data})
     start, rows = ckpt.load(modules, states, gen)
     steps, bs, accum = int(params["steps"]), int(params["batch_size"]), int(params.get("grad_accumulation", 1))
     for m in modules.values():

@@ -36,7 +36,8 @@ def train_feature_net(manifest: str | Path, model_out: str | Path, log_table: st
     classes = list(params["classes"])
     x, y, _ = load_images(manifest, ["train_a"], classes)
     xv, yv, _ = load_images(manifest, ["train_b"], classes)
-    model, rows = train_classifier(x, y, xv, yv, len(classes), params, int(params["seed"]), device)
+    resume = Path(str(model_out) + ".resume.pt")
+    model, rows = train_classifier(x, y, xv, yv, len(classes), params, int(params["seed"]), device, checkpoint=resume)
     for split in ("test", "external"):
         try:
             xt, yt, _ = load_images(manifest, [split], classes)
@@ -50,6 +51,7 @@ def train_feature_net(manifest: str | Path, model_out: str | Path, log_table: st
     write_parquet(pd.DataFrame(rows), log_table)
     with atomic_path(model_out) as tmp:
         torch.save({"params": dict(params), "n_classes": len(classes), "state_dict": model.state_dict()}, tmp)
+    resume.unlink(missing_ok=True)
 
 
 def quality_table(real: np.ndarray, real_labels: np.ndarray, real_splits: np.ndarray, gen: np.ndarray,

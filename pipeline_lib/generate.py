@@ -141,6 +141,36 @@ def image_counts(model: DiffusionModel, model_dir: str | Path, manifest: str | P
     return classes, {c: math.ceil(float(params["scale"]) * int(train_a.get(c, 0))) for c in classes}, lambda i: {}
 
 
+SIGNATURE = ".signature.json"
+
+
+def files_stamp(folder: str | Path) -> list[tuple[str, int, int]]:
+    """(relative path, size, modification time in ns) of every file below ``folder``: changes when a model is
+    retrained or replaced."""
+    folder = Path(folder)
+    return sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
+                  for f in folder.rglob("*") if f.is_file())
+
+
+def resume_folder(out_dir: Path, signature: Mapping[str, Any]) -> Path:
+    """``<out_dir>.partial``, where finished batches are kept until the job ends. A folder a killed run left is
+    resumed only when it was made with the same settings and models (its ``.signature.json``); else it is
+    emptied first."""
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    text = json.dumps(signature, sort_keys=True, default=str)
+    stamp = partial / SIGNATURE
+    if partial.exists() and (not stamp.exists() or stamp.read_text() != text):
+        log.info("%s was left by a run with other settings or models; starting afresh", partial)
+        shutil.rmtree(partial)
+    elif partial.exists():
+        log.info("resuming from %s: %d finished batches kept", partial, len(list(partial.glob(".finalize_*"))))
+    partial.mkdir(parents=True, exist_ok=True)
+    if not stamp.exists():
+        with atomic_path(stamp) as tmp:
+            tmp.write_text(text)
+    return partial
+
+
 def generate(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, out_dir: str | Path,
              out_manifest: str | Path, params: Mapping[str, Any], threads: int | None = None) -> pd.DataFrame:
     """Entry point of the generate rule for one (variant, setting, seed)."""
@@ -157,8 +187,8 @@ def generate(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, ou
     shape = (c.in_channels, c.sample_size, c.sample_size)
     pre = params["preprocess"]
     out_dir = Path(out_dir)
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
+    partial = resume_folder(out_dir, {"params": params, "model": files_stamp(model_dir),
+                                      "autoencoder": files_stamp(ae_dir)})
     bs, rows = int(params["batch_size"]), []
     for ci, label in enumerate(conditions):
         n = counts[label]
@@ -182,7 +212,8 @@ def generate(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, ou
                       "noise_seed": noise_seed, "finalize": status[i], **extra(ci)} for i in ids]
     df = pd.DataFrame(rows)
     with atomic_path(out_dir) as tmp:
-        shutil.copytree(partial, tmp, ignore=shutil.ignore_patterns(".finalize_*"))
+        # Only the images: not the batch markers, the signature or a temporary a killed writer left.
+        shutil.copytree(partial, tmp, ignore=shutil.ignore_patterns(".*"))
     write_parquet(df, out_manifest)
     shutil.rmtree(partial)
     log.info("generated %d images (%s)", len(df), df.groupby("label").size().to_dict())

@@ -7,6 +7,7 @@ under its final name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -21,15 +22,56 @@ import pandas as pd
 log = logging.getLogger("pipeline_lib")
 
 
+LOW_SPACE = 1 << 20  # bytes: a write that fails with less free space than this on its device failed for lack of it
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def free_space(folder: Path) -> int | None:
+    """Bytes free to this user on the device of ``folder`` (or of its nearest existing parent)."""
+    for f in (folder, *folder.parents):
+        if f.exists():
+            try:
+                return shutil.disk_usage(f).free
+            except OSError:
+                return None
+    return None
+
+
+def write_failure(final: Path, err: BaseException) -> OSError | None:
+    """A clear error for a write of ``final`` that failed because its folder is not writable or its device is
+    full, else None. Not every writer says so itself: torch.save reports a full disk as a RuntimeError about
+    stream positions and OpenCV only returns False, so a failure with under ``LOW_SPACE`` free counts as one."""
+    code = getattr(err, "errno", None)
+    if code in NOT_WRITABLE:
+        why = "the file system is read-only" if code == errno.EROFS else "permission denied"
+        return PermissionError(code, f"cannot write {final}: {why} in {final.parent}; expected a folder this user "
+                                     f"can write to (check its owner and mode, or run the workflow from another "
+                                     f"folder); nothing was written under that name")
+    if not isinstance(err, (OSError, RuntimeError)):
+        return None
+    free = free_space(final.parent)
+    if code in NO_SPACE or (free is not None and free < LOW_SPACE):
+        left = f"{free / 2**20:.1f} MiB free" if free is not None else "free space unknown"
+        return OSError(errno.ENOSPC, f"cannot write {final}: no space left on its device ({left}; or the disk quota "
+                                     f"is exceeded); nothing was written under that name and an earlier version "
+                                     f"of it is kept; free some space and rerun (finished jobs are not redone)")
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
 
-    Works for files and for folders (a model saved with ``save_pretrained``).
+    Works for files and for folders (a model saved with ``save_pretrained``). A full disk or an unwritable folder
+    raises the clear error of ``write_failure``; the temporary is removed and an earlier ``path`` kept.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    except OSError as err:
+        raise (write_failure(final, err) or err) from err
     target = tmp / final.name
     try:
         yield target
@@ -38,6 +80,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
         os.replace(target, final)
+    except Exception as err:
+        clear = write_failure(final, err)
+        if clear is None:
+            raise
+        raise clear from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .io import log
 from .metrics import classification_scores
+from .torchutils import Checkpoint, fingerprint
 
 
 def resize_to(x: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -157,11 +158,15 @@ def augment(xb: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def train_classifier(x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor, n_classes: int,
-                     params: Mapping[str, Any], seed: int, device: torch.device) -> tuple[nn.Module, list[dict]]:
+                     params: Mapping[str, Any], seed: int, device: torch.device,
+                     checkpoint: str | Path | None = None) -> tuple[nn.Module, list[dict]]:
     """Adam with ReduceLROnPlateau on the validation loss (CLUE Table 5). The epoch kept, and the one early
     stopping counts from, is the one with the highest validation macro-F1 (ties: lower validation loss): a
     classifier trained on synthetic images fits them within a few epochs while its loss on real images rises
-    long before its real-image F1 stops improving. Returns the model and the per-epoch log."""
+    long before its real-image F1 stops improving. Returns the model and the per-epoch log.
+
+    With ``checkpoint`` (a file path) the state after every epoch is kept there: a killed job resumes at the
+    next epoch and ends with the same model and log as an uninterrupted one. The caller removes it when done."""
     if len(x) == 0:
         raise ValueError("classifier training set is empty")
     gen = torch.Generator().manual_seed(seed)
@@ -172,8 +177,18 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_va
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=float(params["lr_factor"]),
                                                        patience=int(params["lr_patience"]))
     bs = int(params["batch_size"])
-    best, best_key, since_best, rows = None, None, 0, []
-    for epoch in range(int(params["epochs"])):
+    best, best_key, since_best, stopped, rows, start = None, None, 0, False, [], 0
+    ckpt = None
+    if checkpoint is not None:
+        ckpt = Checkpoint(checkpoint, {**params, "n_classes": n_classes, "seed": seed,
+                                       "data": fingerprint(x, y, x_val, y_val)})
+        start, rows = ckpt.load({"model": model}, {"opt": opt, "sched": sched}, gen)
+        if start:
+            best, since_best, stopped = ckpt.extra["best"], ckpt.extra["since_best"], ckpt.extra["stopped"]
+            best_key = tuple(ckpt.extra["best_key"])
+    for epoch in range(start, int(params["epochs"])):
+        if stopped:
+            break
         model.train()
         perm = torch.randperm(len(x), generator=gen)
         total = 0.0
@@ -198,8 +213,10 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_va
             best, best_key, since_best = copy.deepcopy(model.state_dict()), key, 0
         else:
             since_best += 1
-            if since_best >= int(params["early_stopping_patience"]):
-                break
+            stopped = since_best >= int(params["early_stopping_patience"])
+        if ckpt is not None:
+            ckpt.save({"model": model}, {"opt": opt, "sched": sched}, gen, epoch + 1, rows,
+                      {"best": best, "best_key": list(best_key), "since_best": since_best, "stopped": stopped})
     model.load_state_dict(best)
     log.info("%s: best validation macro-F1 %.4f (loss %.4f) of %d epochs", params["arch"], -best_key[0],
              best_key[1], len(rows))

@@ -22,6 +22,10 @@ from .io import log, read_parquet, write_parquet, write_png
 QC_COLUMNS = ("image_id", "cx", "cy", "r", "hair_fraction", "status", "reason")
 
 
+class _OutOfLimits(Exception):
+    """An image outside the size limits (raised inside the decoding block, reported as such)."""
+
+
 def find_circle(image: np.ndarray, threshold: int = 26) -> tuple[float, float, float]:
     """Centre and radius of the maximal circle inscribed in the bright field of view (CLUE section 4.3).
 
@@ -108,11 +112,19 @@ def mask_crop_resize(image: np.ndarray, cx: float, cy: float, r: float, size: in
     return out, out_mask
 
 
-def load_frame(path: str | Path) -> np.ndarray:
+# Pillow's own decompression-bomb limit is replaced by ``max_image_pixels``, which names the setting to change.
+Image.MAX_IMAGE_PIXELS = None
+MIN_IMAGE_SIDE = 32  # px: defaults of preprocess.min_image_side and .max_image_pixels
+MAX_IMAGE_PIXELS = 100_000_000
+
+
+def load_frame(path: str | Path, min_side: int = MIN_IMAGE_SIDE, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode an image file as an 8-bit RGB array (H, W, 3).
 
     Opaque RGBA is accepted (alpha dropped); empty, truncated or undecodable files, grayscale, palette, 16-bit
-    and transparent images raise ``ValueError`` naming the file and what was expected.
+    and transparent images, images whose shorter side is under ``min_side`` px and images of more than
+    ``max_pixels`` pixels (checked from the header, before decoding) raise ``ValueError`` naming the file and
+    what was expected.
     """
     p = Path(path)
     if not p.is_file():
@@ -121,8 +133,17 @@ def load_frame(path: str | Path) -> np.ndarray:
         raise ValueError(f"{p}: empty file (0 bytes), expected an 8-bit RGB PNG or JPEG")
     try:
         with Image.open(p) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise _OutOfLimits(f"{p}: {w} x {h} px = {w * h / 1e6:.1f} MP, above preprocess.max_image_pixels "
+                                f"({max_pixels / 1e6:g} MP); downscale the image or raise that limit")
+            if min(w, h) < min_side:
+                raise _OutOfLimits(f"{p}: {w} x {h} px, its shorter side is under preprocess.min_image_side "
+                                f"({min_side} px)")
             im.load()  # decodes everything: a truncated file raises here
             mode, arr = im.mode, np.asarray(im)
+    except _OutOfLimits as e:
+        raise ValueError(str(e)) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"{p}: cannot be decoded as an image ({e}); expected an 8-bit RGB PNG or JPEG") from e
     if mode == "RGBA":
@@ -190,7 +211,8 @@ def _preprocess_row(task: tuple[dict, str, str, Mapping[str, Any]]) -> tuple[dic
     """Worker: read, preprocess and write one image; returns its QC record and manifest row (None: not kept)."""
     row, source, out_dir, params = task
     try:
-        image = load_frame(source)
+        image = load_frame(source, int(params.get("min_image_side", MIN_IMAGE_SIDE)),
+                           int(params.get("max_image_pixels", MAX_IMAGE_PIXELS)))
     except (ValueError, FileNotFoundError) as e:
         nan = float("nan")
         return {"image_id": row["image_id"], "cx": nan, "cy": nan, "r": nan, "hair_fraction": nan,
@@ -212,6 +234,21 @@ def _preprocess_row(task: tuple[dict, str, str, Mapping[str, Any]]) -> tuple[dic
                 lesion = f"lesion_crops/{row['image_id']}.png"
                 write_png(crop, Path(out_dir) / lesion)
     return record, row | {"path": f"images/{row['image_id']}.png", "lesion_crop": lesion}
+
+
+NEEDED_SPLITS = ("train_a", "train_b", "test")
+
+
+def check_classes_kept(before: pd.DataFrame, after: pd.DataFrame, origin: str | Path) -> None:
+    """Every class with images in train_a, train_b or test before preprocessing still has some there after it;
+    else the error names the class, the split and how many were dropped (their reasons are in the log)."""
+    had = before[before["split"].isin(NEEDED_SPLITS)].groupby(["split", "label"]).size()
+    kept = after.groupby(["split", "label"]).size()
+    lost = [f"{label} in {split} ({n} dropped)" for (split, label), n in had.items() if (split, label) not in kept.index]
+    if lost:
+        raise ValueError(f"{origin}: preprocessing left no usable image of {', '.join(lost)}; see the reasons "
+                         f"logged for them (no aperture: preprocess.threshold / aperture; unreadable files: fix "
+                         f"or remove them)")
 
 
 def _hair_args(params: Mapping[str, Any]) -> dict:
@@ -292,7 +329,8 @@ def preprocess(manifest_in: str | Path, manifest_out: str | Path, qc_out: str | 
                          f"first: {first.image_id}: {first.reason}")
     for record in bad.itertuples():
         log.info("not kept: %s (%s): %s", record.image_id, record.status, record.reason)
-    write_parquet(qc, qc_out)
     out_df = pd.DataFrame(kept, columns=[*df.columns, "lesion_crop"])
+    check_classes_kept(df, out_df, manifest_in)
+    write_parquet(qc, qc_out)
     write_parquet(out_df, manifest_out)
     return out_df

@@ -1,6 +1,7 @@
 """Seeding, device choice, image tensors and resumable training state, shared by the training stages."""
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from pathlib import Path
@@ -64,18 +65,31 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def fingerprint(*tensors: torch.Tensor) -> str:
+    """A digest of the tensors' shapes, dtypes and values: part of a checkpoint's signature, so a checkpoint made
+    on other training data (regenerated images, a retrained autoencoder's latents) is not resumed."""
+    h = hashlib.blake2b(digest_size=16)
+    for t in tensors:
+        a = t.detach().cpu().contiguous()
+        h.update(repr((tuple(a.shape), str(a.dtype))).encode())
+        h.update(a.numpy().tobytes())
+    return h.hexdigest()
+
+
 class Checkpoint:
     """Resumable training state kept beside an output until the job finishes.
 
     Holds the modules, the optimizers, the step, the random state and the loss rows so far, so a killed job
     continues where it stopped when rerun and ends with the same numbers as an uninterrupted run.
     ``optimizers`` holds anything with ``state_dict`` / ``load_state_dict`` (optimizers, an EMA).
-    ``signature`` (the stage's params) guards against resuming with other settings.
+    ``signature`` (the stage's params and a ``fingerprint`` of its training data) guards against resuming with
+    other settings or data. ``extra`` holds whatever else a loop needs back (a classifier's best epoch so far).
     """
 
     def __init__(self, path: str | Path, signature: Mapping[str, Any]):
         self.path = Path(path)
         self.signature = repr(sorted(signature.items()))
+        self.extra: dict[str, Any] = {}
 
     def load(self, modules: Mapping[str, torch.nn.Module], optimizers: Mapping[str, Any],
              generator: torch.Generator) -> tuple[int, list[dict]]:
@@ -91,12 +105,14 @@ class Checkpoint:
             optimizer.load_state_dict(state["optimizers"][name])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        self.extra = dict(state.get("extra", {}))
         log.info("resuming from %s at step %d", self.path, state["step"])
         return int(state["step"]), list(state["rows"])
 
     def save(self, modules: Mapping[str, torch.nn.Module], optimizers: Mapping[str, Any],
-             generator: torch.Generator, step: int, rows: list[dict]) -> None:
+             generator: torch.Generator, step: int, rows: list[dict], extra: Mapping[str, Any] | None = None) -> None:
         state = {"signature": self.signature, "step": step, "rows": rows, "generator": generator.get_state(),
+                 "extra": dict(extra or {}),
                  "torch_rng": torch.get_rng_state(),
                  "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                  "modules": {k: m.state_dict() for k, m in modules.items()}}

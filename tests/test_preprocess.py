@@ -81,9 +81,10 @@ def _params(**kw):
 
 
 def _manifest_with_a_black_frame(tmp_path):
+    """The embedded data, two train_a images per class, the first one of them all black."""
     params = {"source": "embedded", "path": None, "classes": list(CLASSES), "seed": 0,
               "embedded": {"height": 48, "width": 60, "hair_probability": 0.5,
-                           "n_per_class": {"train_a": 1, "train_b": 1, "test": 1, "external": 1},
+                           "n_per_class": {"train_a": 2, "train_b": 1, "test": 1, "external": 1},
                            "external_camera": {"colour_gain": [1, 1, 1], "blur_sigma": 0, "aperture_scale": 0.8}}}
     df = ingest(tmp_path / "data" / "manifest.parquet", tmp_path / "data" / "images", params)
     cv2.imwrite(str(tmp_path / "data" / df["path"].iloc[0]), np.zeros((48, 60, 3), np.uint8))

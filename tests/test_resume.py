@@ -103,14 +103,38 @@ with stage_log(out + ".log"):
     if kind == "autoencoder":
         from pipeline_lib.autoencoder import train_autoencoder
         train_autoencoder(manifest, out + "/model", out + "/log.parquet", params, threads=1)
-    else:
+    elif kind == "diffusion":
         from pipeline_lib.diffusion import train_diffusion
         train_diffusion(manifest, params["ae_dir"], out + "/model", out + "/log.parquet", params, threads=1)
+    elif kind == "classify":
+        from pipeline_lib.classify import classify
+        classify(manifest, params["gen_manifest"], out + "/scores.parquet", out + "/log.parquet",
+                 out + "/training_set.parquet", params, threads=1)
+    else:
+        from pipeline_lib.generate import generate
+        generate(manifest, params["ae_dir"], params["model_dir"], out + "/images", out + "/manifest.parquet", params,
+                 threads=1)
 """
 
 
 def _start(kind: str, manifest: Path, out: Path, params: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, kind, str(manifest), str(out), json.dumps(params)])
+
+
+def _kill_when(proc: subprocess.Popen, ready) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()``; fails if it ended first."""
+    deadline = time.monotonic() + 300
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the job ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+
+
+def _resumed_at(log: Path) -> str:
+    text = log.read_text()
+    assert "resuming from" in text, text[-2000:]
+    return text.split("resuming from", 1)[1].splitlines()[0]
 
 
 def _sigkill_and_resume(kind: str, manifest: Path, tmp_path: Path, params: dict) -> tuple[Path, Path]:
@@ -123,11 +147,7 @@ def _sigkill_and_resume(kind: str, manifest: Path, tmp_path: Path, params: dict)
     out = tmp_path / "killed"
     proc = _start(kind, manifest, out, params)
     resume = out / "model.resume.pt"
-    deadline = time.monotonic() + 300
-    while not resume.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(timeout=60) == -signal.SIGKILL
+    _kill_when(proc, resume.exists)
     assert resume.exists() and not (out / "model").exists() and not (out / "log.parquet").exists()
 
     again = _start(kind, manifest, out, params)
@@ -184,3 +204,78 @@ def test_vqgan_resumes_generator_discriminator_and_both_optimizers(tiny_manifest
     log_resumed, w_resumed = train("killed")
     pd.testing.assert_frame_equal(log_full, log_resumed)
     _assert_same_weights(w_full, w_resumed)
+
+
+def test_classifier_killed_with_sigkill_resumes_at_its_next_epoch(tiny_manifest, tmp_path, tiny_config):
+    """A classifier grid job: per-epoch checkpoint (model, Adam, plateau scheduler, best epoch so far, random
+    state); the resumed job writes the same scores and log as an uninterrupted one."""
+    from pipeline_lib.data import resolve_path
+
+    real = pd.read_parquet(tiny_manifest)
+    syn = real[real["split"] == "train_a"].copy()
+    syn["image_id"] = "syn_" + syn["image_id"]
+    syn["path"] = [str(resolve_path(tiny_manifest, p)) for p in syn["path"]]
+    syn.assign(split="synthetic").to_parquet(tmp_path / "gen.parquet")
+    grid = ("archs", "ratios", "hybrid", "scales", "scale_hybrid", "count_sets")
+    c = {k: v for k, v in tiny_config["classify"].items() if k not in grid}
+    params = {**c, **SHARED, "epochs": 40, "early_stopping_patience": 40, "arch": "small_cnn", "point": "replace_50",
+              "protocol": "replace", "value": 0.5, "variant": "class", "setting": "cfg2",
+              "gen_manifest": str(tmp_path / "gen.parquet")}
+    assert _start("classify", tiny_manifest, tmp_path / "full", params).wait(timeout=600) == 0
+
+    out = tmp_path / "killed"
+    resume = out / "classifier.resume.pt"
+    _kill_when(_start("classify", tiny_manifest, out, params), resume.exists)
+    assert not (out / "scores.parquet").exists()
+    assert _start("classify", tiny_manifest, out, params).wait(timeout=600) == 0
+    epoch = int(_resumed_at(Path(f"{out}.log")).split("at step ")[1].split()[0])
+    assert 1 <= epoch < 40
+    for table in ("scores", "log", "training_set"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "full" / f"{table}.parquet"),
+                                      pd.read_parquet(out / f"{table}.parquet"))
+    assert not resume.exists()
+
+
+def test_generation_killed_with_sigkill_keeps_finished_batches_and_redoes_the_rest(tiny_manifest, tiny_ae, tmp_path,
+                                                                                  tiny_config, diffusion_params):
+    diffusion.train_diffusion(tiny_manifest, tiny_ae, tmp_path / "dm" / "model", tmp_path / "dm" / "log.parquet",
+                              diffusion_params(steps=2))
+    g = {k: v for k, v in tiny_config["generate"].items() if k not in ("settings", "seeds")}
+    params = {**g, "guidance_scale": 2.0, "style_sigma": None, "variant": "class", "setting": "cfg2", **SHARED,
+              "seed": 1, "preprocess": tiny_config["preprocess"], "batch_size": 2, "ae_dir": str(tiny_ae),
+              "model_dir": str(tmp_path / "dm" / "model")}
+    assert _start("generate", tiny_manifest, tmp_path / "full", params).wait(timeout=600) == 0
+    full = pd.read_parquet(tmp_path / "full" / "manifest.parquet")
+    batches = sum(-(-n // 2) for n in full.groupby("label").size())
+
+    out = tmp_path / "killed"
+    partial = out / "images.partial"
+    _kill_when(_start("generate", tiny_manifest, out, params), lambda: len(list(partial.glob(".finalize_*"))) >= 2)
+    done = len(list(partial.glob(".finalize_*")))
+    assert 2 <= done < batches and not (out / "images").exists() and not (out / "manifest.parquet").exists()
+    # What a kill inside a batch can leave: a writer's temporary folder and images of an unfinished batch, here one
+    # of them cut short. Neither may end up in the output.
+    (partial / ".x.png.abc.tmp").mkdir()
+    (partial / ".x.png.abc.tmp" / "x.png").write_bytes(b"\x89PNG")
+    unfinished = next(i for i in full["image_id"] if not (partial / f"{i}.png").exists())
+    (partial / f"{unfinished}.png").write_bytes((tmp_path / "full" / "images" / f"{unfinished}.png").read_bytes()[:50])
+
+    assert _start("generate", tiny_manifest, out, params).wait(timeout=600) == 0
+    assert f"{done} finished batches kept" in _resumed_at(Path(f"{out}.log"))
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(p.name for p in (tmp_path / "full" / "images").iterdir())
+    for f in (tmp_path / "full" / "images").iterdir():
+        assert f.read_bytes() == (out / "images" / f.name).read_bytes(), f.name
+    pd.testing.assert_frame_equal(full, pd.read_parquet(out / "manifest.parquet"))
+    assert not partial.exists()
+
+
+def test_a_partial_generation_of_other_settings_is_started_afresh(tmp_path):
+    from pipeline_lib.generate import resume_folder
+
+    out = tmp_path / "images"
+    partial = resume_folder(out, {"params": {"guidance_scale": 2.0}})
+    (partial / ".finalize_0_0.json").write_text("{}")
+    assert resume_folder(out, {"params": {"guidance_scale": 2.0}}) == partial
+    assert (partial / ".finalize_0_0.json").exists()
+    resume_folder(out, {"params": {"guidance_scale": 3.0}})
+    assert not (partial / ".finalize_0_0.json").exists()

@@ -208,6 +208,10 @@ def cluster_stage(manifest: str | Path, ae_dir: str | Path, indices_out: str | P
     set_threads(threads)
     device = select_device(params["device"])
     x_img, y, rows = load_images(manifest, params["splits"], list(params["classes"]))
+    top = max(int(k) for k in params["k_values"]) + (params.get("hartigan", "paper") == "nbclust")
+    if top >= len(x_img):
+        raise ValueError(f"cluster.k_values: {top} clusters need more than {top} images, the splits "
+                         f"{list(params['splits'])} of {manifest} hold {len(x_img)}")
     ae = load_autoencoder(ae_dir, device)
     latents, _ = encode_latents(ae, x_img, device)
     f = params["features"]

@@ -25,8 +25,93 @@ def drop_nulls(cfg):
                 del node[name]
 
 
+def check_schema(cfg, schema_file):
+    """Every schema violation at once, each as `dotted.key: what is wrong` (Snakemake's own validation stops at
+    the first and prints the schema's internals)."""
+    import difflib
+
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_file).read_text())
+
+    def known_keys(section):  # its own properties and those of the local $defs it includes with allOf
+        parts = [section] + [schema["$defs"][s["$ref"].split("/")[-1]] for s in section.get("allOf", [])]
+        return {k for part in parts for k in part.get("properties", {})}
+
+    errors = []
+    for e in jsonschema.Draft202012Validator(schema).iter_errors(cfg):
+        if e.validator in ("unevaluatedProperties", "additionalProperties") and e.validator_value is False:
+            # When an allOf part fails, its keys count as unevaluated too: report only the truly unknown ones.
+            known = known_keys(e.schema)
+            unknown = sorted(set(e.instance) - known)
+            if not unknown:
+                continue
+            close = {k: difflib.get_close_matches(k, sorted(known), n=1) for k in unknown}
+            e.message = f"unknown key(s) {unknown}" + "".join(f"; {k}: did you mean {c[0]}?" for k, c in close.items()
+                                                               if c)
+        errors.append(e)
+    errors.sort(key=lambda e: list(map(str, e.path)))
+    if errors:
+        lines = [f"  {'.'.join(map(str, e.path)) or '(top level)'}: {e.message}" for e in errors]
+        raise ValueError(f"config does not match {schema_file} ({len(errors)} problem(s)):\n" + "\n".join(lines))
+
+
+def check_local_paths(cfg):
+    """Every local file or folder the config names exists, checked before any job: a missing weights file or
+    data folder fails here, naming its key, instead of after hours of upstream training. Relative paths are
+    taken from the folder Snakemake runs in; nothing is ever downloaded."""
+    data, d = cfg["data"], cfg["diffusion"]
+    wanted = []  # (key, path, "file" | "folder")
+    if data["source"] != "embedded":
+        wanted.append(("data.path", data.get("path"), "file" if data["source"] == "manifest" else "folder"))
+    if data.get("external"):
+        wanted += [("data.external.manifest", data["external"]["manifest"], "file"),
+                   ("data.external.images", data["external"].get("images"), "folder")]
+    wanted += [("preprocess.lesion_masks", cfg["preprocess"].get("lesion_masks"), "folder"),
+               ("perceptual.lpips_backbone", cfg["perceptual"]["lpips_backbone"], "file"),
+               ("diffusion.pretrained", d["pretrained"], "folder")]
+    wanted += [(f"autoencoder.{name}.pretrained", a["pretrained"], "folder") for name, a in cfg["autoencoder"].items()]
+    for enc in ("text_encoder", "image_encoder"):
+        model, ckpt = d[enc]["open_clip_model"], d[enc]["checkpoint"]
+        if model and not ckpt:
+            raise ValueError(f"diffusion.{enc}.checkpoint: open_clip_model is {model!r}, so a local checkpoint file of "
+                             f"it is needed (the pipeline downloads nothing)")
+        wanted.append((f"diffusion.{enc}.checkpoint", ckpt, "file"))
+    for name, a in cfg["autoencoder"].items():
+        if a["steps"] == 0 and not a["pretrained"]:
+            raise ValueError(f"autoencoder.{name}.steps: 0 means a pretrained autoencoder used as it is, but "
+                             f"autoencoder.{name}.pretrained is null")
+    for key, path, kind in wanted:
+        if key == "data.path" and not path:
+            raise ValueError(f"data.path: required when data.source is {data['source']!r} (expected a {kind})")
+        if not path:
+            continue
+        ok = Path(path).is_file() if kind == "file" else Path(path).is_dir()
+        if not ok:
+            what = "a folder, found a file" if Path(path).is_file() else \
+                "a file, found a folder" if Path(path).is_dir() else f"a local {kind}; nothing is there"
+            raise FileNotFoundError(f"{key}: {path} (from {os.getcwd()}): expected {what}")
+
+
+def check_counts(cfg):
+    """Counts the schema cannot relate: an empty count set, cluster counts beyond the embedded data's images."""
+    for name, c in cfg["classify"]["count_sets"].items():
+        if c["real"] + c["synthetic"] == 0:
+            raise ValueError(f"classify.count_sets.{name}: real and synthetic are both 0, an empty training set")
+    if "cluster" in cfg and cfg["data"]["source"] == "embedded":
+        n = sum(cfg["data"]["embedded"]["n_per_class"][s] for s in cfg["cluster"]["splits"]) * len(cfg["data"]["classes"])
+        top = max(cfg["cluster"]["k_values"]) + (cfg["cluster"].get("hartigan") == "nbclust")
+        if top >= n:
+            raise ValueError(f"cluster.k_values: {top} clusters need more than {top} images, the splits "
+                             f"{cfg['cluster']['splits']} of the embedded data hold {n}")
+
+
 drop_nulls(config)
-validate(config, "../schemas/config.schema.yaml")
+check_schema(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+validate(config, "../schemas/config.schema.yaml")  # fills in the schema's defaults
+check_local_paths(config)
+check_counts(config)
 
 R = f"results/{config['experiment']}"
 LOGS = f"logs/{config['experiment']}"
