@@ -211,7 +211,8 @@ def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: st
         log.info("%s autoencoder %s trained from scratch (no pretrained weights)", kind, name)
     log.info("%.2f M parameters, %d training images of %d px", sum(p.numel() for p in ae.parameters()) / 1e6,
              len(x), x.shape[-1])
-    ckpt = Checkpoint(Path(model_dir).with_name(Path(model_dir).name + ".resume.pt"), {**params, "data": fingerprint(x)})
+    ckpt = Checkpoint(Path(model_dir).with_name(Path(model_dir).name + ".resume.pt"),
+                      {**params, "data": fingerprint(x)})
     start, rows = ckpt.load(modules, optimizers, gen)
     steps, bs = int(params["steps"]), int(params["batch_size"])
     ae.train()

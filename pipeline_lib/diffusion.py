@@ -39,8 +39,8 @@ from .io import atomic_path, log, read_rgb, write_parquet
 from .multilevel import MULTILEVEL_DEFAULTS, MultiLevelEmbedder, OpenClipLevels, install_adapters, level_tokens
 from .nets import load_feature_net
 from .text import FrozenTextEmbeddings, frozen_prompt_encoder
-from .torchutils import (Checkpoint, fingerprint, load_adapted, load_images, seed_everything, select_device, set_threads,
-                         to_tensor)
+from .torchutils import (Checkpoint, fingerprint, load_adapted, load_images, seed_everything, select_device,
+                         set_threads, to_tensor)
 
 
 def tokenize(prompt: str) -> list[str]:

@@ -60,13 +60,17 @@ def _plateau_centre(dist: np.ndarray, offset: int = 0) -> tuple[float, float, fl
     them ``cv2.minMaxLoc`` reports depends on the buffer's alignment (its vectorised scan), so the same frame
     could be cropped differently in two runs. Here the centre is the mean position of all pixels within
     ``PLATEAU_TOLERANCE`` of the maximum when they form one compact patch (all within 1.5 px of their mean: the
-    exact centre of a symmetric plateau), else the first of them in raster order."""
+    exact centre of a symmetric plateau), else the first of them in raster order.
+
+    The radius is the square root of the nearest integer to the maximum's square: the exact Euclidean transform
+    (``DIST_MASK_PRECISE``) measures sqrt(integer) distances, which OpenCV's float32 arithmetic returns with
+    last-bit differences that also depend on the buffer's alignment (22.3606796 or 22.3606815 for sqrt(500))."""
     r = float(dist.max())
     ys, xs = np.nonzero(dist >= r - PLATEAU_TOLERANCE)
     cy, cx = ys.mean(), xs.mean()
     if np.hypot(ys - cy, xs - cx).max() > 1.5:
         cy, cx = ys[0], xs[0]
-    return float(cx - offset), float(cy - offset), r
+    return float(cx - offset), float(cy - offset), float(np.sqrt(np.round(r * r)))
 
 
 KERNEL_SHAPES = {"cross": cv2.MORPH_CROSS, "rect": cv2.MORPH_RECT, "ellipse": cv2.MORPH_ELLIPSE}
@@ -244,7 +248,8 @@ def check_classes_kept(before: pd.DataFrame, after: pd.DataFrame, origin: str | 
     else the error names the class, the split and how many were dropped (their reasons are in the log)."""
     had = before[before["split"].isin(NEEDED_SPLITS)].groupby(["split", "label"]).size()
     kept = after.groupby(["split", "label"]).size()
-    lost = [f"{label} in {split} ({n} dropped)" for (split, label), n in had.items() if (split, label) not in kept.index]
+    lost = [f"{label} in {split} ({n} dropped)" for (split, label), n in had.items()
+            if (split, label) not in kept.index]
     if lost:
         raise ValueError(f"{origin}: preprocessing left no usable image of {', '.join(lost)}; see the reasons "
                          f"logged for them (no aperture: preprocess.threshold / aperture; unreadable files: fix "

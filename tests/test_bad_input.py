@@ -166,9 +166,11 @@ def _set(cfg: dict, dotted: str, value) -> None:
 
 
 CONFIG_CASES = {  # name: ({dotted key: value}, the error expected)
-    "misspelt key": ({"classify.epoch": 3}, r"classify: unknown key\(s\) \['epoch'\]; epoch: did you mean epochs\?"),
+    "misspelt key": ({"classify.epoch": 3},
+                     r"classify: unknown key\(s\) \['epoch'\]; epoch: did you mean epochs\?"),
     "wrong type": ({"diffusion.steps": "many"}, r"diffusion.steps: 'many' is not of type 'integer'"),
-    "negative count": ({"generate.samples_per_cluster": -4}, r"generate.samples_per_cluster: -4 is less than the minimum of 1"),
+    "negative count": ({"generate.samples_per_cluster": -4},
+                       r"generate.samples_per_cluster: -4 is less than the minimum of 1"),
     "zero count": ({"data.embedded.n_per_class.train_a": 0},
                    r"data.embedded.n_per_class.train_a: 0 is less than the minimum of 1"),
     "every problem at once": ({"seed": -1, "classify.epochs": 0},
@@ -188,7 +190,8 @@ CONFIG_CASES = {  # name: ({dotted key: value}, the error expected)
                               r"perceptual.lpips_backbone: models/vgg16.pth .*expected a local file"),
     "a folder where a file is expected": ({"diffusion.text_encoder.open_clip_model": "ViT-H-14",
                                            "diffusion.text_encoder.checkpoint": "workflow"},
-                                          r"diffusion.text_encoder.checkpoint: workflow .*expected a file, found a folder"),
+                                          r"diffusion.text_encoder.checkpoint: workflow .*expected a file, found a "
+                                          r"folder"),
     "open_clip model without its checkpoint": ({"diffusion.image_encoder.open_clip_model": "ViT-H-14"},
                                                r"diffusion.image_encoder.checkpoint: open_clip_model is 'ViT-H-14', so "
                                                r"a local checkpoint file"),

@@ -277,6 +277,16 @@ def test_circle_centre_of_a_plateau_is_its_middle():
     assert (cx, cy) == (15.5, 15.5) and r == pytest.approx(16, abs=0.5)
 
 
+def test_circle_radius_is_the_exact_distance_whatever_float32_rounding():
+    """Two float32 roundings of sqrt(500) seen from OpenCV in two runs give one radius, sqrt(500) itself."""
+    from pipeline_lib.preprocess import _plateau_centre
+
+    for last_bits in (22.360679626464844, 22.360681533813477):
+        dist = np.zeros((9, 9), np.float32)
+        dist[4, 4] = last_bits
+        assert _plateau_centre(dist) == (4.0, 4.0, 500 ** 0.5)
+
+
 def test_preprocessing_does_not_depend_on_memory_layout(tiny_config):
     """The same pixels at other buffer offsets (as decoded synthetic frames arrive) give the same output.
     ``cv2.minMaxLoc`` picked different members of a tie depending on alignment, which moved whole crops."""

@@ -262,7 +262,8 @@ def test_generation_killed_with_sigkill_keeps_finished_batches_and_redoes_the_re
 
     assert _start("generate", tiny_manifest, out, params).wait(timeout=600) == 0
     assert f"{done} finished batches kept" in _resumed_at(Path(f"{out}.log"))
-    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(p.name for p in (tmp_path / "full" / "images").iterdir())
+    names = sorted(p.name for p in (tmp_path / "full" / "images").iterdir())
+    assert sorted(p.name for p in (out / "images").iterdir()) == names
     for f in (tmp_path / "full" / "images").iterdir():
         assert f.read_bytes() == (out / "images" / f.name).read_bytes(), f.name
     pd.testing.assert_frame_equal(full, pd.read_parquet(out / "manifest.parquet"))

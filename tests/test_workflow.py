@@ -1,7 +1,10 @@
 """The whole DAG through Snakemake on the tiny config, in a copy of the workflow (results stay in tmp)."""
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +130,44 @@ def test_tables_have_the_promised_columns_and_ranges(run, tiny_config):
 def test_second_dry_run_finds_nothing_to_do(run):
     work, _ = run
     assert planned_jobs(snakemake(work, "-n")) == {}
+
+
+def _kill_when_present(work: Path, pattern: str) -> None:
+    """Start the workflow and SIGKILL Snakemake and all its jobs (one process group) as soon as a file matching
+    ``pattern`` exists below results/; then clear the lock a killed Snakemake leaves, as a user would."""
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config.yaml"]
+    proc = subprocess.Popen(cmd, cwd=work, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 1200
+    while not list((work / "results").glob(pattern)) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, f"the run ended before {pattern} appeared"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    snakemake(work, "--unlock")
+
+
+def test_a_run_killed_twice_and_resumed_gives_byte_identical_tables(run, tmp_path_factory, tiny_config):
+    """Determinism and resume at once: a second run of the tiny config in another folder, killed with SIGKILL
+    while a diffusion model trains and again while images are generated, then rerun to the end, writes every
+    Parquet table and every generated image byte for byte as the first, uninterrupted run did."""
+    work_a, results_a = run
+    work = copy_workflow(tmp_path_factory.mktemp("killed"))
+    (work / "config.yaml").write_text(yaml.safe_dump(tiny_config))
+    _kill_when_present(work, "*/diffusion/*/model.resume.pt")
+    _kill_when_present(work, "*/generate/*/*/seed*/images.partial/.finalize_*")
+    snakemake(work)
+    logs = work / "logs" / tiny_config["experiment"]
+    assert any("resuming from" in f.read_text() for f in logs.glob("diffusion/*.log"))
+    assert any("finished batches kept" in f.read_text() for f in logs.glob("generate/**/*.log"))
+    results_b = work / "results" / tiny_config["experiment"]
+    for pattern in ("**/*.parquet", "generate/**/images/*.png"):
+        a = sorted(p.relative_to(results_a) for p in results_a.glob(pattern))
+        b = sorted(p.relative_to(results_b) for p in results_b.glob(pattern))
+        assert a == b and a
+        differ = [str(p) for p in a if (results_a / p).read_bytes() != (results_b / p).read_bytes()]
+        assert not differ, differ
+    assert not list(results_b.rglob("*.resume.pt")) and not list(results_b.rglob("*.partial"))
 
 
 def _edited(work: Path, tiny_config: dict, *path_and_value) -> None:

@@ -1,6 +1,7 @@
 """The workflow without running it: `snakemake --lint` is clean, every rule has a log and the heavy ones a
 benchmark, and the papers' configurations each pass the schema and plan the papers' job grid in a dry run (the
-local weights they name are stood in for by empty files: a dry run only checks that inputs exist)."""
+local data and weights they name are stood in for by empty files and folders: the parse checks that they exist,
+a dry run reads none of them)."""
 import re
 import subprocess
 import sys
@@ -9,7 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import copy_workflow
 
-PLACEHOLDERS = ["models/stable-diffusion-2-1/vae/", "models/open_clip/ViT-H-14.bin", "models/vgg16-397923af.pth"]
+PLACEHOLDERS = ["models/stable-diffusion-2-1/vae/", "models/open_clip/ViT-H-14.bin", "models/vgg16-397923af.pth",
+                "data/otitis/manifest.csv", "data/kpc/manifest.csv", "data/HAM10000/masks/",
+                "data/PAD-UFES-20/metadata.csv", "data/PAD-UFES-20/images/"]
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ def check_schema(cfg, schema_file):
     schema = yaml.safe_load(Path(schema_file).read_text())
 
     def known_keys(section):  # its own properties and those of the local $defs it includes with allOf
-        parts = [section] + [schema["$defs"][s["$ref"].split("/")[-1]] for s in section.get("allOf", [])]
+        parts = [section] + [schema["$defs"][Path(s["$ref"]).name] for s in section.get("allOf", [])]
         return {k for part in parts for k in part.get("properties", {})}
 
     errors = []
@@ -100,7 +100,8 @@ def check_counts(cfg):
         if c["real"] + c["synthetic"] == 0:
             raise ValueError(f"classify.count_sets.{name}: real and synthetic are both 0, an empty training set")
     if "cluster" in cfg and cfg["data"]["source"] == "embedded":
-        n = sum(cfg["data"]["embedded"]["n_per_class"][s] for s in cfg["cluster"]["splits"]) * len(cfg["data"]["classes"])
+        per_class = cfg["data"]["embedded"]["n_per_class"]
+        n = sum(per_class[s] for s in cfg["cluster"]["splits"]) * len(cfg["data"]["classes"])
         top = max(cfg["cluster"]["k_values"]) + (cfg["cluster"].get("hartigan") == "nbclust")
         if top >= n:
             raise ValueError(f"cluster.k_values: {top} clusters need more than {top} images, the splits "
