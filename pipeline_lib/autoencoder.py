@@ -14,6 +14,7 @@ latent channels (4 -> 8: the encoder's ``conv_out``, ``quant_conv``, ``post_quan
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,7 +27,9 @@ from tqdm import tqdm
 from .io import atomic_path, log, write_parquet
 from .metrics import ms_ssim, ms_ssim_scales, mse, psnr, ssim
 from .perceptual import load_perceptual
-from .torchutils import Checkpoint, fingerprint, load_adapted, load_images, seed_everything, select_device, set_threads
+from .speed import Speed
+from .torchutils import (Checkpoint, fingerprint, load_adapted, load_images, seed_everything, select_device,
+                         set_threads, to_device)
 from .vqgan import PatchDiscriminator, discriminator_loss, generator_loss, vector_quantize
 
 GENERATIVE_SPLITS = ("train_a", "train_b")  # the only splits a generative model may see (CLUE section 4.2)
@@ -112,18 +115,20 @@ def encode_latents(ae: AutoencoderKL | VQModel, x: torch.Tensor, device: torch.d
 @torch.no_grad()
 def decode_latents(ae: AutoencoderKL | VQModel, z: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] (N, 3, H, W) from scaled latents (VQ: quantised to the codebook first)."""
-    return ae.decode(z / float(ae.config.scaling_factor)).sample.clamp(-1, 1)
+    return ae.decode(z / float(ae.config.scaling_factor)).sample.float().clamp(-1, 1)
 
 
-def load_autoencoder(model_dir: str | Path, device: torch.device) -> AutoencoderKL | VQModel:
-    """The saved autoencoder of either type, in eval mode."""
+def load_autoencoder(model_dir: str | Path, device: torch.device, speed: Speed | None = None
+                     ) -> AutoencoderKL | VQModel:
+    """The saved autoencoder of either type, in eval mode; prepared by ``speed`` (layout, attention, compile)."""
     if not (Path(model_dir) / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: no saved autoencoder there (config.json missing)")
     name = AutoencoderKL.load_config(str(model_dir)).get("_class_name")
     cls = {c.__name__: c for c in MODEL_CLASSES.values()}.get(name)
     if cls is None:
         raise ValueError(f"{model_dir}: expected an AutoencoderKL or VQModel, the config says {name!r}")
-    return cls.from_pretrained(str(model_dir)).to(device).eval()
+    ae = cls.from_pretrained(str(model_dir)).to(device).eval()
+    return speed.prepare(ae) if speed is not None else ae
 
 
 # --- losses -----------------------------------------------------------------------------------------------------
@@ -141,17 +146,21 @@ def autoencoder_loss(ae: AutoencoderKL, x: torch.Tensor, weights: Mapping[str, f
 
 def vqgan_step(ae: VQModel, disc: PatchDiscriminator, perceptual: torch.nn.Module, x: torch.Tensor,
                weights: Mapping[str, float], optimizers: Mapping[str, torch.optim.Optimizer], adversarial: bool,
-               gan_loss: str = "hinge") -> dict[str, float]:
+               gan_loss: str = "hinge", autocast: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
     """One VQ-GAN update: the autoencoder on MSE + L_cb + beta L_commit + perceptual (+ adversarial), then,
-    when ``adversarial``, the discriminator on real ``x`` against the detached reconstructions."""
-    zq, cb, commit, idx = vector_quantize(ae, ae.encode(x).latents)
-    rec = ae.decode(zq, force_not_quantize=True).sample
-    terms = {"mse": torch.nn.functional.mse_loss(rec, x), "codebook": cb, "commitment": commit,
-             "perceptual": perceptual(rec, x).mean()}
-    terms["adversarial"] = generator_loss(disc(rec), gan_loss) if adversarial else torch.zeros((), device=x.device)
-    terms["loss"] = (weights["mse_weight"] * terms["mse"] + weights["codebook_weight"] * cb
-                     + weights["commitment_beta"] * commit + weights["perceptual_weight"] * terms["perceptual"]
-                     + weights["adversarial_weight"] * terms["adversarial"])
+    when ``adversarial``, the discriminator on real ``x`` against the detached reconstructions. The forward
+    passes run in ``autocast`` (bf16 on a GPU when asked for; the backward passes outside it)."""
+    autocast = autocast or contextlib.nullcontext()
+    with autocast:
+        zq, cb, commit, idx = vector_quantize(ae, ae.encode(x).latents)
+        rec = ae.decode(zq, force_not_quantize=True).sample
+        terms = {"mse": torch.nn.functional.mse_loss(rec, x), "codebook": cb, "commitment": commit,
+                 "perceptual": perceptual(rec, x).mean()}
+        terms["adversarial"] = (generator_loss(disc(rec), gan_loss) if adversarial
+                                else torch.zeros((), device=x.device))
+        terms["loss"] = (weights["mse_weight"] * terms["mse"] + weights["codebook_weight"] * cb
+                         + weights["commitment_beta"] * commit + weights["perceptual_weight"] * terms["perceptual"]
+                         + weights["adversarial_weight"] * terms["adversarial"])
     optimizers["ae"].zero_grad(set_to_none=True)
     terms["loss"].backward()
     optimizers["ae"].step()
@@ -159,7 +168,8 @@ def vqgan_step(ae: VQModel, disc: PatchDiscriminator, perceptual: torch.nn.Modul
     out["codes_used"] = int(idx.unique().numel())
     out["discriminator"] = float("nan")
     if adversarial:
-        d_loss = discriminator_loss(disc(x), disc(rec.detach()), gan_loss)
+        with autocast:
+            d_loss = discriminator_loss(disc(x), disc(rec.detach()), gan_loss)
         optimizers["disc"].zero_grad(set_to_none=True)
         d_loss.backward()
         optimizers["disc"].step()
@@ -215,16 +225,22 @@ def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: st
                       {**params, "data": fingerprint(x)})
     start, rows = ckpt.load(modules, optimizers, gen)
     steps, bs = int(params["steps"]), int(params["batch_size"])
+    speed = Speed.from_params(params).enable(device)
+    for m in modules.values():
+        speed.prepare(m)
     ae.train()
     for step in tqdm(range(start, steps), initial=start, total=steps, desc=f"autoencoder {name}", mininterval=10):
         idx = torch.randint(0, len(x), (bs,), generator=gen)
-        batch = x[idx].to(device)
+        batch = to_device(x[idx], device)
         if torch.rand((), generator=gen) < 0.5:
             batch = batch.flip(-1)
+        batch = speed.batch(batch)
         if kind == "vq":
-            row = vqgan_step(ae, disc, perceptual, batch, weights, optimizers, step >= start_adv, d["gan_loss"])
+            row = vqgan_step(ae, disc, perceptual, batch, weights, optimizers, step >= start_adv, d["gan_loss"],
+                             speed.autocast(device))
         else:
-            terms = autoencoder_loss(ae, batch, weights)
+            with speed.autocast(device):
+                terms = autoencoder_loss(ae, batch, weights)
             optimizers["ae"].zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizers["ae"].step()

@@ -38,6 +38,7 @@ from .data import resolve_path
 from .io import atomic_path, log, read_rgb, write_parquet
 from .multilevel import MULTILEVEL_DEFAULTS, MultiLevelEmbedder, OpenClipLevels, install_adapters, level_tokens
 from .nets import load_feature_net
+from .speed import Speed
 from .text import FrozenTextEmbeddings, frozen_prompt_encoder
 from .torchutils import (Checkpoint, fingerprint, load_adapted, load_images, seed_everything, select_device,
                          set_threads, to_tensor)
@@ -210,6 +211,27 @@ class Objective(torch.nn.Module):
                               gen, style, multilevel, self.loss)
 
 
+def optimiser_step(model: torch.nn.Module, opt: torch.optim.Optimizer, mean: torch.Tensor, std: torch.Tensor,
+                   y: torch.Tensor, levels: list[torch.Tensor] | None, batch_size: int, accum: int,
+                   gen: torch.Generator, speed: Speed) -> dict[str, torch.Tensor]:
+    """One optimiser step of the training loop over ``accum`` batches (gradient accumulation): each batch draws
+    ``batch_size`` latents from their posteriors (mean + std * eps) with their conditions; returns the mean of
+    each loss term."""
+    device = mean.device
+    opt.zero_grad(set_to_none=True)
+    parts = []
+    for _ in range(accum):
+        idx = torch.randint(0, len(mean), (batch_size,), generator=gen)
+        lat = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen).to(device)  # posterior sample
+        batch_levels = [t[idx] for t in levels] if levels is not None else None
+        with speed.autocast(device):
+            terms = model(speed.batch(lat), y[idx].to(device), gen, batch_levels)
+        (terms["loss"] / accum).backward()  # under DDP: gradients averaged over the processes here
+        parts.append({k: v.detach() for k, v in terms.items()})
+    opt.step()
+    return {k: torch.stack([p[k] for p in parts]).mean() for k in parts[0]}
+
+
 def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, log_table: str | Path,
                     params: Mapping[str, Any], feature_net: str | Path | None = None,
                     clusters: Mapping[str, str | Path] | None = None, threads: int | None = None) -> None:
@@ -312,13 +334,15 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
     sched = noise_scheduler(params)
     objective = Objective(modules, sched, float(params["cond_dropout"]), style[2] if style else 0.0,
                           params.get("loss", "mse"))
+    speed = Speed.from_params(params).enable(device)
+    for m in modules.values():
+        speed.prepare(m)
     model = accelerator.prepare_model(objective) if accelerator is not None else objective
     trainable = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=float(params["lr"]))  # constant learning rate (CLUE Table 3)
     states: dict[str, Any] = {"opt": opt}
     if params.get("ema_decay"):
         states["ema"] = EMAModel(trainable, decay=float(params["ema_decay"]))
-    autocast = _autocast(params.get("mixed_precision", "no"), device)
     data = fingerprint(mean, std, y, *(levels or []))  # latents, conditions, multi-level embeddings
     ckpt = Checkpoint(Path(model_dir).with_name(Path(model_dir).name + ".resume.pt"), {**params, "data": data})
     start, rows = ckpt.load(modules, states, gen)
@@ -330,19 +354,9 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
         if accelerator is not None:  # each process its own batches, reproducible from (seed, rank, step)
             gen.manual_seed(int(np.random.SeedSequence([int(params["seed"]), accelerator.process_index,
                                                         step]).generate_state(1)[0]))
-        opt.zero_grad(set_to_none=True)
-        parts = []
-        for _ in range(accum):  # gradient accumulation: one optimiser step per `accum` batches
-            idx = torch.randint(0, len(mean), (bs,), generator=gen)
-            lat = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen).to(device)  # posterior sample
-            with autocast:
-                terms = model(lat, y[idx].to(device), gen, [t[idx] for t in levels] if levels is not None else None)
-            (terms["loss"] / accum).backward()  # under DDP: gradients averaged over the processes here
-            parts.append({k: v.detach() for k, v in terms.items()})
-        opt.step()
+        means = optimiser_step(model, opt, mean, std, y, levels, bs, accum, gen, speed)
         if "ema" in states:
             states["ema"].step(trainable)
-        means = {k: torch.stack([p[k] for p in parts]).mean() for k in parts[0]}
         if accelerator is not None:
             means = {k: accelerator.reduce(v, "mean") for k, v in means.items()}
         rows.append({"step": step + 1, **{k: v.item() for k, v in means.items()}})
@@ -366,9 +380,10 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
         accelerator.wait_for_everyone()
 
 
-def load_diffusion(model_dir: str | Path, device: torch.device) -> DiffusionModel:
+def load_diffusion(model_dir: str | Path, device: torch.device, speed: Speed | None = None) -> DiffusionModel:
     """The saved model; a CLUE model's style adapter is installed in its UNet (the style encoder is only needed
-    in training: sampling draws s from N(0, sigma^2 I))."""
+    in training: sampling draws s from N(0, sigma^2 I)). ``speed`` prepares the UNet (layout, attention,
+    compile) once its adapters are installed."""
     model_dir = Path(model_dir)
     unet = UNet2DConditionModel.from_pretrained(str(model_dir / "unet")).to(device).eval()
     kind = PromptEncoder.load_config(str(model_dir / "prompt_encoder")).get("_class_name")
@@ -383,16 +398,9 @@ def load_diffusion(model_dir: str | Path, device: torch.device) -> DiffusionMode
         embedder = MultiLevelEmbedder.from_pretrained(str(model_dir / "multilevel_embedder")).to(device).eval()
         install_adapters(unet, embedder.config.beta)
         refs = torch.load(model_dir / "multilevel_references.pt", map_location="cpu", weights_only=True)
+    if speed is not None:
+        speed.prepare(unet)
     return DiffusionModel(unet, penc, sched, adapter, embedder, refs)
-
-
-def _autocast(mode: str, device: torch.device):
-    """FP32 by default (CLUE Table 3); ``bf16`` autocast on a GPU. On the CPU bf16 is not used."""
-    if mode not in ("no", "bf16"):
-        raise ValueError(f"diffusion.mixed_precision must be 'no' or 'bf16', got {mode!r}")
-    if mode == "bf16" and device.type != "cuda":
-        log.info("mixed_precision bf16 applies on a GPU only; training in FP32 on %s", device)
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16" and device.type == "cuda")
 
 
 def image_encoder(params: Mapping[str, Any], feature_net: str | Path | None, device: torch.device) -> torch.nn.Module:

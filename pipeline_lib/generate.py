@@ -27,6 +27,7 @@ from .cluster.condition import ClusterEmbedding
 from .diffusion import DiffusionModel, load_diffusion
 from .io import atomic_path, log, read_parquet, write_parquet, write_png
 from .preprocess import preprocess_image
+from .speed import Speed
 from .torchutils import select_device, set_threads, to_uint8
 
 
@@ -176,9 +177,10 @@ def generate(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, ou
     """Entry point of the generate rule for one (variant, setting, seed)."""
     set_threads(threads)
     device = select_device(params["device"])
+    speed = Speed.from_params(params).enable(device)
     seed, setting = int(params["seed"]), params["setting"]
-    ae = load_autoencoder(ae_dir, device)
-    model = with_sampler(load_diffusion(model_dir, device), params.get("sampler", "ddim"))
+    ae = load_autoencoder(ae_dir, device, speed)
+    model = with_sampler(load_diffusion(model_dir, device, speed), params.get("sampler", "ddim"))
     conditions, counts, extra = image_counts(model, model_dir, manifest, params)
     if model.style_adapter is None and params.get("style_sigma") is not None:
         log.info("setting %s: style_sigma %s is ignored, variant %s has no style latent", setting,
@@ -198,10 +200,12 @@ def generate(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, ou
             noise_seed = int(np.random.SeedSequence([seed, ci, b]).generate_state(1)[0])
             if not done.exists():
                 g = torch.Generator().manual_seed(noise_seed)
-                lat = sample_latents(model, ci, len(ids), shape, int(params["num_inference_steps"]),
-                                     float(params["guidance_scale"]), g, device, params.get("style_sigma"))
+                with speed.autocast(device):
+                    lat = sample_latents(model, ci, len(ids), shape, int(params["num_inference_steps"]),
+                                         float(params["guidance_scale"]), g, device, params.get("style_sigma"))
+                    decoded = to_uint8(decode_latents(ae, lat))
                 status = {}
-                for image_id, im in zip(ids, to_uint8(decode_latents(ae, lat))):
+                for image_id, im in zip(ids, decoded):
                     out, status[image_id] = finalize_synthetic(im, pre)
                     write_png(out, partial / f"{image_id}.png")
                 with atomic_path(done) as tmp:

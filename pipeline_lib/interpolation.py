@@ -45,6 +45,7 @@ from .io import atomic_path, log, pyplot, read_parquet, read_rgb, save_figure, w
 from .multilevel import OpenClipLevels
 from .nets import extract_features, load_feature_net
 from .preprocess import inpaint
+from .speed import Speed
 from .torchutils import select_device, set_threads, to_tensor, to_uint8
 
 def segment_lesion(image: np.ndarray, fov: np.ndarray, dilate: int = 1) -> np.ndarray:
@@ -140,7 +141,8 @@ def interpolate(gen_manifest: str | Path, ae_dir: str | Path, feature_net: str |
     interpolate_latents(torch.zeros(1), torch.zeros(1), alphas)  # checks the grid before any work
     gen = read_parquet(gen_manifest, required=("image_id", "path", "label"))
     pre = params["preprocess"]
-    ae = load_autoencoder(ae_dir, device)
+    speed = Speed.from_params(params).enable(device)
+    ae = load_autoencoder(ae_dir, device, speed)
 
     picks = []  # (row index in gen) of the images chosen for interpolation, class by class
     for ci, label in enumerate(classes):
@@ -178,9 +180,10 @@ def interpolate(gen_manifest: str | Path, ae_dir: str | Path, feature_net: str |
                     examples.append({"disease": image, "lesion": lesion, "normal": pn, "id": row["image_id"]})
             if not keep:
                 continue
-            zd, _ = encode_latents(ae, to_tensor(np.stack(disease)), device)
-            zn, _ = encode_latents(ae, to_tensor(np.stack(normal)), device)
-            decoded = [to_uint8(decode_latents(ae, z)) for z in interpolate_latents(zd, zn, alphas)]
+            with speed.autocast(device):
+                zd, _ = encode_latents(ae, to_tensor(np.stack(disease)), device)
+                zn, _ = encode_latents(ae, to_tensor(np.stack(normal)), device)
+                decoded = [to_uint8(decode_latents(ae, z)) for z in interpolate_latents(zd.float(), zn.float(), alphas)]
             for j, record in enumerate(keep):
                 for a, images in zip(alphas, decoded):
                     image_id = f"{record['source_image_id']}_a{round(a * 100):03d}"

@@ -187,8 +187,11 @@ def stage_log(log_path: str | os.PathLike | None, job=None) -> Iterator[logging.
         try:
             if job is not None:
                 from .gpu_slots import claim_for_job
+                from .speed import loader_settings
+                from .torchutils import configure_loading
 
                 claim_for_job(job)
+                configure_loading(**loader_settings(getattr(job, "config", None)))
             yield log
         except BaseException:
             log.exception("stage failed")

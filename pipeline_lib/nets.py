@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from .io import log
 from .metrics import classification_scores
-from .torchutils import Checkpoint, fingerprint
+from .speed import Speed
+from .torchutils import Checkpoint, fingerprint, to_device
 
 
 def resize_to(x: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -173,6 +174,8 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_va
     torch.manual_seed(seed)
     model = classifier_from_params(params, n_classes).to(device)
     check_input_size(model, x[:1], params)
+    speed = Speed.from_params(params).enable(device)
+    model = speed.prepare(model)
     opt = torch.optim.Adam(model.parameters(), lr=float(params["lr"]))
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=float(params["lr_factor"]),
                                                        patience=int(params["lr_patience"]))
@@ -196,8 +199,9 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_va
             idx = perm[i:i + bs]
             if len(idx) < 2:  # batch norm needs two samples
                 continue
-            xb = augment(x[idx], int(params["shift_pixels"]), gen).to(device)
-            loss = F.cross_entropy(model(xb), y[idx].to(device))
+            xb = speed.batch(to_device(augment(x[idx], int(params["shift_pixels"]), gen), device))
+            with speed.autocast(device):
+                loss = F.cross_entropy(model(xb), to_device(y[idx], device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -85,20 +85,24 @@ def inpaint(image: np.ndarray, mask: np.ndarray, radius: int, method: str, key: 
     return cv2.inpaint(image, mask, int(radius), INPAINT_METHODS[method])
 
 
-def remove_hair(image: np.ndarray, kernel_size: int = 9, threshold: int = 10, inpaint_radius: int = 3,
-                method: str = "telea", kernel_shape: str = "cross") -> tuple[np.ndarray, np.ndarray]:
-    """DullRazor (Fig. 14 of the multi-level embedding paper): grayscale, morphological black-hat with a
-    ``kernel_shape`` structuring element of ``kernel_size`` px, threshold to a hair mask, inpaint (Telea or
-    Navier-Stokes). Returns ``(clean, hair_mask)``: the inpainted RGB image and the uint8 hair mask (0 or 255).
-    """
+def hair_mask(image: np.ndarray, kernel_size: int = 9, threshold: int = 10, kernel_shape: str = "cross") -> np.ndarray:
+    """DullRazor's hair mask (Fig. 14 of the multi-level embedding paper): grayscale, morphological black-hat
+    with a ``kernel_shape`` structuring element of ``kernel_size`` px, thresholded; uint8, 0 or 255."""
     if kernel_shape not in KERNEL_SHAPES:
         raise ValueError(f"kernel_shape must be one of {sorted(KERNEL_SHAPES)}, got {kernel_shape!r}")
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     kernel = cv2.getStructuringElement(KERNEL_SHAPES[kernel_shape], (kernel_size, kernel_size))
     blackhat = cv2.morphologyEx(gray, cv2.MORPH_BLACKHAT, kernel)
     _, hair = cv2.threshold(blackhat, threshold, 255, cv2.THRESH_BINARY)
-    clean = inpaint(image, hair, inpaint_radius, method)
-    return clean, hair
+    return hair
+
+
+def remove_hair(image: np.ndarray, kernel_size: int = 9, threshold: int = 10, inpaint_radius: int = 3,
+                method: str = "telea", kernel_shape: str = "cross") -> tuple[np.ndarray, np.ndarray]:
+    """DullRazor: the hair mask (``hair_mask``), inpainted by Telea's or the Navier-Stokes method. Returns
+    ``(clean, hair_mask)``: the inpainted RGB image and the uint8 hair mask (0 or 255)."""
+    hair = hair_mask(image, kernel_size, threshold, kernel_shape)
+    return inpaint(image, hair, inpaint_radius, method), hair
 
 
 def mask_crop_resize(image: np.ndarray, cx: float, cy: float, r: float, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -165,12 +169,17 @@ def inspect_frame(image: np.ndarray, params: Mapping[str, Any]) -> tuple[np.ndar
     """The frame to crop (hair removed when DullRazor is switched on) and the QC record of one RGB frame:
     cx, cy, r (CLUE section 4.3), hair_fraction, status (``ok`` or ``dropped``) and reason."""
     threshold, hair_cfg = int(params["threshold"]), params["hair_removal"]
-    clean, hair = remove_hair(image, **_hair_args(params))
+    # The hair mask is always measured (the QC table's hair_fraction); inpainting only when removal is on.
+    if hair_cfg["enabled"]:
+        clean, hair = remove_hair(image, **_hair_args(params))
+    else:
+        clean, hair = image, hair_mask(image, int(hair_cfg["kernel_size"]), int(hair_cfg["threshold"]),
+                                       hair_cfg["kernel_shape"])
     if params.get("aperture", "circle") == "none":  # dermoscopy: the whole frame is the field of view
         h, w = image.shape[:2]
         record = {"cx": w / 2, "cy": h / 2, "r": float("nan"), "hair_fraction": float((hair > 0).mean()),
                   "status": "ok", "reason": ""}
-        return (clean if hair_cfg["enabled"] else image), record
+        return clean, record
     cx, cy, r = find_circle(image, threshold)
     inside = np.zeros(image.shape[:2], np.uint8)
     if r > 0:
@@ -183,7 +192,7 @@ def inspect_frame(image: np.ndarray, params: Mapping[str, Any]) -> tuple[np.ndar
     elif r < min_r:
         record.update(status="dropped", reason=f"radius {r:.1f} px below {params['min_radius_fraction']} of the "
                                                f"shorter image side ({min_r:.1f} px)")
-    return (clean if hair_cfg["enabled"] else image), record
+    return clean, record
 
 
 def preprocess_image(image: np.ndarray, params: Mapping[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None, dict]:

@@ -31,6 +31,7 @@ from .generate import sample_latents, with_sampler
 from .io import log, write_parquet, write_png
 from .nets import load_feature_net
 from .perceptual import load_perceptual
+from .speed import Speed
 from .torchutils import select_device, set_threads, to_uint8
 
 
@@ -75,8 +76,9 @@ def traverse(ae_dir: str | Path, model_dir: str | Path, feature_net: str | Path,
         raise ValueError(f"trajectory.neutral: {params['neutral']!r} is not one of the classes {classes}")
     neutral = classes.index(params["neutral"])
     attributes = [i for i in range(len(classes)) if i != neutral]
-    model = with_sampler(load_diffusion(model_dir, device), "ddim")
-    ae = load_autoencoder(ae_dir, device)
+    speed = Speed.from_params(params).enable(device)
+    model = with_sampler(load_diffusion(model_dir, device, speed), "ddim")
+    ae = load_autoencoder(ae_dir, device, speed)
     classifier = load_feature_net(feature_net, device)
     perceptual = load_perceptual(params["perceptual"], feature_net, device)
     penc, c = model.prompt_encoder, model.unet.config
@@ -86,8 +88,9 @@ def traverse(ae_dir: str | Path, model_dir: str | Path, feature_net: str | Path,
 
     def run(cond_at=None) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(noise_seed)  # the same x_T (and style / references) for every edit
-        z = sample_latents(model, neutral, n, shape, steps, guidance, g, device, params.get("style_sigma"), cond_at)
-        return z, decode_latents(ae, z).clamp(-1, 1)
+        with speed.autocast(device):
+            z = sample_latents(model, neutral, n, shape, steps, guidance, g, device, params.get("style_sigma"), cond_at)
+            return z.float(), decode_latents(ae, z).clamp(-1, 1)
 
     def probs(x: torch.Tensor) -> np.ndarray:
         return F.softmax(classifier(x), 1).double().cpu().numpy()

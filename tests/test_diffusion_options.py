@@ -45,12 +45,12 @@ def test_gradient_accumulation_takes_several_batches_per_step(tiny_manifest, set
 
 def test_bf16_is_gpu_only_and_bad_precision_is_named(tiny_manifest, setup, caplog):
     with caplog.at_level("INFO", logger="pipeline_lib"):
-        log_bf16, _ = _run(tiny_manifest, setup, "bf16", mixed_precision="bf16")
-    assert "applies on a GPU only; training in FP32" in caplog.text
+        log_bf16, _ = _run(tiny_manifest, setup, "bf16", speed={"mixed_precision": "bf16"})
+    assert "speed.mixed_precision bf16 applies on a GPU only; running in FP32" in caplog.text
     log_fp32, _ = _run(tiny_manifest, setup, "fp32")
     pd.testing.assert_frame_equal(log_bf16, log_fp32)
-    with pytest.raises(ValueError, match="diffusion.mixed_precision must be 'no' or 'bf16', got 'fp8'"):
-        _run(tiny_manifest, setup, "fp8", mixed_precision="fp8")
+    with pytest.raises(ValueError, match=r"speed.mixed_precision must be one of \['no', 'bf16'\], got 'fp8'"):
+        _run(tiny_manifest, setup, "fp8", speed={"mixed_precision": "fp8"})
 
 
 def test_ddpm_and_ddim_samplers(tiny_manifest, setup):

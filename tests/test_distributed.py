@@ -40,7 +40,7 @@ def test_launch_uses_accelerate_on_gpus_and_torchrun_on_the_cpu(tmp_path):
 def test_a_failing_process_fails_the_job_and_writes_nothing(tiny_manifest, tiny_ae, diffusion_params, tmp_path):
     import pytest
 
-    params = diffusion_params(steps=2, gpus=2, mixed_precision="fp8")  # fails inside each process
+    params = diffusion_params(steps=2, gpus=2, speed={"mixed_precision": "fp8"})  # fails inside each process
     with pytest.raises(RuntimeError, match="diffusion: a data-parallel process failed"):
         train_diffusion(tiny_manifest, tiny_ae, tmp_path / "model", tmp_path / "log.parquet", params)
     assert not (tmp_path / "model").exists() and not (tmp_path / "log.parquet").exists()

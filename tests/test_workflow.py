@@ -231,6 +231,18 @@ def test_a_comment_edit_reruns_nothing(run, tiny_config):
     assert planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml")) == {}
 
 
+def test_speed_switches_rerun_the_torch_stages_only_where_numbers_can_change(run, tiny_config):
+    work, _ = run
+    loading = {"num_workers": 2, "pin_memory": True, "feature_cache": False}  # never change a number
+    _edited(work, {**tiny_config, "speed": loading}, "speed", "num_workers", 2)
+    assert planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml")) == {}
+    _edited(work, {**tiny_config, "speed": {}}, "speed", "channels_last", True)
+    jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
+    assert {"autoencoder", "diffusion", "generate", "feature_net", "classify", "trajectory", "interpolation"} \
+        <= set(jobs)
+    assert not {"ingest", "preprocess", "leakage", "cluster"} & set(jobs)
+
+
 def test_diffusion_edit_keeps_autoencoder_and_feature_network(run, tiny_config):
     work, _ = run
     _edited(work, tiny_config, "diffusion", "steps", tiny_config["diffusion"]["steps"] + 1)

@@ -334,6 +334,16 @@ def shared():
     return {"seed": config["seed"], "device": config["device"], "classes": CLASSES}
 
 
+# The speed switches that can change a number (pipeline_lib.speed.NUMERIC_KEYS): parameters of the torch stages.
+# num_workers, pin_memory and feature_cache never do; the scripts read them from the config, so editing them
+# reruns nothing.
+SPEED_NUMERIC = ("mixed_precision", "tf32", "channels_last", "attention", "compile")
+
+
+def speed():
+    return {"speed": {k: config["speed"][k] for k in SPEED_NUMERIC}}
+
+
 def data_params():
     return {**config["data"], "seed": config["seed"]}
 
@@ -345,7 +355,7 @@ def stage_params(stage):
 def autoencoder_params(wildcards):
     a = config["autoencoder"][wildcards.ae]
     extra = {"perceptual": config["perceptual"]} if a["type"] == "vq" else {}
-    return {**a, **extra, "name": wildcards.ae, **shared()}
+    return {**a, **extra, "name": wildcards.ae, **speed(), **shared()}
 
 
 def autoencoder_metrics_params(wildcards):
@@ -383,7 +393,7 @@ def diffusion_params(wildcards):
         | ({"prompts", "text_encoder", "max_prompt_length"} if conditioning == "cluster" else set())
     d = {k: v for k, v in config["diffusion"].items() if k not in unused}
     return {**d, **VARIANT_CFG[wildcards.variant], "variant": wildcards.variant,
-            "autoencoder": variant_autoencoder(wildcards.variant), **shared()}
+            "autoencoder": variant_autoencoder(wildcards.variant), **speed(), **shared()}
 
 
 def generate_params(wildcards):
@@ -393,7 +403,8 @@ def generate_params(wildcards):
     g = {k: v for k, v in config["generate"].items() if k not in ("settings", "seeds", unused)}
     setting = {k: v for k, v in config["generate"]["settings"][wildcards.setting].items() if k != "variants"}
     return {**g, **setting, "variant": wildcards.variant,
-            "setting": wildcards.setting, "preprocess": config["preprocess"], **shared(), "seed": int(wildcards.seed)}
+            "setting": wildcards.setting, "preprocess": config["preprocess"], **speed(), **shared(),
+            "seed": int(wildcards.seed)}
 
 
 EVAL_METRIC_KEYS = ("recall_k", "precision_k", "density_k", "is_splits")
@@ -401,7 +412,7 @@ EVAL_METRIC_KEYS = ("recall_k", "precision_k", "density_k", "is_splits")
 
 def feature_net_params():
     """The evaluate slice without the metric settings: editing them does not retrain the network."""
-    return {k: v for k, v in stage_params("evaluate").items() if k not in EVAL_METRIC_KEYS}
+    return {**{k: v for k, v in stage_params("evaluate").items() if k not in EVAL_METRIC_KEYS}, **speed()}
 
 
 def evaluate_params(wildcards):
@@ -421,7 +432,7 @@ def classify_params(wildcards):
     if protocol == "count":
         point["counts"] = config["classify"]["count_sets"][value]
     return {**c, **point, "arch": wildcards.arch, "variant": wildcards.variant, "setting": wildcards.setting,
-            **shared(), "seed": int(wildcards.seed)}
+            **speed(), **shared(), "seed": int(wildcards.seed)}
 
 
 def _check_grid():
@@ -490,7 +501,7 @@ def trajectory_params(wildcards):
     return {**config["trajectory"], "num_inference_steps": config["generate"]["num_inference_steps"],
             "guidance_scale": setting["guidance_scale"], "style_sigma": setting.get("style_sigma"),
             "perceptual": config["perceptual"], "variant": wildcards.variant, "setting": wildcards.setting,
-            **shared(), "seed": int(wildcards.seed)}
+            **speed(), **shared(), "seed": int(wildcards.seed)}
 
 
 def interpolation_inputs(wildcards):
@@ -502,7 +513,8 @@ def interpolation_params(wildcards):
     decoded images and the image encoder of the semantic variance."""
     i = {("classes_interpolated" if k == "classes" else k): v for k, v in config["interpolation"].items()}
     return {**i, "preprocess": config["preprocess"], "image_encoder": config["diffusion"]["image_encoder"],
-            "variant": wildcards.variant, "setting": wildcards.setting, **shared(), "seed": int(wildcards.seed)}
+            "variant": wildcards.variant, "setting": wildcards.setting, **speed(), **shared(),
+            "seed": int(wildcards.seed)}
 
 
 def interpolation_tables():

@@ -1,0 +1,140 @@
+"""(b) Diffusion training steps/s and (c) DDIM sampling images/s of the pipeline's code against plain diffusers
+loops on the same UNet, prompt encoder and batch; and classifier-free guidance batched (one UNet call on the
+conditional and unconditional halves, as the pipeline does) against two passes.
+
+    .venv/bin/python benchmarks/diffusion_speed.py                 # the default config's model, 16 x 16 x 8 latents
+    .venv/bin/python benchmarks/diffusion_speed.py --threads 1
+
+The reference training loop is the one of diffusers' text-to-image example (add_noise, get_velocity, MSE,
+backward, AdamW step); the reference sampling loop is the one of diffusers' "deconstruct the Stable Diffusion
+pipeline" guide (set_timesteps, scale_model_input, UNet on the doubled batch, guidance, scheduler.step).
+Targets: both at least 1.0x the reference; batched guidance at least 1.6x two passes.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import best_time, save  # noqa: E402
+
+from pipeline_lib.diffusion import (DiffusionModel, Objective, PromptEncoder, build_unet, noise_scheduler,  # noqa: E402
+                                    optimiser_step)
+from pipeline_lib.generate import sample_latents, with_sampler  # noqa: E402
+from pipeline_lib.speed import Speed  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def model_parts(cfg: dict, latent: int, channels: int):
+    d = cfg["diffusion"]
+    classes = cfg["data"]["classes"]
+    unet = build_unet(latent, channels, d)
+    penc = PromptEncoder(classes, [d["prompts"][c] for c in classes], dim=int(d["cross_attention_dim"]),
+                         max_length=int(d["max_prompt_length"]))
+    return unet, penc, noise_scheduler(d)
+
+
+def plain_train_step(unet, penc, sched, opt, latents, labels, gen):
+    noise = torch.randn(latents.shape, generator=gen)
+    t = torch.randint(0, sched.config.num_train_timesteps, (len(latents),), generator=gen)
+    noisy = sched.add_noise(latents, noise, t)
+    target = sched.get_velocity(latents, noise, t)
+    pred = unet(noisy, t, encoder_hidden_states=penc(labels)).sample
+    loss = F.mse_loss(pred.float(), target.float())
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+
+
+@torch.no_grad()
+def plain_sampling(unet, penc, scheduler, n, shape, steps, guidance, gen, two_pass=False):
+    scheduler.set_timesteps(steps)
+    labels = torch.zeros(n, dtype=torch.long)
+    cond, uncond = penc(labels), penc(torch.full_like(labels, penc.null_index))
+    latents = torch.randn((n, *shape), generator=gen) * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        x = scheduler.scale_model_input(latents, t)
+        if two_pass:
+            pu = unet(x, t, encoder_hidden_states=uncond).sample
+            pc = unet(x, t, encoder_hidden_states=cond).sample
+        else:
+            pu, pc = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
+        latents = scheduler.step(pu + guidance * (pc - pu), t, latents, eta=0.0).prev_sample
+    return latents
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(ROOT / "config" / "config.yaml"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--train-steps", type=int, default=10, help="steps per timing")
+    ap.add_argument("--sample-batches", type=int, nargs="+", default=[4, 32, 128], help="images per sampling call")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = yaml.safe_load(Path(args.config).read_text())
+    latent = cfg["preprocess"]["image_size"] // 2 ** (len(cfg["autoencoder"]["kl8"]["block_out_channels"]) - 1)
+    channels = cfg["autoencoder"]["kl8"]["latent_channels"]
+    shape = (channels, latent, latent)
+    bs, n_train = int(cfg["diffusion"]["batch_size"]), 512
+    rows = []
+
+    # (b) training: the same initial weights, latents and conditions for both loops
+    gen = torch.Generator().manual_seed(0)
+    mean, std = torch.randn((n_train, *shape), generator=gen), torch.full((n_train, *shape), 0.1)
+    y = torch.randint(0, len(cfg["data"]["classes"]), (n_train,), generator=gen)
+    torch.manual_seed(0)
+    unet, penc, sched = model_parts(cfg, latent, channels)
+    objective = Objective({"unet": unet, "prompt_encoder": penc}, sched, float(cfg["diffusion"]["cond_dropout"]), 0.0)
+    opt = torch.optim.AdamW(objective.parameters(), lr=1e-4)
+    speed = Speed()
+
+    def ours():
+        for _ in range(args.train_steps):
+            optimiser_step(objective, opt, mean, std, y, None, bs, 1, gen, speed)
+
+    def plain():
+        for _ in range(args.train_steps):
+            idx = torch.randint(0, n_train, (bs,), generator=gen)
+            plain_train_step(unet, penc, sched, opt, mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen),
+                             y[idx], gen)
+
+    unet.train()
+    t_ref, t_ours = best_time(plain, args.repeats), best_time(ours, args.repeats)
+    rows += [{"benchmark": "b: training", "what": "plain diffusers loop", "batch": bs, "per_s": args.train_steps / t_ref,
+              "unit": "steps/s", "x_reference": 1.0, "target_x": None},
+             {"benchmark": "b: training", "what": "pipeline optimiser_step", "batch": bs,
+              "per_s": args.train_steps / t_ours, "unit": "steps/s", "x_reference": t_ref / t_ours, "target_x": 1.0}]
+
+    # (c) sampling: DDIM, eta 0, the default steps and guidance
+    unet.eval()
+    steps, w = int(cfg["generate"]["num_inference_steps"]), float(cfg["generate"]["settings"]["cfg2"]["guidance_scale"])
+    model = with_sampler(DiffusionModel(unet, penc, sched), "ddim")
+    for n in args.sample_batches:
+        t_ref = best_time(lambda: plain_sampling(unet, penc, model.scheduler, n, shape, steps, w,
+                                                 torch.Generator().manual_seed(1)), args.repeats)
+        t_two = best_time(lambda: plain_sampling(unet, penc, model.scheduler, n, shape, steps, w,
+                                                 torch.Generator().manual_seed(1), two_pass=True), args.repeats)
+        t_ours = best_time(lambda: sample_latents(model, 0, n, shape, steps, w, torch.Generator().manual_seed(1),
+                                                  torch.device("cpu")), args.repeats)
+        rows += [{"benchmark": "c: sampling", "what": "diffusers loop, batched guidance", "batch": n,
+                  "per_s": n / t_ref, "unit": "images/s", "x_reference": 1.0, "target_x": None},
+                 {"benchmark": "c: sampling", "what": "pipeline sample_latents", "batch": n, "per_s": n / t_ours,
+                  "unit": "images/s", "x_reference": t_ref / t_ours, "target_x": 1.0},
+                 {"benchmark": "c: guidance", "what": "diffusers loop, two passes", "batch": n, "per_s": n / t_two,
+                  "unit": "images/s", "x_reference": t_two / t_two, "target_x": None},
+                 {"benchmark": "c: guidance", "what": "batched vs two passes", "batch": n, "per_s": n / t_ref,
+                  "unit": "images/s", "x_reference": t_two / t_ref, "target_x": 1.6}]
+    for r in rows:
+        r["threads"], r["latent"], r["steps"] = args.threads, "x".join(map(str, shape)), steps
+    save("diffusion_speed", rows)
+
+
+if __name__ == "__main__":
+    main()

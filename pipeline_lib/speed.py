@@ -1,0 +1,112 @@
+"""The GPU speed switches of the config's ``speed`` section, each with a safe default (the numbers of a plain
+FP32 run). The torch stages (autoencoder, diffusion, generation, trajectory, interpolation, feature network,
+classifiers) read the same section:
+
+- ``mixed_precision``: ``no`` (FP32, CLUE Table 3) or ``bf16`` autocast, on a GPU only;
+- ``tf32``: TensorFloat-32 matrix products and convolutions on Ampere and later GPUs (off: IEEE FP32, also for
+  cuDNN's convolutions, which PyTorch otherwise lets use TF32);
+- ``channels_last``: NHWC memory layout of the convolutional networks and their image batches;
+- ``attention``: ``sdpa`` (PyTorch's fused ``scaled_dot_product_attention``, flash / memory-efficient kernels on
+  a GPU) or ``classic`` (softmax(QK^T / sqrt(d)) V written out) in the diffusers UNet and autoencoder;
+- ``compile``: ``torch.compile`` of the networks' forward passes (needs a C++ compiler; the first steps are slow);
+- ``num_workers`` and ``pin_memory``: image decoding in parallel threads, and page-locked host tensors so that
+  batches reach the GPU asynchronously. They never change a number, so they are not rerun triggers;
+- ``feature_cache``: the evaluate jobs reuse the real images' features that the feature network's job
+  saved, instead of embedding the real images again per seed and setting (the same numbers).
+
+Only the first five can change results (in the last bits, or more with bf16), so they belong to the stages'
+parameters: editing them reruns the torch stages.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+import torch
+
+from .io import log
+
+NUMERIC_KEYS = ("mixed_precision", "tf32", "channels_last", "attention", "compile")
+CHOICES = {"mixed_precision": ("no", "bf16"), "attention": ("sdpa", "classic")}
+
+
+@dataclass(frozen=True)
+class Speed:
+    mixed_precision: str = "no"
+    tf32: bool = False
+    channels_last: bool = False
+    attention: str = "sdpa"
+    compile: bool = False
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None) -> "Speed":
+        """The switches of a stage's ``speed`` parameters (absent: the defaults); a wrong value names its key."""
+        given = dict((params or {}).get("speed") or {})
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in given.items() if k in known}
+        for key, allowed in CHOICES.items():
+            if key in values and values[key] not in allowed:
+                raise ValueError(f"speed.{key} must be one of {list(allowed)}, got {values[key]!r}")
+        for key in ("tf32", "channels_last", "compile"):
+            if key in values and not isinstance(values[key], bool):
+                raise ValueError(f"speed.{key} must be true or false, got {values[key]!r}")
+        return cls(**values)
+
+    def enable(self, device: torch.device) -> "Speed":
+        """Set the process-wide TF32 precision for ``device``; log what is on."""
+        if device.type == "cuda":
+            precision = "tf32" if self.tf32 else "ieee"
+            torch.backends.cuda.matmul.fp32_precision = precision
+            torch.backends.cudnn.conv.fp32_precision = precision
+        on = [f"{k}={getattr(self, k)}" for k in NUMERIC_KEYS if getattr(self, k) != getattr(Speed, k)]
+        if on:
+            log.info("speed switches on %s: %s", device, ", ".join(on))
+        if self.mixed_precision == "bf16" and device.type != "cuda":
+            log.info("speed.mixed_precision bf16 applies on a GPU only; running in FP32 on %s", device)
+        return self
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """bf16 autocast on a GPU when asked for; otherwise a context that changes nothing."""
+        if self.mixed_precision == "bf16" and device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The module with the memory layout, attention kernel and compilation asked for, changed in place (its
+        state dict and ``save_pretrained`` are unaffected)."""
+        if self.channels_last:
+            module.to(memory_format=torch.channels_last)
+        set_attention(module, self.attention)
+        if self.compile:
+            module.compile()
+        return module
+
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        """An image batch in the layout of the prepared modules."""
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def set_attention(module: torch.nn.Module, kind: str) -> int:
+    """Swap diffusers' standard attention processors for the ``sdpa`` or ``classic`` implementation; the
+    processors of the CLUE style adapter and the multi-level adapters are kept. Returns how many were set."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    standard = (AttnProcessor, AttnProcessor2_0)
+    target = AttnProcessor2_0 if kind == "sdpa" else AttnProcessor
+    n = 0
+    for sub in module.modules():
+        processor = getattr(sub, "processor", None)
+        if hasattr(sub, "set_processor") and type(processor) in standard and type(processor) is not target:
+            sub.set_processor(target())
+            n += 1
+    return n
+
+
+def loader_settings(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``num_workers`` and ``pin_memory`` of the config's ``speed`` section, read by the scripts from the whole
+    config (they do not change results, so they are not rule parameters)."""
+    s = (config or {}).get("speed") or {}
+    return {"workers": int(s.get("num_workers", 0) or 0), "pin_memory": bool(s.get("pin_memory", False))}
