@@ -6,8 +6,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
-from pipeline_lib.metrics import (MS_SSIM_WEIGHTS, binary_auc, classification_scores, f1_per_class, knn_recall,
-                                  ms_ssim, ms_ssim_scales, mse, per_class_scores, psnr, roc_points, ssim)
+from pipeline_lib.metrics import (MS_SSIM_WEIGHTS, average_ranks, binary_auc, classification_scores, f1_per_class,
+                                  knn_recall, ms_ssim, ms_ssim_scales, mse, per_class_scores, psnr, roc_points, ssim)
 
 
 @pytest.fixture
@@ -168,6 +168,16 @@ def test_f1_auc_and_roc_equal_sklearn_on_random_and_tied_scores(seed):
         assert row["auc"] == pytest.approx(roc_auc_score(y == k, proba[:, k]), abs=1e-12)
     assert np.array_equal(roc_points(y == 0, proba[:, 0])[2][1:], roc_curve(y == 0, proba[:, 0],
                                                                            drop_intermediate=False)[2][1:])
+
+
+def test_average_ranks_match_scipy_and_a_hand_case():
+    from scipy.stats import rankdata
+
+    assert average_ranks(np.array([0.9, 0.8, 0.8, 0.1])).tolist() == [4.0, 2.5, 2.5, 1.0]
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 500):
+        for x in (rng.integers(0, 4, n).astype(float), rng.normal(size=n)):  # many ties, no ties
+            assert np.array_equal(average_ranks(x), rankdata(x))
 
 
 def test_auc_and_roc_by_hand_and_undefined_cases():

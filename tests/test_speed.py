@@ -1,0 +1,103 @@
+"""The speed switches: validated by key, the defaults change no number, and each switch does what it says on the
+CPU (what only a GPU can show, bf16 and TF32, is measured by benchmarks/gpu_speed.py)."""
+import pandas as pd
+import pytest
+import torch
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+from pipeline_lib import torchutils
+from pipeline_lib.diffusion import build_unet
+from pipeline_lib.nets import train_classifier
+from pipeline_lib.speed import Speed, loader_settings, set_attention
+from pipeline_lib.torchutils import load_images, to_device
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("speed, message", [
+    ({"attention": "flash"}, r"speed.attention must be one of \['sdpa', 'classic'\], got 'flash'"),
+    ({"mixed_precision": "fp16"}, r"speed.mixed_precision must be one of \['no', 'bf16'\], got 'fp16'"),
+    ({"channels_last": "yes"}, r"speed.channels_last must be true or false, got 'yes'"),
+])
+def test_a_wrong_switch_is_named(speed, message):
+    with pytest.raises(ValueError, match=message):
+        Speed.from_params({"speed": speed})
+
+
+def test_loader_settings_default_to_the_jobs_own_thread():
+    assert loader_settings(None) == {"workers": 0, "pin_memory": False}
+    assert loader_settings({"speed": {"num_workers": 3, "pin_memory": True}}) == {"workers": 3, "pin_memory": True}
+
+
+@pytest.fixture()
+def unet():
+    torch.manual_seed(0)
+    params = {"block_out_channels": [16, 32], "attention_levels": [False, True], "layers_per_block": 1,
+              "cross_attention_dim": 16, "attention_head_dim": 8, "norm_num_groups": 8}
+    return build_unet(8, 4, params).eval()
+
+
+def _forward(unet, speed=Speed()):
+    g = torch.Generator().manual_seed(1)
+    x, cond = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 5, 16, generator=g)
+    with torch.no_grad():
+        return unet(speed.batch(x), torch.tensor([10, 500, 900]), encoder_hidden_states=cond).sample
+
+
+def test_classic_attention_matches_sdpa_and_keeps_adapter_processors(unet):
+    reference = _forward(unet)
+    attn = [m for m in unet.modules() if hasattr(m, "set_processor")]
+    assert attn and all(type(m.processor) is AttnProcessor2_0 for m in attn)
+
+    class Adapter(AttnProcessor2_0):  # stands for the CLUE / GLIGEN processors
+        pass
+
+    attn[0].set_processor(Adapter())
+    assert set_attention(unet, "classic") == len(attn) - 1
+    assert type(attn[0].processor) is Adapter and all(type(m.processor) is AttnProcessor for m in attn[1:])
+    torch.testing.assert_close(_forward(unet), reference, atol=1e-5, rtol=1e-4)
+    assert set_attention(unet, "sdpa") == len(attn) - 1
+
+
+def test_channels_last_changes_the_layout_not_the_result(unet):
+    reference = _forward(unet)
+    speed = Speed(channels_last=True)
+    speed.prepare(unet)
+    assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(_forward(unet, speed), reference, atol=1e-5, rtol=1e-4)
+
+
+def test_compile_compiles_in_place_and_keeps_the_state_dict(unet, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **kw: calls.append(type(self).__name__))
+    keys = list(unet.state_dict())
+    assert Speed(compile=True).prepare(unet) is unet and calls == ["UNet2DConditionModel"]
+    assert list(unet.state_dict()) == keys
+
+
+def test_default_switches_give_the_same_classifier_as_no_switches():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(24, 3, 16, 16, generator=g) * 2 - 1, torch.arange(24) % 3
+    params = {"arch": "small_cnn", "feature_dim": 8, "width": 4, "input_size": None, "shift_pixels": 1, "epochs": 2,
+              "early_stopping_patience": 3, "batch_size": 8, "lr": 1e-3, "lr_patience": 2, "lr_factor": 0.5}
+    _, plain = train_classifier(x, y, x, y, 3, params, 0, CPU)
+    defaults = {"mixed_precision": "no", "tf32": False, "channels_last": False, "attention": "sdpa",
+                "compile": False}
+    _, switched = train_classifier(x, y, x, y, 3, {**params, "speed": defaults}, 0, CPU)
+    pd.testing.assert_frame_equal(pd.DataFrame(plain), pd.DataFrame(switched))
+
+
+def test_bf16_autocast_is_gpu_only():
+    assert not torch.is_autocast_enabled("cpu")
+    with Speed(mixed_precision="bf16").autocast(CPU):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_decoding_threads_and_pinned_memory_change_no_number(tiny_manifest, tiny_config, monkeypatch):
+    classes, splits = tiny_config["data"]["classes"], ["train_a", "train_b"]
+    x0, y0, rows0 = load_images(tiny_manifest, splits, classes)
+    monkeypatch.setitem(torchutils.LOADING, "workers", 2)
+    monkeypatch.setitem(torchutils.LOADING, "pin_memory", True)
+    x2, y2, rows2 = load_images(tiny_manifest, splits, classes)
+    assert torch.equal(x0, x2) and torch.equal(y0, y2) and rows0.equals(rows2)
+    assert torch.equal(to_device(x0[:4], CPU), x0[:4])  # on the CPU nothing is pinned or copied
