@@ -28,16 +28,19 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__, "gpu": gpu}
 
 
-def best_time(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
-    """The shortest wall time of ``repeats`` calls after ``warmup`` untimed ones (the least disturbed run)."""
-    for _ in range(warmup):
-        fn()
-    times = []
+def best_times(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict[str, float]:
+    """The shortest wall time of each function over ``repeats`` calls after ``warmup`` untimed ones, the calls
+    interleaved (a, b, a, b, ...) so that a slow spell of a shared machine does not fall on one of them only."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    best = {name: float("inf") for name in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return best
 
 
 def save(name: str, rows: list[dict]) -> pd.DataFrame:

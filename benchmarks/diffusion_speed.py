@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import best_time, save  # noqa: E402
+from _record import best_times, save  # noqa: E402
 
 from pipeline_lib.diffusion import (DiffusionModel, Objective, PromptEncoder, build_unet, noise_scheduler,  # noqa: E402
                                     optimiser_step)
@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--train-steps", type=int, default=10, help="steps per timing")
     ap.add_argument("--sample-batches", type=int, nargs="+", default=[4, 32, 128], help="images per sampling call")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved timings of each loop; the best counts")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = yaml.safe_load(Path(args.config).read_text())
@@ -106,7 +106,8 @@ def main() -> None:
                              y[idx], gen)
 
     unet.train()
-    t_ref, t_ours = best_time(plain, args.repeats), best_time(ours, args.repeats)
+    times = best_times({"plain": plain, "ours": ours}, args.repeats)
+    t_ref, t_ours = times["plain"], times["ours"]
     rows += [{"benchmark": "b: training", "what": "plain diffusers loop", "batch": bs, "per_s": args.train_steps / t_ref,
               "unit": "steps/s", "x_reference": 1.0, "target_x": None},
              {"benchmark": "b: training", "what": "pipeline optimiser_step", "batch": bs,
@@ -117,12 +118,14 @@ def main() -> None:
     steps, w = int(cfg["generate"]["num_inference_steps"]), float(cfg["generate"]["settings"]["cfg2"]["guidance_scale"])
     model = with_sampler(DiffusionModel(unet, penc, sched), "ddim")
     for n in args.sample_batches:
-        t_ref = best_time(lambda: plain_sampling(unet, penc, model.scheduler, n, shape, steps, w,
-                                                 torch.Generator().manual_seed(1)), args.repeats)
-        t_two = best_time(lambda: plain_sampling(unet, penc, model.scheduler, n, shape, steps, w,
-                                                 torch.Generator().manual_seed(1), two_pass=True), args.repeats)
-        t_ours = best_time(lambda: sample_latents(model, 0, n, shape, steps, w, torch.Generator().manual_seed(1),
-                                                  torch.device("cpu")), args.repeats)
+        times = best_times({
+            "ref": lambda: plain_sampling(unet, penc, model.scheduler, n, shape, steps, w,
+                                          torch.Generator().manual_seed(1)),
+            "two": lambda: plain_sampling(unet, penc, model.scheduler, n, shape, steps, w,
+                                          torch.Generator().manual_seed(1), two_pass=True),
+            "ours": lambda: sample_latents(model, 0, n, shape, steps, w, torch.Generator().manual_seed(1),
+                                           torch.device("cpu"))}, args.repeats)
+        t_ref, t_two, t_ours = times["ref"], times["two"], times["ours"]
         rows += [{"benchmark": "c: sampling", "what": "diffusers loop, batched guidance", "batch": n,
                   "per_s": n / t_ref, "unit": "images/s", "x_reference": 1.0, "target_x": None},
                  {"benchmark": "c: sampling", "what": "pipeline sample_latents", "batch": n, "per_s": n / t_ours,

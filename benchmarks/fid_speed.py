@@ -13,7 +13,7 @@ import numpy as np
 from scipy import linalg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import best_time, save  # noqa: E402
+from _record import best_times, save  # noqa: E402
 
 from pipeline_lib.metrics import fid_from_features  # noqa: E402
 
@@ -36,8 +36,9 @@ def main() -> None:
         fake = (rng.normal(size=(n, d)) + 0.3) @ (mix * 1.1)
         repeats = 3 if d < 1000 else 1
         ours, ref = fid_from_features(real, fake), scipy_fid(real, fake)
-        t_ours = best_time(lambda: fid_from_features(real, fake), repeats, warmup=0)
-        t_ref = best_time(lambda: scipy_fid(real, fake), repeats, warmup=0)
+        times = best_times({"ours": lambda: fid_from_features(real, fake), "ref": lambda: scipy_fid(real, fake)},
+                           repeats, warmup=0)
+        t_ours, t_ref = times["ours"], times["ref"]
         rows.append({"n_per_set": n, "dim": d, "pipeline_s": t_ours, "scipy_sqrtm_s": t_ref, "x_scipy": t_ref / t_ours,
                      "pipeline_fid": ours, "scipy_fid": ref, "relative_difference": abs(ours - ref) / abs(ref)})
     save("fid_speed", rows)

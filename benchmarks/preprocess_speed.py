@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import best_time, save  # noqa: E402
+from _record import best_times, save  # noqa: E402
 
 from pipeline_lib.data import CLASSES, make_image  # noqa: E402
 from pipeline_lib.io import write_png  # noqa: E402
@@ -60,7 +60,7 @@ def plain_loop(paths: list[Path], out: Path, size: int = 512, threshold: int = 2
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=48, help="frames")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved timings of each; the best counts")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -75,14 +75,16 @@ def main() -> None:
         pd.DataFrame(rows).to_parquet(tmp / "manifest.parquet")
         paths = sorted((tmp / "raw").glob("*.png"))
         (tmp / "plain").mkdir()
-        results = []
-        ref = best_time(lambda: plain_loop(paths, tmp / "plain"), args.repeats)
-        results.append({"what": "plain OpenCV loop", "workers": 1, "seconds": ref, "images_per_s": args.n / ref})
-        for workers in (1, 2):
-            t = best_time(lambda: preprocess(tmp / "manifest.parquet", tmp / f"out{workers}" / "manifest.parquet",
-                                             tmp / f"out{workers}" / "qc.parquet", PARAMS, threads=workers),
-                          args.repeats)
-            results.append({"what": "preprocess stage", "workers": workers, "seconds": t, "images_per_s": args.n / t})
+
+        def stage(workers: int):
+            return lambda: preprocess(tmp / "manifest.parquet", tmp / f"out{workers}" / "manifest.parquet",
+                                      tmp / f"out{workers}" / "qc.parquet", PARAMS, threads=workers)
+
+        times = best_times({0: lambda: plain_loop(paths, tmp / "plain"), 1: stage(1), 2: stage(2)}, args.repeats)
+        ref = times[0]
+        results = [{"what": "plain OpenCV loop", "workers": 1, "seconds": ref, "images_per_s": args.n / ref}]
+        results += [{"what": "preprocess stage", "workers": w, "seconds": times[w], "images_per_s": args.n / times[w]}
+                    for w in (1, 2)]
         for r in results:
             r["x_plain_loop"] = ref / r["seconds"]
             r["target_x"] = {("preprocess stage", 1): 0.9, ("preprocess stage", 2): 1.8}.get((r["what"], r["workers"]))
