@@ -31,6 +31,7 @@ from .adapters import IMAGE_SUFFIXES, external_manifest, ham10000_manifest
 from .io import log, write_parquet, write_png
 
 SPLITS = ("train_a", "train_b", "test", "external")
+NEEDED_SPLITS = ("train_a", "train_b", "test")  # every class needs images in these (external is optional)
 CLASSES = ("normal", "ome", "com")
 MANIFEST_COLUMNS = ("image_id", "path", "label", "split", "group", "source")
 
@@ -257,11 +258,11 @@ def normalise_manifest(df: pd.DataFrame, classes: list[str], origin: str) -> pd.
     bad_label = sorted(set(df["label"]) - set(classes))
     if bad_label:
         raise ValueError(f"{origin}: label must be one of data.classes {classes}, got {bad_label}")
-    for split in ("train_a", "train_b", "test"):
+    for split in NEEDED_SPLITS:
         if split not in set(df["split"]):
             raise ValueError(f"{origin}: expected images in split {split!r}, found none")
     present = set(zip(df["split"], df["label"]))
-    empty = [f"{c} in {s}" for s in ("train_a", "train_b", "test") for c in classes if (s, c) not in present]
+    empty = [f"{c} in {s}" for s in NEEDED_SPLITS for c in classes if (s, c) not in present]
     if empty:
         raise ValueError(f"{origin}: every class of data.classes needs images in train_a, train_b and test; "
                          f"none for {', '.join(empty)}")

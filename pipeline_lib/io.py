@@ -59,6 +59,18 @@ def write_failure(final: Path, err: BaseException) -> OSError | None:
     return None
 
 
+# Image loading of this process: the config's speed.num_workers (threads decoding images) and speed.pin_memory;
+# ``stage_log`` sets them for a rule's job, ``torchutils`` reads them. Neither changes a number, so they are read
+# from the whole config rather than being rule parameters.
+LOADING = {"workers": 0, "pin_memory": False}
+
+
+def configure_loading(config: dict | None) -> None:
+    """Set ``LOADING`` from a config's ``speed`` section (absent: one thread, no pinned memory)."""
+    s = (config or {}).get("speed") or {}
+    LOADING.update(workers=int(s.get("num_workers", 0) or 0), pin_memory=bool(s.get("pin_memory", False)))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
@@ -187,11 +199,9 @@ def stage_log(log_path: str | os.PathLike | None, job=None) -> Iterator[logging.
         try:
             if job is not None:
                 from .gpu_slots import claim_for_job
-                from .speed import loader_settings
-                from .torchutils import configure_loading
 
                 claim_for_job(job)
-                configure_loading(**loader_settings(getattr(job, "config", None)))
+                configure_loading(getattr(job, "config", None))
             yield log
         except BaseException:
             log.exception("stage failed")

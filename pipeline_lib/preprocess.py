@@ -16,7 +16,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from .data import resolve_path
+from .data import NEEDED_SPLITS, resolve_path
 from .io import log, read_parquet, write_parquet, write_png
 
 QC_COLUMNS = ("image_id", "cx", "cy", "r", "hair_fraction", "status", "reason")
@@ -168,13 +168,10 @@ def load_frame(path: str | Path, min_side: int = MIN_IMAGE_SIDE, max_pixels: int
 def inspect_frame(image: np.ndarray, params: Mapping[str, Any]) -> tuple[np.ndarray, dict]:
     """The frame to crop (hair removed when DullRazor is switched on) and the QC record of one RGB frame:
     cx, cy, r (CLUE section 4.3), hair_fraction, status (``ok`` or ``dropped``) and reason."""
-    threshold, hair_cfg = int(params["threshold"]), params["hair_removal"]
-    # The hair mask is always measured (the QC table's hair_fraction); inpainting only when removal is on.
-    if hair_cfg["enabled"]:
-        clean, hair = remove_hair(image, **_hair_args(params))
-    else:
-        clean, hair = image, hair_mask(image, int(hair_cfg["kernel_size"]), int(hair_cfg["threshold"]),
-                                       hair_cfg["kernel_shape"])
+    threshold, h = int(params["threshold"]), params["hair_removal"]
+    # The hair mask is always measured (the QC table's hair_fraction); inpainted only when removal is on.
+    hair = hair_mask(image, int(h["kernel_size"]), int(h["threshold"]), h["kernel_shape"])
+    clean = inpaint(image, hair, int(h["inpaint_radius"]), h["method"]) if h["enabled"] else image
     if params.get("aperture", "circle") == "none":  # dermoscopy: the whole frame is the field of view
         h, w = image.shape[:2]
         record = {"cx": w / 2, "cy": h / 2, "r": float("nan"), "hair_fraction": float((hair > 0).mean()),
@@ -249,9 +246,6 @@ def _preprocess_row(task: tuple[dict, str, str, Mapping[str, Any]]) -> tuple[dic
     return record, row | {"path": f"images/{row['image_id']}.png", "lesion_crop": lesion}
 
 
-NEEDED_SPLITS = ("train_a", "train_b", "test")
-
-
 def check_classes_kept(before: pd.DataFrame, after: pd.DataFrame, origin: str | Path) -> None:
     """Every class with images in train_a, train_b or test before preprocessing still has some there after it;
     else the error names the class, the split and how many were dropped (their reasons are in the log)."""
@@ -263,11 +257,6 @@ def check_classes_kept(before: pd.DataFrame, after: pd.DataFrame, origin: str | 
         raise ValueError(f"{origin}: preprocessing left no usable image of {', '.join(lost)}; see the reasons "
                          f"logged for them (no aperture: preprocess.threshold / aperture; unreadable files: fix "
                          f"or remove them)")
-
-
-def _hair_args(params: Mapping[str, Any]) -> dict:
-    h = params["hair_removal"]
-    return {k: h[k] for k in ("kernel_size", "kernel_shape", "threshold", "inpaint_radius", "method")}
 
 
 def find_lesion_mask(folder: str | Path, source: str | Path, image_id: str) -> Path | None:

@@ -10,12 +10,14 @@ classifiers) read the same section:
   a GPU) or ``classic`` (softmax(QK^T / sqrt(d)) V written out) in the diffusers UNet and autoencoder;
 - ``compile``: ``torch.compile`` of the networks' forward passes (needs a C++ compiler; the first steps are slow);
 - ``num_workers`` and ``pin_memory``: image decoding in parallel threads, and page-locked host tensors so that
-  batches reach the GPU asynchronously. They never change a number, so they are not rerun triggers;
+  batches reach the GPU asynchronously (``io.LOADING``, set by ``io.stage_log`` from the whole config). They
+  never change a number, so they are not rerun triggers;
 - ``feature_cache``: the evaluate jobs reuse the real images' features that the feature network's job
   saved, instead of embedding the real images again per seed and setting (the same numbers).
 
-Only the first five can change results (in the last bits, or more with bf16), so they belong to the stages'
-parameters: editing them reruns the torch stages.
+Only the first five, the fields of ``Speed``, can change results (in the last bits, or more with bf16), so they
+belong to the stages' parameters (``SPEED_NUMERIC`` in workflow/rules/common.smk): editing them reruns the torch
+stages.
 """
 from __future__ import annotations
 
@@ -27,7 +29,6 @@ import torch
 
 from .io import log
 
-NUMERIC_KEYS = ("mixed_precision", "tf32", "channels_last", "attention", "compile")
 CHOICES = {"mixed_precision": ("no", "bf16"), "attention": ("sdpa", "classic")}
 
 
@@ -59,7 +60,7 @@ class Speed:
             precision = "tf32" if self.tf32 else "ieee"
             torch.backends.cuda.matmul.fp32_precision = precision
             torch.backends.cudnn.conv.fp32_precision = precision
-        on = [f"{k}={getattr(self, k)}" for k in NUMERIC_KEYS if getattr(self, k) != getattr(Speed, k)]
+        on = [f"{f.name}={getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name) != f.default]
         if on:
             log.info("speed switches on %s: %s", device, ", ".join(on))
         if self.mixed_precision == "bf16" and device.type != "cuda":
@@ -103,10 +104,3 @@ def set_attention(module: torch.nn.Module, kind: str) -> int:
             sub.set_processor(target())
             n += 1
     return n
-
-
-def loader_settings(config: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``num_workers`` and ``pin_memory`` of the config's ``speed`` section, read by the scripts from the whole
-    config (they do not change results, so they are not rule parameters)."""
-    s = (config or {}).get("speed") or {}
-    return {"workers": int(s.get("num_workers", 0) or 0), "pin_memory": bool(s.get("pin_memory", False))}

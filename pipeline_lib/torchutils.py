@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from .data import resolve_path
-from .io import atomic_path, log, read_parquet, read_rgb
+from .io import LOADING, atomic_path, log, read_parquet, read_rgb
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -40,15 +40,6 @@ def select_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-# Image loading of this process (the config's speed.num_workers and speed.pin_memory; ``stage_log`` sets them for
-# a rule's job). Neither changes a number: decoding in threads keeps the manifest's order.
-LOADING = {"workers": 0, "pin_memory": False}
-
-
-def configure_loading(workers: int = 0, pin_memory: bool = False) -> None:
-    LOADING.update(workers=int(workers), pin_memory=bool(pin_memory))
-
-
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``x`` on ``device``; with ``pin_memory`` a batch bound for a GPU goes through page-locked memory and is
     copied asynchronously (ordered on the current stream, so later kernels see it complete)."""
@@ -60,7 +51,7 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 def load_images(manifest_path: str | Path, splits: Sequence[str], classes: Sequence[str]
                 ) -> tuple[torch.Tensor, torch.Tensor, pd.DataFrame]:
     """Images of ``splits`` as a float tensor in [-1, 1] of shape (N, 3, H, W), labels (N,), and their rows;
-    decoded by ``speed.num_workers`` threads when it is above 1."""
+    decoded by ``speed.num_workers`` threads when it is above 1 (``io.LOADING``; the manifest's order is kept)."""
     df = read_parquet(manifest_path, required=("image_id", "path", "label", "split"))
     df = df[df["split"].isin(list(splits))].reset_index(drop=True)
     if df.empty:

@@ -7,8 +7,9 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 from pipeline_lib import torchutils
 from pipeline_lib.diffusion import build_unet
+from pipeline_lib.io import LOADING, configure_loading
 from pipeline_lib.nets import train_classifier
-from pipeline_lib.speed import Speed, loader_settings, set_attention
+from pipeline_lib.speed import Speed, set_attention
 from pipeline_lib.torchutils import load_images, to_device
 
 CPU = torch.device("cpu")
@@ -24,9 +25,23 @@ def test_a_wrong_switch_is_named(speed, message):
         Speed.from_params({"speed": speed})
 
 
-def test_loader_settings_default_to_the_jobs_own_thread():
-    assert loader_settings(None) == {"workers": 0, "pin_memory": False}
-    assert loader_settings({"speed": {"num_workers": 3, "pin_memory": True}}) == {"workers": 3, "pin_memory": True}
+def test_the_workflow_passes_exactly_the_numeric_switches_to_the_stages():
+    import re
+    from dataclasses import fields
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "workflow" / "rules" / "common.smk").read_text()
+    listed = re.search(r"^SPEED_NUMERIC = \((.*?)\)$", text, re.M).group(1)
+    assert re.findall(r'"(\w+)"', listed) == [f.name for f in fields(Speed)]
+
+
+def test_loader_settings_default_to_the_jobs_own_thread(monkeypatch):
+    for key, value in LOADING.items():
+        monkeypatch.setitem(LOADING, key, value)  # restored after the test
+    configure_loading(None)
+    assert LOADING == {"workers": 0, "pin_memory": False}
+    configure_loading({"speed": {"num_workers": 3, "pin_memory": True}})
+    assert LOADING == {"workers": 3, "pin_memory": True}
 
 
 @pytest.fixture()

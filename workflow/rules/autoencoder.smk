@@ -3,7 +3,7 @@ rule autoencoder:
         unpack(autoencoder_inputs),
         leakage=LEAKAGE,  # the leakage checks pass before any training
         manifest=rules.preprocess.output.manifest,
-        code=autoencoder_code,
+        code=code("autoencoder"),
     output:
         model=directory(f"{R}/autoencoder/{{ae}}/model"),
         train_log=f"{R}/autoencoder/{{ae}}/train_log.parquet",

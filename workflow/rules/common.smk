@@ -232,38 +232,51 @@ wildcard_constraints:
     point="|".join(map(re.escape, CLASSIFY_POINTS)),
 
 
-# The pipeline_lib modules each stage runs: listed as inputs, so an edit to the code reruns the stage.
+# The pipeline_lib modules each stage's script calls; `code(stage)` adds every module they import, directly or
+# not (lazy imports inside functions included), and lists them all as inputs: an edit to the code reruns the stage.
 CODE = {
-    "ingest": ["data", "adapters", "io"],
-    "preprocess": ["preprocess", "data", "io"],
-    "autoencoder_kl": ["autoencoder", "metrics", "torchutils", "data", "io"],
-    "autoencoder_vq": ["autoencoder", "vqgan", "perceptual", "nets", "metrics", "torchutils", "data", "io"],
-    "autoencoder_metrics": ["autoencoder", "perceptual", "nets", "metrics", "torchutils", "data", "io"],
-    "diffusion": ["diffusion", "distributed", "clue", "multilevel", "text", "cluster/condition", "nets",
-                  "autoencoder", "torchutils", "data", "io"],
-    "generate": ["generate", "preprocess", "diffusion", "distributed", "clue", "multilevel", "text",
-                 "cluster/condition", "nets", "autoencoder", "torchutils", "data", "io"],
-    "feature_net": ["evaluate", "nets", "metrics", "torchutils", "data", "io"],
-    "evaluate": ["evaluate", "nets", "metrics", "torchutils", "data", "io"],
-    "classify": ["classify", "leakage", "nets", "metrics", "torchutils", "data", "io"],
-    "report": ["report", "data", "io"],
-    "leakage": ["leakage", "data", "io"],
-    "cluster": ["cluster/fit", "cluster/indices", "autoencoder", "torchutils", "data", "io"],
-    "trajectory": ["trajectory", "generate", "preprocess", "diffusion", "distributed", "clue", "multilevel", "text",
-                   "cluster/condition", "perceptual", "nets", "autoencoder", "torchutils", "data", "io"],
-    "interpolation": ["interpolation", "generate", "preprocess", "autoencoder", "multilevel", "text", "nets",
-                      "metrics", "torchutils", "data", "io"],
-    "cluster_quality": ["cluster/quality", "cluster/condition", "cluster/fit", "perceptual", "nets", "metrics",
-                        "autoencoder", "torchutils", "data", "io"],
+    "ingest": ["data"],
+    "preprocess": ["preprocess"],
+    "autoencoder": ["autoencoder"],  # both types: autoencoder.py imports the VQ-GAN's modules too
+    "autoencoder_metrics": ["autoencoder"],
+    "diffusion": ["diffusion"],
+    "generate": ["generate"],
+    "feature_net": ["evaluate"],
+    "evaluate": ["evaluate"],
+    "classify": ["classify"],
+    "report": ["report"],
+    "leakage": ["leakage"],
+    "cluster": ["cluster/fit"],
+    "trajectory": ["trajectory"],
+    "interpolation": ["interpolation"],
+    "cluster_quality": ["cluster/quality"],
 }
 
 
+def _imported_modules(name, found_in={}):
+    """The pipeline_lib modules ("name" or "cluster/name") that pipeline_lib/<name>.py imports itself
+    (``found_in`` keeps each file's answer: every stage reads the same files)."""
+    import ast
+
+    if name not in found_in:
+        package, found = list(Path(name).parts[:-1]), set()
+        for node in ast.walk(ast.parse(Path(f"pipeline_lib/{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:  # relative: from .x / ..x / . import x
+                base = package[: len(package) - (node.level - 1)]
+                names = [node.module] if node.module else [a.name for a in node.names]
+                found.update(Path(*base, *n.split(".")).as_posix() for n in names)
+        found_in[name] = {m for m in found if Path(f"pipeline_lib/{m}.py").is_file()}
+    return found_in[name]
+
+
 def code(stage):
-    return [f"pipeline_lib/{m}.py" for m in CODE[stage]]
-
-
-def autoencoder_code(wildcards):
-    return code(f"autoencoder_{config['autoencoder'][wildcards.ae]['type']}")
+    seen, todo = set(), list(CODE[stage])
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += _imported_modules(name)
+    return [f"pipeline_lib/{m}.py" for m in sorted(seen)]
 
 
 def configured_autoencoder(name, where):
@@ -334,7 +347,8 @@ def shared():
     return {"seed": config["seed"], "device": config["device"], "classes": CLASSES}
 
 
-# The speed switches that can change a number (pipeline_lib.speed.NUMERIC_KEYS): parameters of the torch stages.
+# The speed switches that can change a number (the fields of pipeline_lib.speed.Speed; importing it here would
+# import torch): parameters of the torch stages.
 # num_workers, pin_memory and feature_cache never do; the scripts read them from the config, so editing them
 # reruns nothing.
 SPEED_NUMERIC = ("mixed_precision", "tf32", "channels_last", "attention", "compile")
