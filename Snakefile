@@ -1,5 +1,7 @@
 # medaug: from a small set of medical images to a validated synthetic data set.
-# Stages: ingest -> preprocess -> autoencoder -> diffusion -> generate -> evaluate / classify -> report.
+# Stages, in the order they run: ingest -> preprocess (+ leakage checks) -> feature_net (the domain network) ->
+# autoencoder -> cluster -> diffusion -> generate -> evaluate, classify, cluster_quality, trajectory,
+# interpolation -> report.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -8,10 +10,11 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-# common.smk removes the entries a --configfile sets to null and validates the config against the schema.
+# common.smk checks the config (pipeline_lib/config.py) and holds the paths and input functions.
 include: "workflow/rules/common.smk"
-include: "workflow/rules/data.smk"
+include: "workflow/rules/ingest.smk"
 include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/feature_net.smk"
 include: "workflow/rules/autoencoder.smk"
 include: "workflow/rules/cluster.smk"
 include: "workflow/rules/diffusion.smk"

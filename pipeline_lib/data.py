@@ -308,9 +308,3 @@ def ingest(manifest_path: str | Path, image_dir: str | Path, params: Mapping[str
     write_parquet(df, manifest_path)
     log.info("user data from %s: %d images (%s)", params["path"], len(df), df.groupby("split").size().to_dict())
     return df
-
-
-def resolve_path(manifest_path: str | Path, path: str) -> Path:
-    """Image paths in a manifest are absolute or relative to the manifest's folder."""
-    p = Path(path)
-    return p if p.is_absolute() else Path(manifest_path).parent / p

@@ -34,8 +34,7 @@ from .autoencoder import check_generative_splits, encode_latents, load_autoencod
 from .cluster.condition import ClusterEmbedding, cluster_labels, resolve_k
 from .clue import (CLUE_DEFAULTS, StyleAdapter, StyleEncoder, attach_style_adapter, kl_to_standard_normal,
                    sample_style)
-from .data import resolve_path
-from .io import atomic_path, log, read_rgb, write_parquet
+from .io import atomic_path, log, read_rgb, resolve_path, write_parquet
 from .multilevel import MULTILEVEL_DEFAULTS, MultiLevelEmbedder, OpenClipLevels, install_adapters, level_tokens
 from .nets import load_feature_net
 from .speed import Speed

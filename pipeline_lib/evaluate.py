@@ -1,7 +1,7 @@
-"""Image-quality evaluation in the feature space of a domain classifier trained from scratch on train_a.
+"""Image-quality evaluation in the feature space of the domain classifier (``pipeline_lib.feature_net``).
 
 CLUE section 5: FID (eq. 13) and k-NN recall (eq. 14, k = 10) per class and over all classes, against
-"Dataset 1" (train_a + train_b), "Dataset 2" (test) and both (Tables 6 and 7). The feature network sees
+"Dataset 1" (train_a + train_b), "Dataset 2" (test) and both (Tables 6 and 7). The feature network saw
 train_a for training and train_b for model selection; test and external images are only ever embedded.
 """
 from __future__ import annotations
@@ -13,45 +13,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .io import atomic_path, feature_columns, feature_frame, log, read_parquet, write_parquet
-from .metrics import (classification_scores, density_coverage, fid_from_features, inception_score, knn_recall,
-                      precision_recall)
-from .nets import extract_features, load_feature_net, predict, train_classifier
-from .torchutils import load_images, seed_everything, select_device, set_threads
+from .io import feature_columns, feature_frame, log, read_parquet, write_parquet
+from .metrics import density_coverage, fid_from_features, inception_score, knn_recall, precision_recall
+from .nets import extract_features, load_feature_net, predict
+from .torchutils import load_images, select_device, set_threads
 
-REAL_SPLITS = ("train_a", "train_b", "test", "external")
 REFERENCES = {"train": ("train_a", "train_b"), "test": ("test",), "train+test": ("train_a", "train_b", "test")}
 EVAL_COLUMNS = ("variant", "setting", "seed", "reference", "class", "n_real", "n_generated", "metric", "value")
-
-
-def train_feature_net(manifest: str | Path, model_out: str | Path, log_table: str | Path,
-                      params: Mapping[str, Any], features_out: str | Path | None = None,
-                      threads: int | None = None) -> None:
-    """Entry point of the feature_net rule: train on train_a, select on train_b, save weights and the log;
-    ``features_out`` keeps the features of every real image (all splits), which the evaluate jobs and the
-    report's PCA plots read instead of embedding the real images again."""
-    set_threads(threads)
-    seed_everything(int(params["seed"]))
-    device = select_device(params["device"])
-    classes = list(params["classes"])
-    x, y, _ = load_images(manifest, ["train_a"], classes)
-    xv, yv, _ = load_images(manifest, ["train_b"], classes)
-    resume = Path(str(model_out) + ".resume.pt")
-    model, rows = train_classifier(x, y, xv, yv, len(classes), params, int(params["seed"]), device, checkpoint=resume)
-    for split in ("test", "external"):
-        try:
-            xt, yt, _ = load_images(manifest, [split], classes)
-        except ValueError:
-            continue
-        s = classification_scores(yt.numpy(), predict(model, xt, device), len(classes))
-        log.info("feature network on %s: macro-F1 %.3f, AUC %.3f", split, s["f1_macro"], s["auc_ovr"])
-    if features_out is not None:
-        xa, _, ra = load_images(manifest, list(REAL_SPLITS), classes)
-        write_parquet(feature_frame(extract_features(model, xa, device), ra), features_out)
-    write_parquet(pd.DataFrame(rows), log_table)
-    with atomic_path(model_out) as tmp:
-        torch.save({"params": dict(params), "n_classes": len(classes), "state_dict": model.state_dict()}, tmp)
-    resume.unlink(missing_ok=True)
 
 
 def quality_table(real: np.ndarray, real_labels: np.ndarray, real_splits: np.ndarray, gen: np.ndarray,

@@ -39,9 +39,9 @@ import torch
 from sklearn.decomposition import PCA
 
 from .autoencoder import decode_latents, encode_latents, load_autoencoder
-from .data import resolve_path
+
 from .generate import finalize_synthetic, fov_mask
-from .io import atomic_path, log, pyplot, read_parquet, read_rgb, save_figure, write_parquet, write_png
+from .io import atomic_path, log, pyplot, read_parquet, read_rgb, resolve_path, save_figure, write_parquet, write_png
 from .multilevel import OpenClipLevels
 from .nets import extract_features, load_feature_net
 from .preprocess import inpaint

@@ -1,4 +1,4 @@
-"""Atomic file output, logging for rule entry points, and image I/O.
+"""Atomic file output, manifest paths, tables and image I/O.
 
 Every output the pipeline promises is first written under a temporary name in the same folder and then
 renamed (``os.replace``), so a killed job never leaves a half-written Parquet table, PNG or model folder
@@ -11,7 +11,6 @@ import errno
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -59,16 +58,10 @@ def write_failure(final: Path, err: BaseException) -> OSError | None:
     return None
 
 
-# Image loading of this process: the config's speed.num_workers (threads decoding images) and speed.pin_memory;
-# ``stage_log`` sets them for a rule's job, ``torchutils`` reads them. Neither changes a number, so they are read
-# from the whole config rather than being rule parameters.
+# Image loading of this process: the config's speed.num_workers (threads decoding images) and speed.pin_memory.
+# The stage harness (``pipeline_lib.harness``) sets them for a rule's job, ``torchutils`` reads them. Neither
+# changes a number, so they are read from the whole config rather than being rule parameters.
 LOADING = {"workers": 0, "pin_memory": False}
-
-
-def configure_loading(config: dict | None) -> None:
-    """Set ``LOADING`` from a config's ``speed`` section (absent: one thread, no pinned memory)."""
-    s = (config or {}).get("speed") or {}
-    LOADING.update(workers=int(s.get("num_workers", 0) or 0), pin_memory=bool(s.get("pin_memory", False)))
 
 
 @contextlib.contextmanager
@@ -99,6 +92,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise clear from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_path(manifest_path: str | Path, path: str) -> Path:
+    """Image paths in a manifest are absolute or relative to the manifest's folder."""
+    p = Path(path)
+    return p if p.is_absolute() else Path(manifest_path).parent / p
 
 
 def local_file(path: str | os.PathLike | None, key: str, expected: str) -> Path:
@@ -178,34 +177,3 @@ def write_png(image: np.ndarray, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         if not cv2.imwrite(str(tmp), image):
             raise OSError(f"{path}: could not write PNG")
-
-
-@contextlib.contextmanager
-def stage_log(log_path: str | os.PathLike | None, job=None) -> Iterator[logging.Logger]:
-    """Send the ``pipeline_lib`` logger, stdout and stderr (tqdm progress) of a rule to its log file. With the
-    ``job`` (a script's ``snakemake`` object), a GPU job first takes its GPU slots (``gpu_slots``)."""
-    if log_path is None:
-        yield log
-        return
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w", buffering=1) as fh:
-        handler = logging.StreamHandler(fh)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        root = logging.getLogger()
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-        old_out, old_err = sys.stdout, sys.stderr
-        sys.stdout = sys.stderr = fh
-        try:
-            if job is not None:
-                from .gpu_slots import claim_for_job
-
-                claim_for_job(job)
-                configure_loading(getattr(job, "config", None))
-            yield log
-        except BaseException:
-            log.exception("stage failed")
-            raise
-        finally:
-            sys.stdout, sys.stderr = old_out, old_err
-            root.removeHandler(handler)

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import resolve_path
-from .io import log, read_parquet, read_rgb, write_parquet
+from .io import log, read_parquet, read_rgb, resolve_path, write_parquet
 
 TRAINING_SPLITS = ("train_a", "train_b")
 HELD_OUT_SPLITS = ("test", "external")

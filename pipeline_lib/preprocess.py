@@ -16,8 +16,8 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from .data import NEEDED_SPLITS, resolve_path
-from .io import log, read_parquet, write_parquet, write_png
+from .data import NEEDED_SPLITS
+from .io import log, read_parquet, resolve_path, write_parquet, write_png
 
 QC_COLUMNS = ("image_id", "cx", "cy", "r", "hair_fraction", "status", "reason")
 

@@ -8,8 +8,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .data import resolve_path
-from .io import atomic_path, feature_columns, log, pyplot, read_parquet, read_rgb, save_figure, write_parquet
+from .io import (atomic_path, feature_columns, log, pyplot, read_parquet, read_rgb, resolve_path, save_figure,
+                 write_parquet)
 
 
 def summarise(df: pd.DataFrame, keys: Sequence[str], values: Sequence[str]) -> pd.DataFrame:

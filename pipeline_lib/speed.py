@@ -10,7 +10,7 @@ classifiers) read the same section:
   a GPU) or ``classic`` (softmax(QK^T / sqrt(d)) V written out) in the diffusers UNet and autoencoder;
 - ``compile``: ``torch.compile`` of the networks' forward passes (needs a C++ compiler; the first steps are slow);
 - ``num_workers`` and ``pin_memory``: image decoding in parallel threads, and page-locked host tensors so that
-  batches reach the GPU asynchronously (``io.LOADING``, set by ``io.stage_log`` from the whole config). They
+  batches reach the GPU asynchronously (``io.LOADING``, set by ``harness.stage_log`` from the whole config). They
   never change a number, so they are not rerun triggers;
 - ``feature_cache``: the evaluate jobs reuse the real images' features that the feature network's job
   saved, instead of embedding the real images again per seed and setting (the same numbers).

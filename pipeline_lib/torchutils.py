@@ -12,8 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import resolve_path
-from .io import LOADING, atomic_path, log, read_parquet, read_rgb
+from .io import LOADING, atomic_path, log, read_parquet, read_rgb, resolve_path
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -52,7 +52,7 @@ def tiny_manifest(tmp_path_factory, tiny_config) -> Path:
 @pytest.fixture(scope="session")
 def tiny_feature_net(tiny_manifest, tmp_path_factory, tiny_config) -> Path:
     """The domain feature network of the tiny config, trained once per test run."""
-    from pipeline_lib.evaluate import train_feature_net
+    from pipeline_lib.feature_net import train_feature_net
 
     out = tmp_path_factory.mktemp("feature_net")
     params = {k: v for k, v in tiny_config["evaluate"].items() if not k.endswith(("_k", "_splits"))}

@@ -137,7 +137,7 @@ def test_augment_flips_and_shifts_with_black_border():
 def test_timm_inception_v3_domain_network_trains_saves_and_embeds(tiny_manifest, tiny_config, tmp_path):
     """CLUE's domain network (timm InceptionV3 from scratch on train_a, selected on train_b), at its smallest
     input here: the saved model loads back with the same features."""
-    from pipeline_lib.evaluate import train_feature_net
+    from pipeline_lib.feature_net import train_feature_net
     from pipeline_lib.io import feature_columns
     from pipeline_lib.nets import extract_features, load_feature_net
     from pipeline_lib.torchutils import load_images

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline_lib import autoencoder, diffusion, evaluate, leakage
+from pipeline_lib import autoencoder, diffusion, feature_net, leakage
 from pipeline_lib.data import CLASSES
 from pipeline_lib.torchutils import load_images
 
@@ -40,15 +40,15 @@ def test_autoencoder_and_diffusion_train_on_train_splits_only(tiny_manifest, tmp
 def test_feature_network_trains_on_train_a_and_selects_on_train_b(tiny_manifest, tmp_path, monkeypatch,
                                                                   tiny_config):
     got = {}
-    real_train = evaluate.train_classifier
+    real_train = feature_net.train_classifier
 
     def spy(x, y, xv, yv, *args, **kw):
         got["x"], got["xv"] = x, xv
         return real_train(x, y, xv, yv, *args, **kw)
 
-    monkeypatch.setattr(evaluate, "train_classifier", spy)
+    monkeypatch.setattr(feature_net, "train_classifier", spy)
     params = {k: v for k, v in tiny_config["evaluate"].items() if not k.endswith(("_k", "_splits"))} | SHARED
-    evaluate.train_feature_net(tiny_manifest, tmp_path / "f.pt", tmp_path / "f.parquet", params)
+    feature_net.train_feature_net(tiny_manifest, tmp_path / "f.pt", tmp_path / "f.parquet", params)
     xa, _, _ = load_images(tiny_manifest, ["train_a"], CLASSES)
     xb, _, _ = load_images(tiny_manifest, ["train_b"], CLASSES)
     assert torch.equal(got["x"], xa) and torch.equal(got["xv"], xb)

@@ -97,7 +97,7 @@ def test_diffusion_resumes_to_the_same_numbers(tiny_manifest, tmp_path, monkeypa
 
 TRAIN_SCRIPT = """
 import json, sys
-from pipeline_lib.io import stage_log
+from pipeline_lib.harness import stage_log
 kind, manifest, out, params = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 with stage_log(out + ".log"):
     if kind == "autoencoder":
@@ -209,7 +209,7 @@ def test_vqgan_resumes_generator_discriminator_and_both_optimizers(tiny_manifest
 def test_classifier_killed_with_sigkill_resumes_at_its_next_epoch(tiny_manifest, tmp_path, tiny_config):
     """A classifier grid job: per-epoch checkpoint (model, Adam, plateau scheduler, best epoch so far, random
     state); the resumed job writes the same scores and log as an uninterrupted one."""
-    from pipeline_lib.data import resolve_path
+    from pipeline_lib.io import resolve_path
 
     real = pd.read_parquet(tiny_manifest)
     syn = real[real["split"] == "train_a"].copy()

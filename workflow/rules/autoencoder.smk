@@ -8,7 +8,7 @@ rule autoencoder:
         model=directory(f"{R}/autoencoder/{{ae}}/model"),
         train_log=f"{R}/autoencoder/{{ae}}/train_log.parquet",
     params:
-        cfg=autoencoder_params,
+        cfg=params_of(PLAN.autoencoder_params, "ae"),
     threads: 2
     resources:
         gpu=1,
@@ -32,7 +32,7 @@ rule autoencoder_metrics:
         table=f"{R}/autoencoder/{{ae}}/recon_metrics.parquet",
         per_image=f"{R}/autoencoder/{{ae}}/recon_per_image.parquet",
     params:
-        cfg=autoencoder_metrics_params,
+        cfg=params_of(PLAN.autoencoder_metrics_params, "ae"),
     threads: 1
     resources:
         gpu=1,

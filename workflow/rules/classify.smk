@@ -11,7 +11,7 @@ rule classify:
         train_log=f"{R}/classify/{{variant}}/{{setting}}/seed{{seed}}/{{arch}}/{{point}}/train_log.parquet",
         training_set=f"{R}/classify/{{variant}}/{{setting}}/seed{{seed}}/{{arch}}/{{point}}/training_set.parquet",
     params:
-        cfg=classify_params,
+        cfg=params_of(PLAN.classify_params, "variant", "setting", "seed", "arch", "point"),
     threads: 1
     resources:
         gpu=1,

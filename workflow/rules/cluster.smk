@@ -4,7 +4,7 @@ if "cluster" in config:
         input:
             leakage=LEAKAGE,  # the leakage checks pass before any training
             manifest=rules.preprocess.output.manifest,
-            autoencoder=f"{R}/autoencoder/{cluster_params()['autoencoder']}/model",
+            autoencoder=cluster_autoencoder_model(),
             code=code("cluster"),
         output:
             indices=CLUSTER["indices"],
@@ -12,7 +12,7 @@ if "cluster" in config:
             assignments=CLUSTER["assignments"],
             models=CLUSTER["models"],
         params:
-            cfg=cluster_params(),
+            cfg=PLAN.cluster_params(),
         threads: 1
         resources:
             gpu=1,
@@ -33,13 +33,13 @@ if "cluster" in config:
             images=f"{R}/generate/{{variant}}/{{setting}}/seed{{seed}}/images",
             assignments=CLUSTER["assignments"],
             models=CLUSTER["models"],
-            autoencoder=f"{R}/autoencoder/{cluster_params()['autoencoder']}/model",
+            autoencoder=cluster_autoencoder_model(),
             code=code("cluster_quality"),
         output:
             table=f"{R}/cluster/quality/{{variant}}/{{setting}}/seed{{seed}}/quality.parquet",
             per_image=f"{R}/cluster/quality/{{variant}}/{{setting}}/seed{{seed}}/per_image.parquet",
         params:
-            cfg=cluster_quality_params,
+            cfg=params_of(PLAN.cluster_quality_params, "variant", "setting", "seed"),
         threads: 1
         resources:
             gpu=1,

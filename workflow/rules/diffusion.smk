@@ -9,7 +9,7 @@ rule diffusion:
         model=directory(f"{R}/diffusion/{{variant}}/model"),
         train_log=f"{R}/diffusion/{{variant}}/train_log.parquet",
     params:
-        cfg=diffusion_params,
+        cfg=params_of(PLAN.diffusion_params, "variant"),
     threads: 2
     resources:
         gpu=config["diffusion"]["gpus"],

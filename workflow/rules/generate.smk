@@ -8,7 +8,7 @@ rule generate:
         images=directory(f"{R}/generate/{{variant}}/{{setting}}/seed{{seed}}/images"),
         manifest=f"{R}/generate/{{variant}}/{{setting}}/seed{{seed}}/manifest.parquet",
     params:
-        cfg=generate_params,
+        cfg=params_of(PLAN.generate_params, "variant", "setting", "seed"),
     threads: 1
     resources:
         gpu=1,

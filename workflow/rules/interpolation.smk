@@ -14,7 +14,7 @@ if "interpolation" in config:
             figure=f"{R}/interpolation/{{variant}}/{{setting}}/seed{{seed}}/interpolation.png",
             pca=f"{R}/interpolation/{{variant}}/{{setting}}/seed{{seed}}/pca.png",
         params:
-            cfg=interpolation_params,
+            cfg=params_of(PLAN.interpolation_params, "variant", "setting", "seed"),
         threads: 1
         resources:
             gpu=1,

@@ -12,7 +12,7 @@ if "trajectory" in config:
             per_image=f"{R}/trajectory/{{variant}}/{{setting}}/seed{{seed}}/per_image.parquet",
             figure=f"{R}/trajectory/{{variant}}/{{setting}}/seed{{seed}}/traversal.png",
         params:
-            cfg=trajectory_params,
+            cfg=params_of(PLAN.trajectory_params, "variant", "setting", "seed"),
         threads: 1
         resources:
             gpu=1,

@@ -1,5 +1,5 @@
-from pipeline_lib.evaluate import train_feature_net
-from pipeline_lib.io import stage_log
+from pipeline_lib.feature_net import train_feature_net
+from pipeline_lib.harness import stage_log
 
 with stage_log(snakemake.log[0], snakemake):
     out = snakemake.output

@@ -1,5 +1,5 @@
+from pipeline_lib.harness import stage_log
 from pipeline_lib.interpolation import interpolate
-from pipeline_lib.io import stage_log
 
 with stage_log(snakemake.log[0], snakemake):
     inp, out = snakemake.input, snakemake.output

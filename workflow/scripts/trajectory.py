@@ -1,4 +1,4 @@
-from pipeline_lib.io import stage_log
+from pipeline_lib.harness import stage_log
 from pipeline_lib.trajectory import traverse
 
 with stage_log(snakemake.log[0], snakemake):

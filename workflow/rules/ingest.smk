@@ -5,7 +5,7 @@ rule ingest:
         manifest=f"{R}/data/manifest.parquet",
         images=directory(f"{R}/data/images"),
     params:
-        cfg=data_params(),
+        cfg=PLAN.data_params(),
     conda:
         "../../envs/medaug.yaml"
     log:
