@@ -23,10 +23,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import best_times, save  # noqa: E402
 
-from pipeline_lib.diffusion import (DiffusionModel, Objective, PromptEncoder, build_unet, noise_scheduler,  # noqa: E402
-                                    optimiser_step)
+from pipeline_lib.conditioning import REGISTRY  # noqa: E402
+from pipeline_lib.diffusion import DiffusionModel, Objective, build_unet, noise_scheduler, optimiser_step  # noqa: E402
 from pipeline_lib.generate import sample_latents, with_sampler  # noqa: E402
 from pipeline_lib.speed import Speed  # noqa: E402
+from pipeline_lib.text import PromptEncoder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,13 +92,14 @@ def main() -> None:
     y = torch.randint(0, len(cfg["data"]["classes"]), (n_train,), generator=gen)
     torch.manual_seed(0)
     unet, penc, sched = model_parts(cfg, latent, channels)
-    objective = Objective({"unet": unet, "prompt_encoder": penc}, sched, float(cfg["diffusion"]["cond_dropout"]), 0.0)
+    objective = Objective({"unet": unet, "prompt_encoder": penc}, REGISTRY["class"]({}), sched,
+                          float(cfg["diffusion"]["cond_dropout"]))
     opt = torch.optim.AdamW(objective.parameters(), lr=1e-4)
     speed = Speed()
 
     def ours():
         for _ in range(args.train_steps):
-            optimiser_step(objective, opt, mean, std, y, None, bs, 1, gen, speed)
+            optimiser_step(objective, opt, mean, std, y, [], bs, 1, gen, speed)
 
     def plain():
         for _ in range(args.train_steps):
@@ -116,7 +118,7 @@ def main() -> None:
     # (c) sampling: DDIM, eta 0, the default steps and guidance
     unet.eval()
     steps, w = int(cfg["generate"]["num_inference_steps"]), float(cfg["generate"]["settings"]["cfg2"]["guidance_scale"])
-    model = with_sampler(DiffusionModel(unet, penc, sched), "ddim")
+    model = with_sampler(DiffusionModel(unet, penc, sched, REGISTRY["class"]({})), "ddim")
     for n in args.sample_batches:
         times = best_times({
             "ref": lambda: plain_sampling(unet, penc, model.scheduler, n, shape, steps, w,

@@ -22,10 +22,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import save  # noqa: E402
 
-from pipeline_lib.diffusion import DiffusionModel, Objective, PromptEncoder, build_unet, noise_scheduler  # noqa: E402
-from pipeline_lib.diffusion import optimiser_step  # noqa: E402
+from pipeline_lib.conditioning import REGISTRY  # noqa: E402
+from pipeline_lib.diffusion import DiffusionModel, Objective, build_unet, noise_scheduler, optimiser_step  # noqa: E402
 from pipeline_lib.generate import sample_latents, with_sampler  # noqa: E402
 from pipeline_lib.speed import Speed  # noqa: E402
+from pipeline_lib.text import PromptEncoder  # noqa: E402
 
 SD21 = {"block_out_channels": [320, 640, 1280, 1280], "attention_levels": [True, True, True, False],
         "layers_per_block": 2, "cross_attention_dim": 1024, "attention_head_dim": 64, "norm_num_groups": 32}
@@ -60,7 +61,7 @@ def measure(name: str, switches: dict, args, device: torch.device) -> dict:
     for m in (unet, penc):
         speed.prepare(m)
     sched = noise_scheduler(SCHEDULE)
-    objective = Objective({"unet": unet, "prompt_encoder": penc}, sched, 0.1, 0.0)
+    objective = Objective({"unet": unet, "prompt_encoder": penc}, REGISTRY["class"]({}), sched, 0.1)
     opt = torch.optim.AdamW(objective.parameters(), lr=1e-5)
     n = 64
     mean = torch.randn(n, channels, latent, latent, device=device)
@@ -70,16 +71,16 @@ def measure(name: str, switches: dict, args, device: torch.device) -> dict:
         torch.cuda.reset_peak_memory_stats()
     unet.train()
     for _ in range(args.warmup):
-        optimiser_step(objective, opt, mean, std, y, None, args.batch, 1, gen, speed)
+        optimiser_step(objective, opt, mean, std, y, [], args.batch, 1, gen, speed)
     sync(device)
     t = time.perf_counter()
     for _ in range(args.steps):
-        optimiser_step(objective, opt, mean, std, y, None, args.batch, 1, gen, speed)
+        optimiser_step(objective, opt, mean, std, y, [], args.batch, 1, gen, speed)
     sync(device)
     train_s = time.perf_counter() - t
     train_mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     unet.eval()
-    model = with_sampler(DiffusionModel(unet, penc, sched), "ddim")
+    model = with_sampler(DiffusionModel(unet, penc, sched, REGISTRY["class"]({})), "ddim")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with speed.autocast(device):

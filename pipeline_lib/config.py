@@ -442,16 +442,21 @@ STAGE_MODULES = {
 
 
 def imported_modules(name: str, package_dir: Path = ROOT / "pipeline_lib", _found: dict = {}) -> set[str]:
-    """The pipeline_lib modules ("name" or "cluster/name") that pipeline_lib/<name>.py imports itself,
-    relatively (``_found`` keeps each file's answer: every stage reads the same files)."""
+    """The pipeline_lib modules ("name", "cluster/name", a package's "conditioning/__init__") that
+    pipeline_lib/<name>.py imports itself, relatively (``_found`` keeps each file's answer: every stage reads
+    the same files)."""
     key = (str(package_dir), name)
     if key not in _found:
         package, found = list(Path(name).parts[:-1]), set()
         for node in ast.walk(ast.parse((package_dir / f"{name}.py").read_text())):
             if isinstance(node, ast.ImportFrom) and node.level:  # relative: from .x / ..x / . import x
                 base = package[: len(package) - (node.level - 1)]
+                if node.module is None and base:  # from . import x: the package itself runs too
+                    found.add(Path(*base, "__init__").as_posix())
                 names = [node.module] if node.module else [a.name for a in node.names]
-                found.update(Path(*base, *n.split(".")).as_posix() for n in names)
+                for n in names:
+                    m = Path(*base, *n.split(".")).as_posix()
+                    found.add(m if (package_dir / f"{m}.py").is_file() else f"{m}/__init__")
         _found[key] = {m for m in found if (package_dir / f"{m}.py").is_file()}
     return _found[key]
 

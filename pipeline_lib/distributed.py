@@ -29,6 +29,51 @@ def active() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+class Processes:
+    """The processes one training runs in, as the training loop sees them: one (``Processes(None)``), or the
+    data-parallel ones of an ``accelerate.Accelerator``. One code path serves both."""
+
+    def __init__(self, accelerator=None):
+        self.accelerator = accelerator
+
+    @classmethod
+    def start(cls, device: torch.device, find_unused_parameters: bool = False) -> "Processes":
+        """The Accelerator's processes when this process was started by ``launch``, else this process alone."""
+        if not active():
+            return cls(None)
+        from accelerate import Accelerator, DistributedDataParallelKwargs
+
+        unused = DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
+        return cls(Accelerator(cpu=device.type == "cpu", kwargs_handlers=[unused]))
+
+    def device(self, device: torch.device) -> torch.device:
+        return device if self.accelerator is None else self.accelerator.device
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator is None or self.accelerator.is_main_process
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model if self.accelerator is None else self.accelerator.prepare_model(model)
+
+    def seed_step(self, gen: torch.Generator, seed: int, step: int) -> None:
+        """Several processes: each draws its own batches, reproducible from (seed, rank, step); one process
+        keeps drawing from its generator."""
+        if self.accelerator is not None:
+            import numpy as np
+
+            rank = self.accelerator.process_index
+            gen.manual_seed(int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0]))
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean over the processes (one process: the value itself)."""
+        return value if self.accelerator is None else self.accelerator.reduce(value, "mean")
+
+    def wait(self) -> None:
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -23,9 +23,8 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from tqdm import tqdm
 
 from .autoencoder import decode_latents, load_autoencoder
-from .cluster.condition import ClusterEmbedding
 from .diffusion import DiffusionModel, load_diffusion
-from .io import atomic_path, log, read_parquet, write_parquet, write_png
+from .io import atomic_path, log, write_parquet, write_png
 from .preprocess import preprocess_image
 from .speed import Speed
 from .torchutils import select_device, set_threads, to_uint8
@@ -37,33 +36,18 @@ def sample_latents(model: DiffusionModel, class_index: int, n: int, shape: tuple
                    style_sigma: float | None = None,
                    cond_at: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """DDIM (eta = 0) or DDPM from x_T ~ N(0, I); guidance: pred = uncond + w (cond - uncond) when w != 1, the two
-    passes batched in one forward. Drawn after x_T from the same generator, so the settings of one seed share
-    their initial noise: a CLUE model's style latent s ~ N(0, style_sigma^2 I) (CLUE section 4.5); a multi-level
-    model's reference images, one random training image of the class per sample, whose embeddings condition it
-    (the unconditional pass gets GLIGEN's null feature).
+    passes batched in one forward. The conditioning's own inputs are drawn after x_T from the same generator, so
+    the settings of one seed share their initial noise: a CLUE model's style latent s ~ N(0, style_sigma^2 I)
+    (CLUE section 4.5); a multi-level model's reference images, one random training image of the class per
+    sample, whose embeddings condition it (the unconditional pass gets GLIGEN's null feature).
 
     ``cond_at(i, cond)`` replaces the conditional embedding at step i (trajectory traversal: the prompt
     embedding swapped at a timestep); by default the class's own embedding throughout."""
     unet, penc, scheduler = model.unet, model.prompt_encoder, model.scheduler
     latents = torch.randn((n, *shape), generator=generator).to(device)
     guided = guidance_scale != 1.0
-    extra = {}
-    if model.style_adapter is not None:
-        if style_sigma is None:
-            raise ValueError("a CLUE model needs the setting's `style_sigma` (the paper's grid: 0, 0.1, 0.3, 0.5)")
-        s = float(style_sigma) * torch.randn((n, model.style_adapter.config.style_dim), generator=generator)
-        tokens = model.style_adapter.tokens(s.to(device))
-        extra["style"] = torch.cat([tokens, tokens]) if guided else tokens
-    if model.embedder is not None:
-        pool = torch.nonzero(model.references["labels"] == class_index).flatten()
-        if len(pool) == 0:
-            raise ValueError(f"the multi-level model has no reference image of class index {class_index}")
-        pick = pool[torch.randint(0, len(pool), (n,), generator=generator)]
-        levels = [t[pick].to(device) for t in model.references["levels"]]
-        keep = torch.ones(n, dtype=torch.bool, device=device)
-        if guided:
-            levels, keep = [torch.cat([t, t]) for t in levels], torch.cat([~keep, keep])
-        extra["gligen"] = model.embedder.gligen_kwargs(levels, keep=keep)
+    extra = model.conditioning.sampler_inputs(class_index, n, guided, generator, device,
+                                              {"style_sigma": style_sigma})
     kwargs = {"cross_attention_kwargs": extra} if extra else {}
     scheduler.set_timesteps(steps)
     labels = torch.full((n,), class_index, dtype=torch.long, device=device)
@@ -117,31 +101,6 @@ def finalize_synthetic(image: np.ndarray, pre: Mapping[str, Any]) -> tuple[np.nd
     return out, "preprocessed"
 
 
-def image_counts(model: DiffusionModel, model_dir: str | Path, manifest: str | Path, params: Mapping[str, Any]):
-    """What the model is conditioned on, how many images of each to draw, and the extra manifest columns of an
-    image of condition index i.
-
-    Classes: ``scale`` x the real train_a images of the class (the replacement and scaling protocols of CLUE).
-    Clusters: ``samples_per_cluster`` per cluster (cLDM paper section 4.5: 100), none for a cluster that had no
-    training image (IMSAT may leave clusters empty; its embedding was never trained)."""
-    penc = model.prompt_encoder
-    if isinstance(penc, ClusterEmbedding):
-        names, trained = penc.classes, penc.config.counts
-        empty = [c for c, n in zip(names, trained) if n == 0]
-        if empty:
-            log.info("no images for %s: no training image was in these clusters", empty)
-        counts = {c: int(params["samples_per_cluster"]) if n else 0 for c, n in zip(names, trained)}
-        return names, counts, lambda i: {"cluster": i, "cluster_method": penc.config.method,
-                                         "cluster_k": int(penc.config.k)}
-    classes = list(params["classes"])
-    if list(penc.config.classes) != classes:
-        raise ValueError(f"{model_dir}: model was trained for classes "
-                         f"{penc.config.classes}, config has {classes}")
-    real = read_parquet(manifest, required=("label", "split"))
-    train_a = real[real["split"] == "train_a"].groupby("label").size()
-    return classes, {c: math.ceil(float(params["scale"]) * int(train_a.get(c, 0))) for c in classes}, lambda i: {}
-
-
 SIGNATURE = ".signature.json"
 
 
@@ -181,8 +140,8 @@ def generate(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, ou
     seed, setting = int(params["seed"]), params["setting"]
     ae = load_autoencoder(ae_dir, device, speed)
     model = with_sampler(load_diffusion(model_dir, device, speed), params.get("sampler", "ddim"))
-    conditions, counts, extra = image_counts(model, model_dir, manifest, params)
-    if model.style_adapter is None and params.get("style_sigma") is not None:
+    conditions, counts, extra = model.conditioning.image_counts(model.prompt_encoder, manifest, params, model_dir)
+    if "style_sigma" not in model.conditioning.sampling_keys and params.get("style_sigma") is not None:
         log.info("setting %s: style_sigma %s is ignored, variant %s has no style latent", setting,
                  params["style_sigma"], params["variant"])
     c = model.unet.config

@@ -1,5 +1,9 @@
-"""Prompt embeddings from a local, frozen open_clip text encoder (Stable Diffusion 2.1 conditions its UNet on the
-penultimate layer of OpenCLIP ViT-H/14's text transformer; CLUE fine-tunes SD 2.1 with its prompts).
+"""Prompt encoders: ``forward(class_index (B,)) -> (B, L, D)``, the last index being the empty prompt.
+
+With no pretrained text encoder on disk, ``PromptEncoder`` embeds the prompt's words with a small embedding
+table learnt together with the UNet. ``FrozenTextEmbeddings`` holds the prompt embeddings of a local, frozen
+open_clip text encoder (Stable Diffusion 2.1 conditions its UNet on the penultimate layer of OpenCLIP
+ViT-H/14's text transformer; CLUE fine-tunes SD 2.1 with its prompts).
 
 The prompts are fixed (one per class, CLUE Table 1, plus the empty prompt for classifier-free guidance) and the
 encoder is frozen, so their token embeddings are computed once and kept as a buffer: sampling needs no
@@ -7,6 +11,7 @@ open_clip model. The checkpoint is a local file; nothing is downloaded.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +22,40 @@ from diffusers.models.modeling_utils import ModelMixin
 from .io import local_file, log
 
 LAYERS = ("penultimate", "last")
+
+
+def tokenize(prompt: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", prompt.lower())
+
+
+class PromptEncoder(ModelMixin, ConfigMixin):
+    """Word embeddings plus positions for a fixed set of prompts, learnt with the UNet (no pretrained text encoder
+    on disk); output (B, max_length, dim). Its saved config says ``kind: learned_word_embeddings``."""
+
+    @register_to_config
+    def __init__(self, classes: list[str], prompts: list[str], dim: int = 32, max_length: int = 16,
+                 kind: str = "learned_word_embeddings"):
+        super().__init__()
+        if len(classes) != len(prompts):
+            raise ValueError(f"expected one prompt per class, got {len(prompts)} prompts for {len(classes)} classes")
+        words = sorted({w for p in prompts for w in tokenize(p)})
+        self.vocab = {"<pad>": 0} | {w: i + 1 for i, w in enumerate(words)}
+        ids = torch.zeros(len(prompts) + 1, max_length, dtype=torch.long)  # last row: the empty prompt
+        for i, p in enumerate(prompts):
+            toks = [self.vocab[w] for w in tokenize(p)][:max_length]
+            ids[i, : len(toks)] = torch.tensor(toks)
+        self.register_buffer("prompt_ids", ids, persistent=False)
+        self.embed = torch.nn.Embedding(len(self.vocab), dim)
+        self.position = torch.nn.Parameter(torch.randn(max_length, dim) * 0.02)
+        self.norm = torch.nn.LayerNorm(dim)
+
+    @property
+    def null_index(self) -> int:
+        return len(self.config.prompts)
+
+    def forward(self, class_index: torch.Tensor) -> torch.Tensor:
+        """``class_index`` (B,) with ``null_index`` for the empty prompt -> (B, max_length, dim)."""
+        return self.norm(self.embed(self.prompt_ids[class_index]) + self.position)
 
 
 def load_open_clip(model_name: str, checkpoint: Path) -> torch.nn.Module:

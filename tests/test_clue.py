@@ -7,9 +7,10 @@ import torch
 from pipeline_lib.clue import (StyleAdapter, StyleAttention, StyleEncoder, attach_style_adapter,
                                kl_to_standard_normal, sample_style)
 from pipeline_lib.data import CLASSES
-from pipeline_lib.diffusion import (PromptEncoder, build_unet, conditioning_options, diffusion_loss, load_diffusion,
-                                   noise_scheduler, train_diffusion)
+from pipeline_lib.conditioning import REGISTRY, options_of
+from pipeline_lib.diffusion import build_unet, diffusion_loss, load_diffusion, noise_scheduler, train_diffusion
 from pipeline_lib.generate import sample_latents
+from pipeline_lib.text import PromptEncoder
 
 CPU = torch.device("cpu")
 UNET = {"block_out_channels": [16, 32], "attention_levels": [False, True], "layers_per_block": 1,
@@ -83,16 +84,16 @@ def test_style_adapter_starts_as_identity_then_changes_the_unet_output():
 
 
 def test_conditioning_options_defaults_and_errors():
-    assert conditioning_options({"conditioning": "clue"}) == {"style_dim": 1024, "style_tokens": 1, "kl_weight": 1e-4}
-    assert conditioning_options({"conditioning": "class"}) == {}
-    assert conditioning_options({"conditioning": "multilevel", "adapter_beta": 0.5}) == {"embedding_grid": 2,
+    assert options_of({"conditioning": "clue"}) == {"style_dim": 1024, "style_tokens": 1, "kl_weight": 1e-4}
+    assert options_of({"conditioning": "class"}) == {}
+    assert options_of({"conditioning": "multilevel", "adapter_beta": 0.5}) == {"embedding_grid": 2,
                                                                                          "adapter_beta": 0.5}
     with pytest.raises(ValueError, match=r"variant 'v': \['style_dim'\] apply to `conditioning: clue` only"):
-        conditioning_options({"conditioning": "class", "variant": "v", "style_dim": 8})
+        options_of({"conditioning": "class", "variant": "v", "style_dim": 8})
     with pytest.raises(ValueError, match=r"\['embedding_grid'\] apply to `conditioning: multilevel` only"):
-        conditioning_options({"conditioning": "clue", "variant": "v", "embedding_grid": 3})
+        options_of({"conditioning": "clue", "variant": "v", "embedding_grid": 3})
     with pytest.raises(ValueError, match="conditioning must be one of"):
-        conditioning_options({"conditioning": "text", "variant": "v"})
+        options_of({"conditioning": "text", "variant": "v"})
     with pytest.raises(ValueError, match="must be divisible by `style_tokens`"):
         StyleAdapter([8], [2], style_dim=10, style_tokens=3)
 
@@ -109,8 +110,9 @@ def test_one_optimiser_step_lowers_the_clue_loss_on_a_fixed_batch():
     lat, labels = torch.randn(4, 8, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 0])
 
     def loss():
-        return diffusion_loss(unet, penc, sched, lat, labels, 0.0, torch.Generator().manual_seed(5),
-                              (enc, adapter, 1e-2))
+        modules = {"unet": unet, "prompt_encoder": penc, "style_encoder": enc, "style_adapter": adapter}
+        return diffusion_loss(modules, REGISTRY["clue"]({"kl_weight": 1e-2}), sched, lat, labels, 0.0,
+                              torch.Generator().manual_seed(5))
 
     before = loss()
     assert set(before) == {"kl", "denoise", "loss"} and torch.isfinite(before["loss"])
@@ -136,7 +138,7 @@ def test_clue_training_saves_and_reloads_its_style_modules(clue_model):
     assert {"loss", "denoise", "kl"} <= set(log.columns) and np.isfinite(log[["loss", "denoise", "kl"]]).all().all()
     assert (clue_model / "model" / "style_encoder").is_dir() and (clue_model / "model" / "style_adapter").is_dir()
     model = load_diffusion(clue_model / "model", CPU)
-    assert model.style_adapter is not None and model.style_adapter.config.style_dim == 8
+    assert model.conditioning.name == "clue" and model.conditioning.modules["style_adapter"].config.style_dim == 8
     assert not (clue_model / "model.resume.pt").exists()
 
 
@@ -167,8 +169,8 @@ def test_l1_denoising_loss_is_the_mean_absolute_error():
     noise = torch.randn(lat.shape, generator=torch.Generator().manual_seed(5))
 
     def loss(kind):
-        return diffusion_loss(zero_unet, penc, sched, lat, labels, 0.0, torch.Generator().manual_seed(5),
-                              loss=kind)["denoise"]
+        return diffusion_loss({"unet": zero_unet, "prompt_encoder": penc}, REGISTRY["class"]({}), sched, lat, labels,
+                              0.0, torch.Generator().manual_seed(5), loss=kind)["denoise"]
 
     torch.testing.assert_close(loss("l1"), noise.abs().mean())
     torch.testing.assert_close(loss("mse"), noise.pow(2).mean())

@@ -8,6 +8,7 @@ import torch
 from pipeline_lib.cluster.condition import ClusterEmbedding, cluster_labels, resolve_k
 from pipeline_lib.cluster.fit import FittedClusters, cluster_stage
 from pipeline_lib.cluster.quality import cluster_quality, pair_similarity, reference_pairs
+from pipeline_lib.conditioning import REGISTRY
 from pipeline_lib.diffusion import diffusion_loss, load_diffusion, noise_scheduler, train_diffusion
 from pipeline_lib.generate import generate, sample_latents
 from pipeline_lib.metrics import ms_ssim, ssim
@@ -40,7 +41,8 @@ def test_one_optimiser_step_lowers_the_cluster_conditioned_loss():
     lat, clusters = torch.randn(4, 8, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3])
 
     def loss():
-        return diffusion_loss(unet, emb, sched, lat, clusters, 0.0, torch.Generator().manual_seed(5))["loss"]
+        return diffusion_loss({"unet": unet, "prompt_encoder": emb}, REGISTRY["cluster"]({}), sched, lat, clusters, 0.0,
+                              torch.Generator().manual_seed(5))["loss"]
 
     before = loss()
     opt.zero_grad()

@@ -7,8 +7,9 @@ import torch
 
 from pipeline_lib.autoencoder import train_autoencoder
 from pipeline_lib.data import CLASSES
-from pipeline_lib.diffusion import PromptEncoder, build_unet, load_diffusion, noise_scheduler, train_diffusion
+from pipeline_lib.diffusion import build_unet, load_diffusion, noise_scheduler, train_diffusion
 from pipeline_lib.generate import generate
+from pipeline_lib.text import PromptEncoder
 
 SHARED = {"seed": 0, "device": "cpu", "classes": list(CLASSES)}
 
@@ -59,7 +60,7 @@ def test_train_diffusion_artefacts(trained_diffusion):
     assert np.isfinite(log["loss"]).all() and len(log) > 0
     model = load_diffusion(out / "model", torch.device("cpu"))
     assert model.scheduler.config.prediction_type == "v_prediction"
-    assert list(model.prompt_encoder.config.classes) == list(CLASSES) and model.style_adapter is None
+    assert list(model.prompt_encoder.config.classes) == list(CLASSES) and model.conditioning.name == "class"
     assert model.prompt_encoder.config.kind == "learned_word_embeddings"  # named as such in the saved config
 
 

@@ -5,11 +5,13 @@ import pytest
 import torch
 
 from pipeline_lib.data import CLASSES
-from pipeline_lib.diffusion import (PromptEncoder, build_unet, diffusion_loss, load_diffusion, load_lesion_crops,
-                                    noise_scheduler, train_diffusion)
+from pipeline_lib.conditioning import REGISTRY
+from pipeline_lib.conditioning.multilevel import load_lesion_crops
+from pipeline_lib.diffusion import build_unet, diffusion_loss, load_diffusion, noise_scheduler, train_diffusion
 from pipeline_lib.generate import sample_latents
 from pipeline_lib.io import write_png
 from pipeline_lib.multilevel import MultiLevelAdapter, MultiLevelEmbedder, cell_boxes, install_adapters, level_tokens
+from pipeline_lib.text import PromptEncoder
 
 CPU = torch.device("cpu")
 UNET = {"block_out_channels": [16, 32], "attention_levels": [False, True], "layers_per_block": 1,
@@ -96,8 +98,9 @@ def test_one_optimiser_step_lowers_the_multilevel_loss_on_a_fixed_batch():
         torch.tensor([0, 1, 2, 0]), _levels(4)
 
     def loss():
-        return diffusion_loss(unet, penc, sched, lat, labels, 0.0, torch.Generator().manual_seed(5),
-                              multilevel=(emb, levels))["loss"]
+        modules = {"unet": unet, "prompt_encoder": penc, "multilevel_embedder": emb}
+        return diffusion_loss(modules, REGISTRY["multilevel"]({}), sched, lat, labels, 0.0,
+                              torch.Generator().manual_seed(5), levels)["loss"]
 
     before = loss()
     opt.zero_grad()
@@ -130,9 +133,9 @@ def test_multilevel_training_saves_embedder_and_references(multilevel_model, tin
     log = pd.read_parquet(multilevel_model / "log.parquet")
     assert np.isfinite(log["loss"]).all() and len(log) == 6
     model = load_diffusion(multilevel_model / "model", CPU)
-    assert model.embedder is not None and model.style_adapter is None
+    assert model.conditioning.name == "multilevel" and set(model.conditioning.modules) == {"multilevel_embedder"}
     n_train = pd.read_parquet(tiny_manifest)["split"].isin(["train_a", "train_b"]).sum()
-    assert len(model.references["labels"]) == n_train and len(model.references["levels"]) == 5
+    assert len(model.conditioning.references["labels"]) == n_train and len(model.conditioning.references["levels"]) == 5
     assert any(isinstance(m, MultiLevelAdapter) for m in model.unet.modules())
 
 

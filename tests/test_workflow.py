@@ -56,7 +56,7 @@ def test_tables_have_the_promised_columns_and_ranges(run, tiny_config):
     per_image = pd.read_parquet(res / "autoencoder" / "kl8" / "recon_per_image.parquet")
     assert set(per_image["split"]) == {"test"} and len(per_image) == recon.iloc[-1]["n_images"]
     for stage in ("autoencoder/kl8", "autoencoder/vq4", "diffusion/class", "diffusion/clue", "diffusion/ml",
-                  "evaluate/feature_net"):
+                  "feature_net"):
         log = pd.read_parquet(res / stage / "train_log.parquet")
         assert len(log) > 0
     indices = pd.read_parquet(res / "cluster" / "indices.parquet")
@@ -224,6 +224,15 @@ def test_preprocessing_edit_reruns_everything_after_it(run, tiny_config):
             "classify", "report"} <= set(jobs)
 
 
+def test_editing_the_stage_harness_reruns_nothing(run):
+    """Logging, GPU slots and loading switches change no number: no stage lists them as code."""
+    work, _ = run
+    for module in ("gpu_slots", "harness"):
+        path = work / "pipeline_lib" / f"{module}.py"
+        path.write_text(path.read_text() + "\n# edited\n")
+    assert planned_jobs(snakemake(work, "-n")) == {}
+
+
 def test_a_comment_edit_reruns_nothing(run, tiny_config):
     work, _ = run
     text = (work / "config.yaml").read_text()
@@ -318,7 +327,7 @@ def test_cluster_edit_reruns_the_cluster_stage_and_the_cluster_variant_only(run,
 
 
 def test_a_list_of_cluster_counts_is_one_variant_per_k(run, tiny_config):
-    """cLDM Table 4: one cluster-conditioned model per cluster set; an unknown k is named."""
+    """cLDM Table 4: one cluster-conditioned model per cluster set."""
     work, _ = run
     seeds = len(tiny_config["generate"]["seeds"])
     _edited(work, tiny_config, "diffusion", "variants", "cl", "cluster_k", [2, 3])
@@ -326,10 +335,6 @@ def test_a_list_of_cluster_counts_is_one_variant_per_k(run, tiny_config):
     assert planned_jobs(proc) == {"diffusion": 2, "generate": 2 * seeds, "cluster_quality": 2 * seeds, "report": 1,
                                   "all": 1}
     assert "diffusion/cl_k2/model" in proc.stdout and "diffusion/cl_k3/model" in proc.stdout
-    _edited(work, tiny_config, "diffusion", "variants", "cl", "cluster_k", [2, 5])
-    proc = snakemake(work, "-n", "--configfile", "edited.yaml", check=False)
-    assert proc.returncode != 0 and "diffusion.variants.cl.cluster_k: 5 is not one of cluster.k_values [2, 3]" in \
-        proc.stdout + proc.stderr
 
 
 def test_feature_network_edit_reruns_what_uses_it_only(run, tiny_config):
@@ -346,32 +351,8 @@ def test_feature_network_edit_reruns_what_uses_it_only(run, tiny_config):
     assert jobs["interpolation"] == 3 * seeds  # it embeds the images for the semantic variance
 
 
-def test_generation_grid_errors_name_the_setting(run, tiny_config):
+def test_a_new_classifier_arch_adds_its_grid_only(run, tiny_config):
     work, _ = run
-    _edited(work, tiny_config, "generate", "settings", "cfg2", "variants", ["vanilla"])
-    proc = snakemake(work, "-n", "--configfile", "edited.yaml", check=False)
-    assert proc.returncode != 0 and "generate.settings.cfg2.variants: ['vanilla'] are not diffusion variants" in \
-        proc.stdout + proc.stderr
-    _edited(work, tiny_config, "generate", "settings", "sigma05", "style_sigma", None)
-    proc = snakemake(work, "-n", "--configfile", "edited.yaml", check=False)
-    assert proc.returncode != 0 and "CLUE variant 'clue' needs a `style_sigma`" in proc.stdout + proc.stderr
-
-
-def test_unknown_config_key_fails_with_its_name(run, tiny_config):
-    work, _ = run
-    _edited(work, tiny_config, "classify", "epochz", 3)
-    proc = snakemake(work, "-n", "--configfile", "edited.yaml", check=False)
-    assert proc.returncode != 0
-    assert "epochz" in proc.stdout + proc.stderr
-
-
-def test_classifier_archs_are_timm_names_checked_before_any_job(run, tiny_config):
-    work, _ = run
-    _edited(work, tiny_config, "classify", "archs", ["small_cnn", "inceptionv3"])
-    proc = snakemake(work, "-n", "--configfile", "edited.yaml", check=False)
-    assert proc.returncode != 0
-    assert "classify.archs: 'inceptionv3' is neither small_cnn nor a timm model name (did you mean inception_v3" \
-        in proc.stdout + proc.stderr
     _edited(work, tiny_config, "classify", "archs", ["small_cnn", "resnet18"])
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
     assert jobs["classify"] == len(tiny_config["generate"]["seeds"]) * 3 * 5  # the new arch's grid only

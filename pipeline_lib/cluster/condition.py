@@ -19,6 +19,10 @@ from diffusers.models.modeling_utils import ModelMixin
 from ..io import read_parquet
 
 
+# cluster_k: an int of cluster.k_values, or "selected" (the cluster stage's majority vote for cluster_method)
+CLUSTER_DEFAULTS = {"cluster_k": "selected", "cluster_method": "imsat", "cluster_tokens": 1}
+
+
 def cluster_names(k: int) -> list[str]:
     return [f"cluster_{j}" for j in range(k)]
 

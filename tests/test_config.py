@@ -1,0 +1,181 @@
+"""The config logic of the workflow (pipeline_lib/config.py) called directly, as common.smk calls it when the
+workflow is parsed: bad configs fail with the key, the value and what was expected; the grid, the rule slices
+and the code inputs are what the caching promises. One Snakemake-level test (test_bad_input.py) proves the
+message reaches the user."""
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import update_config
+
+from conftest import ROOT
+from pipeline_lib.config import (STAGE_MODULES, Plan, check_schema, code_inputs, drop_nulls, expand_variants)
+
+
+@pytest.fixture(scope="module")
+def merged(tiny_config):
+    """config/config.yaml with the tiny config merged in, as `snakemake --configfile` merges them."""
+    def make(edit=None) -> dict:
+        cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+        extra = copy.deepcopy(tiny_config)
+        if edit:
+            edit(extra)
+        update_config(cfg, extra)
+        return cfg
+    return make
+
+
+def _set(cfg: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for key in parents:
+        cfg = cfg[key]
+    cfg[last] = value
+
+
+def plan_of(merged, edits: dict | None = None) -> Plan:
+    return Plan.from_config(merged(lambda cfg: [_set(cfg, k, v) for k, v in (edits or {}).items()]))
+
+
+CONFIG_CASES = {  # name: ({dotted key: value}, the error expected)
+    "misspelt key": ({"classify.epoch": 3},
+                     r"classify: unknown key\(s\) \['epoch'\]; epoch: did you mean epochs\?"),
+    "wrong type": ({"diffusion.steps": "many"}, r"diffusion.steps: 'many' is not of type 'integer'"),
+    "negative count": ({"generate.samples_per_cluster": -4},
+                       r"generate.samples_per_cluster: -4 is less than the minimum of 1"),
+    "zero count": ({"data.embedded.n_per_class.train_a": 0},
+                   r"data.embedded.n_per_class.train_a: 0 is less than the minimum of 1"),
+    "every problem at once": ({"seed": -1, "classify.epochs": 0},
+                              r"\(2 problem\(s\)\):\n  classify.epochs: 0 is less .*\n  seed: -1 is less"),
+    "cluster count below two": ({"cluster.k_values": [1, 3]}, r"cluster.k_values.0: 1 is less than the minimum of 2"),
+    "cluster counts beyond the images": ({"cluster.k_values": [2, 60]},
+                                         r"cluster.k_values: 60 clusters need more than 60 images, the splits "
+                                         r"\['train_a', 'train_b'\] of the embedded data hold 54"),
+    "unknown conditioning": ({"diffusion.variants.class.conditioning": "style"},
+                             r"diffusion.variants.class.conditioning: 'style' is not one of \['class', 'clue', "),
+    "unknown variant in a setting": ({"generate.settings.cfg2.variants": ["class", "clsas"]},
+                                     r"generate.settings.cfg2.variants: \['clsas'\] are not diffusion variants"),
+    "CLUE setting without sigma": ({"generate.settings.sigma05.style_sigma": None},
+                                   r"generate.settings \['sigma05'\]: CLUE variant 'clue' needs a `style_sigma`"),
+    "missing pretrained autoencoder": ({"autoencoder.kl8.pretrained": "models/sd21/vae"},
+                                       r"autoencoder.kl8.pretrained: models/sd21/vae \(from .*\): expected a local "
+                                       r"folder; nothing is there"),
+    "missing LPIPS weights": ({"perceptual.lpips_backbone": "models/vgg16.pth"},
+                              r"perceptual.lpips_backbone: models/vgg16.pth .*expected a local file"),
+    "a folder where a file is expected": ({"diffusion.text_encoder.open_clip_model": "ViT-H-14",
+                                           "diffusion.text_encoder.checkpoint": "workflow"},
+                                          r"diffusion.text_encoder.checkpoint: workflow .*expected a file, found a "
+                                          r"folder"),
+    "open_clip model without its checkpoint": ({"diffusion.image_encoder.open_clip_model": "ViT-H-14"},
+                                               r"diffusion.image_encoder.checkpoint: open_clip_model is 'ViT-H-14', so "
+                                               r"a local checkpoint file"),
+    "missing data folder": ({"data.source": "imagefolder", "data.path": "data/otitis"},
+                            r"data.path: data/otitis .*expected a local folder"),
+    "data path not given": ({"data.source": "manifest"}, r"data.path: required when data.source is 'manifest'"),
+    "empty count set": ({"classify.count_sets": {"none": {"real": 0, "synthetic": 0}}},
+                        r"classify.count_sets.none: real and synthetic are both 0"),
+    "untrained autoencoder": ({"autoencoder.kl8.steps": 0},
+                              r"autoencoder.kl8.steps: 0 means a pretrained autoencoder used as it is, but "
+                              r"autoencoder.kl8.pretrained is null"),
+    "unknown cluster k of a variant": ({"diffusion.variants.cl.cluster_k": [2, 5]},
+                                       r"diffusion.variants.cl.cluster_k: 5 is not one of cluster.k_values \[2, 3\]"),
+    "synthetic share beyond what is generated": ({"generate.scale": 0.5},
+                                                 r"classify.ratios: 1 x the train_a images of a class are needed, "
+                                                 r"generate.scale draws 0.5 x; raise generate.scale to at least 1"),
+    "one class with class-conditioned variants": ({"data.classes": ["tissue"]},
+                                                  r"data.classes: one class \(tissue\) means unlabelled images"),
+    "a timm name misspelt": ({"classify.archs": ["small_cnn", "inceptionv3"]},
+                             r"classify.archs: 'inceptionv3' is neither small_cnn nor a timm model name \(did you "
+                             r"mean inception_v3"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_a_bad_config_is_an_error_naming_key_value_and_expectation(merged, case, monkeypatch):
+    monkeypatch.chdir(ROOT)  # relative paths are taken from the folder Snakemake runs in
+    edits, message = CONFIG_CASES[case]
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        plan_of(merged, edits)
+
+
+def test_the_tiny_config_expands_to_its_grid(merged, tiny_config):
+    plan = plan_of(merged)
+    assert list(plan.variants) == ["class", "clue", "ml", "cl"] and plan.cluster_variants == ["cl"]
+    assert plan.grid == [("class", "cfg2"), ("ml", "cfg2"), ("cl", "cfg2"), ("clue", "sigma05")]
+    assert list(plan.points) == ["replace_0", "replace_100", "replace_100_plus_real", "scale_100", "count_mixed"]
+    assert plan.points["replace_100"] == ("replace", 1.0) and plan.points["count_mixed"] == ("count", "mixed")
+    assert plan.variant_autoencoder("class") == "kl8" and plan.cluster_autoencoder == "kl8"
+    assert plan.variants["cl"]["cluster_k"] == "selected" and plan.variants["cl"]["cluster_method"] == "kmeans"
+
+
+def test_a_list_of_cluster_counts_is_one_variant_per_k(merged):
+    cfg = merged(lambda c: _set(c, "diffusion.variants.cl.cluster_k", [2, 3]))
+    drop_nulls(cfg)
+    Plan.from_config(cfg)  # fills the defaults
+    variants, members = expand_variants(cfg)
+    assert members["cl"] == ["cl_k2", "cl_k3"] and variants["cl_k3"]["cluster_k"] == 3
+
+
+def test_null_in_a_configfile_removes_the_entry(merged):
+    def edit(c):
+        c["trajectory"] = None
+        c["diffusion"]["variants"]["ml"] = None
+        c["generate"]["settings"]["cfg2"]["variants"].remove("ml")
+
+    cfg = merged(edit)
+    plan = Plan.from_config(cfg)
+    assert "trajectory" not in cfg and "ml" not in plan.variants and ("ml", "cfg2") not in plan.grid
+
+
+def test_every_schema_problem_is_listed_at_once():
+    cfg = {"seed": -1, "experiment": 3}
+    with pytest.raises(ValueError) as err:
+        check_schema(cfg)
+    lines = str(err.value).splitlines()[1:]
+    assert any(re.match(r"  experiment: 3 is not of type 'string'", line) for line in lines)
+    assert any(line.startswith("  seed: -1 is less than the minimum of 0") for line in lines)
+
+
+def test_each_rule_gets_only_the_keys_it_reads(merged, tiny_config):
+    plan = plan_of(merged)
+    cl, ml = plan.diffusion_params("cl"), plan.diffusion_params("ml")
+    assert not {"prompts", "text_encoder", "max_prompt_length", "image_encoder", "variants"} & set(cl)
+    assert "image_encoder" in ml and "prompts" in ml and "image_encoder" not in plan.diffusion_params("class")
+    assert plan.diffusion_params("class")["autoencoder"] == "kl8"
+    c = plan.classify_params("class", "cfg2", "1", "small_cnn", "count_mixed")
+    assert not {"archs", "ratios", "scales", "count_sets"} & set(c) and c["seed"] == 1
+    assert c["protocol"] == "count" and c["counts"] == tiny_config["classify"]["count_sets"]["mixed"]
+    assert "scale" not in plan.generate_params("cl", "cfg2", 0) and "samples_per_cluster" in \
+        plan.generate_params("cl", "cfg2", 0)
+    assert "samples_per_cluster" not in plan.generate_params("class", "cfg2", 0)
+    assert not {"recall_k", "precision_k", "density_k", "is_splits"} & set(plan.feature_net_params())
+    assert "references" not in plan.cluster_params()
+    assert set(plan.speed()["speed"]) == {"mixed_precision", "tf32", "channels_last", "attention", "compile"}
+
+
+def test_code_inputs_follow_the_imports_and_leave_out_the_stage_harness():
+    diffusion = code_inputs("diffusion")
+    assert {"pipeline_lib/diffusion.py", "pipeline_lib/conditioning/__init__.py", "pipeline_lib/conditioning/base.py",
+            "pipeline_lib/conditioning/clue.py", "pipeline_lib/clue.py", "pipeline_lib/torchutils.py"} <= set(diffusion)
+    for stage in STAGE_MODULES:
+        files = code_inputs(stage)
+        assert all((ROOT / f).is_file() for f in files), stage
+        assert not {"pipeline_lib/harness.py", "pipeline_lib/gpu_slots.py", "pipeline_lib/config.py"} & set(files)
+    assert code_inputs("ingest") == ["pipeline_lib/adapters.py", "pipeline_lib/data.py", "pipeline_lib/io.py"]
+    assert "pipeline_lib/evaluate.py" not in code_inputs("feature_net")  # the metrics do not retrain it
+
+
+def test_the_config_module_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, pipeline_lib.config; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_the_common_rules_file_stays_small():
+    """Path constants, wildcard constraints and input functions only: the decisions live in pipeline_lib/config."""
+    text = (ROOT / "workflow" / "rules" / "common.smk").read_text()
+    assert len(text.splitlines()) <= 300 and "def check_" not in text and "jsonschema" not in text
