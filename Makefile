@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup dry-run clean
+.PHONY: run test test-fast setup dry-run rulegraph clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ dry-run: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# The unit tests only: no Snakemake subprocess, no training beyond a few steps (docs/development.md).
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+
+# The rule graph picture in README.md, from the workflow itself.
+rulegraph: $(STAMP)
+	$(BIN)/python docs/rulegraph.py
 
 clean:
 	rm -rf results logs .snakemake

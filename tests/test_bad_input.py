@@ -158,6 +158,7 @@ def work(tmp_path_factory):
     return copy_workflow(tmp_path_factory.mktemp("bad_config"))
 
 
+@pytest.mark.slow  # Snakemake in a subprocess
 def test_a_bad_config_stops_snakemake_with_the_message(work, tiny_config):
     """The config cases themselves are unit tests of pipeline_lib.config (tests/test_config.py); this one shows
     the message reaches a user who runs the workflow, before any job."""

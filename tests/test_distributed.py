@@ -1,6 +1,7 @@
 """Data-parallel diffusion training: two processes on the CPU (gloo), the code path of `diffusion.gpus: N`."""
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from pipeline_lib.diffusion import load_diffusion, train_diffusion
@@ -8,6 +9,7 @@ from pipeline_lib.distributed import launch_command
 from pipeline_lib.generate import sample_latents
 
 CPU = torch.device("cpu")
+pytestmark = pytest.mark.slow  # two training processes started by torch.distributed.run
 
 
 def test_two_processes_train_one_model_that_rank_0_saves(tiny_manifest, tiny_ae, diffusion_params, tmp_path):

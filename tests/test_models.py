@@ -64,6 +64,36 @@ def test_train_diffusion_artefacts(trained_diffusion):
     assert model.prompt_encoder.config.kind == "learned_word_embeddings"  # named as such in the saved config
 
 
+def test_a_new_conditioning_is_one_class_and_one_registry_entry(tiny_manifest, tiny_ae, diffusion_params, tmp_path,
+                                                               monkeypatch):
+    """docs/development.md's example: the class name as the prompt, a subclass and a registry line, nothing else."""
+    from pipeline_lib.conditioning import REGISTRY
+    from pipeline_lib.conditioning.prompt import ClassPrompt
+    from pipeline_lib.generate import sample_latents
+
+    class ClassName(ClassPrompt):
+        name = "class_name"
+
+        @classmethod
+        def for_training(cls, params, feature_net, clusters):
+            return super().for_training({**params, "prompts": {c: c for c in params["classes"]}}, feature_net,
+                                        clusters)
+
+        @staticmethod
+        def prompts(params):
+            return list(params["classes"])
+
+    monkeypatch.setitem(REGISTRY, "class_name", ClassName)
+    params = diffusion_params(steps=2, variant="named", conditioning="class_name", prompts={})
+    train_diffusion(tiny_manifest, tiny_ae, tmp_path / "model", tmp_path / "log.parquet", params)
+    model = load_diffusion(tmp_path / "model", torch.device("cpu"))
+    assert isinstance(model.conditioning, ClassName) and list(model.prompt_encoder.config.prompts) == list(CLASSES)
+    c = model.unet.config
+    shape = (c.in_channels, c.sample_size, c.sample_size)
+    lat = sample_latents(model, 1, 2, shape, 2, 2.0, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert lat.shape == (2, *shape) and torch.isfinite(lat).all()
+
+
 def test_generate_counts_determinism_and_mask(trained_ae, trained_diffusion, tiny_manifest, tmp_path,
                                               tiny_config):
     out, _ = trained_diffusion

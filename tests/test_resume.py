@@ -161,12 +161,14 @@ def _sigkill_and_resume(kind: str, manifest: Path, tmp_path: Path, params: dict)
     return tmp_path / "full", out
 
 
+@pytest.mark.slow  # a training job in a subprocess, killed and restarted
 def test_autoencoder_killed_with_sigkill_resumes_from_its_checkpoint(tiny_manifest, tmp_path, tiny_config):
     params = {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED, "steps": 60, "checkpoint_every": 5}
     full, resumed = _sigkill_and_resume("autoencoder", tiny_manifest, tmp_path, params)
     _assert_same_weights(_train_ae_outputs(full)[1], _train_ae_outputs(resumed)[1])
 
 
+@pytest.mark.slow  # a training job in a subprocess, killed and restarted
 def test_clue_diffusion_with_ema_killed_with_sigkill_resumes(tiny_manifest, tmp_path, tiny_config):
     """The CLUE variant (style encoder and adapter) with EMA and gradient accumulation: every piece of state."""
     _train_ae(tiny_manifest, tmp_path / "ae", {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED,
@@ -206,6 +208,7 @@ def test_vqgan_resumes_generator_discriminator_and_both_optimizers(tiny_manifest
     _assert_same_weights(w_full, w_resumed)
 
 
+@pytest.mark.slow  # a training job in a subprocess, killed and restarted
 def test_classifier_killed_with_sigkill_resumes_at_its_next_epoch(tiny_manifest, tmp_path, tiny_config):
     """A classifier grid job: per-epoch checkpoint (model, Adam, plateau scheduler, best epoch so far, random
     state); the resumed job writes the same scores and log as an uninterrupted one."""
@@ -236,6 +239,7 @@ def test_classifier_killed_with_sigkill_resumes_at_its_next_epoch(tiny_manifest,
     assert not resume.exists()
 
 
+@pytest.mark.slow  # a training job in a subprocess, killed and restarted
 def test_generation_killed_with_sigkill_keeps_finished_batches_and_redoes_the_rest(tiny_manifest, tiny_ae, tmp_path,
                                                                                   tiny_config, diffusion_params):
     diffusion.train_diffusion(tiny_manifest, tiny_ae, tmp_path / "dm" / "model", tmp_path / "dm" / "log.parquet",

@@ -132,10 +132,11 @@ def test_second_dry_run_finds_nothing_to_do(run):
     assert planned_jobs(snakemake(work, "-n")) == {}
 
 
-def _kill_when_present(work: Path, pattern: str) -> None:
-    """Start the workflow and SIGKILL Snakemake and all its jobs (one process group) as soon as a file matching
-    ``pattern`` exists below results/; then clear the lock a killed Snakemake leaves, as a user would."""
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config.yaml"]
+def _kill_when_present(work: Path, pattern: str, targets: list[str]) -> None:
+    """Start the workflow for ``targets`` and SIGKILL Snakemake and all its jobs (one process group) as soon as a
+    file matching ``pattern`` exists below results/; then clear the lock a killed Snakemake leaves, as a user
+    would."""
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config.yaml", *targets]
     proc = subprocess.Popen(cmd, cwd=work, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 1200
@@ -148,25 +149,29 @@ def _kill_when_present(work: Path, pattern: str) -> None:
 
 
 def test_a_run_killed_twice_and_resumed_gives_byte_identical_tables(run, tmp_path_factory, tiny_config):
-    """Determinism and resume at once: a second run of the tiny config in another folder, killed with SIGKILL
-    while a diffusion model trains and again while images are generated, then rerun to the end, writes every
-    Parquet table and every generated image byte for byte as the first, uninterrupted run did."""
+    """Determinism and resume at once: a second run in another folder, killed with SIGKILL while the CLUE model
+    (with its style encoder) trains and again while its images are generated, then rerun to the end,
+    writes every Parquet table and generated image of what it made (the CLUE variant's generation and
+    evaluation for every seed, and everything upstream of them) byte for byte as the first, uninterrupted run
+    did. The resume of each other kind of job is tested on its own in test_resume.py."""
     work_a, results_a = run
     work = copy_workflow(tmp_path_factory.mktemp("killed"))
     (work / "config.yaml").write_text(yaml.safe_dump(tiny_config))
-    _kill_when_present(work, "*/diffusion/*/model.resume.pt")
-    _kill_when_present(work, "*/generate/*/*/seed*/images.partial/.finalize_*")
-    snakemake(work)
-    logs = work / "logs" / tiny_config["experiment"]
-    assert any("resuming from" in f.read_text() for f in logs.glob("diffusion/*.log"))
-    assert any("finished batches kept" in f.read_text() for f in logs.glob("generate/**/*.log"))
-    results_b = work / "results" / tiny_config["experiment"]
+    exp = tiny_config["experiment"]
+    targets = [f"results/{exp}/evaluate/clue/sigma05/seed{s}/quality.parquet" for s in tiny_config["generate"]["seeds"]]
+    _kill_when_present(work, "*/diffusion/clue/model.resume.pt", targets)
+    _kill_when_present(work, "*/generate/clue/*/seed*/images.partial/.finalize_*", targets)
+    snakemake(work, *targets)
+    logs = work / "logs" / exp
+    assert "resuming from" in (logs / "diffusion" / "clue.log").read_text()
+    assert any("finished batches kept" in f.read_text() for f in logs.glob("generate/clue/**/*.log"))
+    results_b = work / "results" / exp
     for pattern in ("**/*.parquet", "generate/**/images/*.png"):
-        a = sorted(p.relative_to(results_a) for p in results_a.glob(pattern))
         b = sorted(p.relative_to(results_b) for p in results_b.glob(pattern))
-        assert a == b and a
-        differ = [str(p) for p in a if (results_a / p).read_bytes() != (results_b / p).read_bytes()]
+        assert b and all((results_a / p).exists() for p in b)
+        differ = [str(p) for p in b if (results_a / p).read_bytes() != (results_b / p).read_bytes()]
         assert not differ, differ
+    assert (results_b / "generate" / "clue" / "sigma05" / "seed1" / "manifest.parquet").exists()
     assert not list(results_b.rglob("*.resume.pt")) and not list(results_b.rglob("*.partial"))
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import copy_workflow
 
+pytestmark = pytest.mark.slow  # Snakemake in a subprocess
+
 PLACEHOLDERS = ["models/stable-diffusion-2-1/vae/", "models/open_clip/ViT-H-14.bin", "models/vgg16-397923af.pth",
                 "data/otitis/manifest.csv", "data/kpc/manifest.csv", "data/HAM10000/masks/",
                 "data/PAD-UFES-20/metadata.csv", "data/PAD-UFES-20/images/"]
@@ -84,3 +86,14 @@ def test_lint_is_clean_and_every_rule_logs(work):
     light = {"ingest", "report"}  # reading a manifest, writing tables: no benchmark needed
     missing = [r for r, b in rules.items() if r not in light and "benchmark:" not in b]
     assert not missing, missing
+
+
+def test_the_readme_rule_graph_is_the_workflows():
+    """README.md's picture is `make rulegraph`'s output for the current workflow."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("rulegraph", root / "docs" / "rulegraph.py")
+    rulegraph = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rulegraph)
+    assert rulegraph.mermaid() in (root / "README.md").read_text(), "run `make rulegraph`"

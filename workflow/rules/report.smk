@@ -1,7 +1,5 @@
-# The report: the summary tables, the figures and CSV copies of the main tables; `snakemake --report` shows the
-# items of REPORT_ITEMS by category with their captions (workflow/report/).
-from pipeline_lib.config import ROC_POINT  # noqa: E402
-
+# The report: the summary tables, the figures and CSV copies of the main tables (report_outputs in common.smk);
+# `snakemake --report` shows the items of REPORT_ITEMS by category with their captions (workflow/report/).
 
 # What `snakemake --report` shows: output key -> (category, caption in workflow/report/). The Parquet tables go
 # into the report as CSV copies (report/tables/<key>.csv), which it renders as tables.
@@ -20,50 +18,6 @@ REPORT_ITEMS = {
 }
 REPORT_TABLES = ("autoencoder_comparison", "evaluate_summary", "classify_tables", "cluster_generation",
                  "trajectory_summary", "semantic_variance")
-
-
-def report_outputs(flagged=False):
-    """The report's files: the class-based tables and figures when class-conditioned variants are generated, the
-    cluster-generation table when cluster-conditioned ones are, CSV copies of the main tables. ``flagged``: the
-    REPORT_ITEMS marked for `--report` with their category and caption."""
-    o = {"autoencoder_comparison": f"{R}/report/autoencoder_comparison.parquet"}
-    if any(v not in CLUSTER_VARIANTS for v, _ in GRID):
-        o |= {"classify_summary": f"{R}/report/classify_summary.parquet",
-              "classify_tables": f"{R}/report/classify_tables.parquet",
-              "classify_per_class": f"{R}/report/classify_per_class.parquet",
-              "evaluate_summary": f"{R}/report/evaluate_summary.parquet",
-              "f1_plot": f"{R}/report/figures/f1_vs_ratio.png",
-              "grids": [f"{R}/report/figures/grid_{c}.png" for c in CLASSES],
-              "pca": [f"{R}/report/figures/pca_{v}_{s}.png" for v, s in GRID if v not in CLUSTER_VARIANTS]}
-        if config["classify"]["scales"]:
-            o["f1_scale_plot"] = f"{R}/report/figures/f1_vs_scale.png"
-        if ROC_POINT in PLAN.points:
-            o["roc_plot"] = f"{R}/report/figures/roc_{ROC_POINT}.png"
-    if any(v in CLUSTER_VARIANTS for v, _ in GRID):
-        o["cluster_generation"] = f"{R}/report/cluster_generation.parquet"
-    if trajectory_tables():
-        o["trajectory_summary"] = f"{R}/report/trajectory_summary.parquet"
-    if interpolation_tables():
-        o["semantic_variance"] = f"{R}/report/semantic_variance.parquet"
-    o |= {f"{key}_csv": f"{R}/report/tables/{key}.csv" for key in REPORT_TABLES if key in o}
-    if not flagged:
-        return o
-
-    def mark(key, path):
-        category, caption = REPORT_ITEMS[key]
-        return report(path, caption=f"../report/{caption}", category=category)
-
-    out = {}
-    for key, value in o.items():
-        item = key[:-4] if key.endswith("_csv") else key
-        if item in REPORT_ITEMS and (key.endswith("_csv") or item not in REPORT_TABLES):
-            value = [mark(item, v) for v in value] if isinstance(value, list) else mark(item, value)
-        out[key] = value
-    return out
-
-
-def final_outputs():
-    return [*cluster_outputs(), *(p for v in report_outputs().values() for p in ([v] if isinstance(v, str) else v))]
 
 
 rule report:
