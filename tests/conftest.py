@@ -4,9 +4,17 @@ from pathlib import Path
 from typing import Sequence
 
 import pytest
+import torch
 import yaml
 
+from pipeline_lib.data import CLASSES
+
 ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+SHARED = {"seed": 0, "device": "cpu", "classes": list(CLASSES)}  # the keys every stage's params carry
+# A tiny denoiser (two levels, cross-attention at the second) for the conditioning tests.
+TINY_UNET = {"block_out_channels": [16, 32], "attention_levels": [False, True], "layers_per_block": 1,
+             "cross_attention_dim": 16, "attention_head_dim": 8, "norm_num_groups": 8}
 
 
 def copy_workflow(work: Path, configs: Sequence[str] | None = ("config.yaml",)) -> Path:

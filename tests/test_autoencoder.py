@@ -17,9 +17,8 @@ from pipeline_lib.nets import load_feature_net
 from pipeline_lib.perceptual import DomainPerceptual, LPIPSDistance, load_perceptual
 from pipeline_lib.torchutils import load_images
 from pipeline_lib.vqgan import PatchDiscriminator, discriminator_loss, generator_loss, vector_quantize
+from conftest import CPU, SHARED
 
-SHARED = {"seed": 0, "device": "cpu", "classes": list(CLASSES)}
-CPU = torch.device("cpu")
 NO_LPIPS = {"lpips_net": "vgg", "lpips_backbone": None}
 
 

@@ -11,15 +11,13 @@ from pipeline_lib.conditioning import REGISTRY, options_of
 from pipeline_lib.diffusion import build_unet, diffusion_loss, load_diffusion, noise_scheduler, train_diffusion
 from pipeline_lib.generate import sample_latents
 from pipeline_lib.text import PromptEncoder
+from conftest import CPU, TINY_UNET
 
-CPU = torch.device("cpu")
-UNET = {"block_out_channels": [16, 32], "attention_levels": [False, True], "layers_per_block": 1,
-        "cross_attention_dim": 16, "attention_head_dim": 8, "norm_num_groups": 8}
 
 
 def _unet():
     torch.manual_seed(0)
-    return build_unet(8, 8, UNET)
+    return build_unet(8, 8, TINY_UNET)
 
 
 def test_kl_is_zero_at_the_prior_and_matches_torch_distributions():

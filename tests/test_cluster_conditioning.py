@@ -13,8 +13,8 @@ from pipeline_lib.diffusion import diffusion_loss, load_diffusion, noise_schedul
 from pipeline_lib.generate import generate, sample_latents
 from pipeline_lib.metrics import ms_ssim, ssim
 from pipeline_lib.report import cluster_generation_table
+from conftest import CPU
 
-CPU = torch.device("cpu")
 IMSAT = {"hidden": 16, "epochs": 5, "batch_size": 32, "lr": 0.003, "lambda": 0.1, "mu": 4.0, "noise": 0.1}
 
 

@@ -4,7 +4,6 @@ and the code inputs are what the caching promises. One Snakemake-level test (tes
 message reaches the user."""
 import copy
 import re
-from pathlib import Path
 
 import pytest
 import yaml

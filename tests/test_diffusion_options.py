@@ -7,8 +7,8 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from pipeline_lib import diffusion
 from pipeline_lib.diffusion import load_diffusion, train_diffusion
 from pipeline_lib.generate import sample_latents, with_sampler
+from conftest import CPU
 
-CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import torch
 from pipeline_lib.diffusion import load_diffusion, train_diffusion
 from pipeline_lib.distributed import launch_command
 from pipeline_lib.generate import sample_latents
+from conftest import CPU
 
-CPU = torch.device("cpu")
 pytestmark = pytest.mark.slow  # two training processes started by torch.distributed.run
 
 

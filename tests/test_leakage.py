@@ -9,8 +9,8 @@ import torch
 from pipeline_lib import autoencoder, diffusion, feature_net, leakage
 from pipeline_lib.data import CLASSES
 from pipeline_lib.torchutils import load_images
+from conftest import SHARED
 
-SHARED = {"seed": 0, "device": "cpu", "classes": list(CLASSES)}
 
 
 def _record_splits(monkeypatch, module):

@@ -10,8 +10,8 @@ from pipeline_lib.data import CLASSES
 from pipeline_lib.diffusion import build_unet, load_diffusion, noise_scheduler, train_diffusion
 from pipeline_lib.generate import generate
 from pipeline_lib.text import PromptEncoder
+from conftest import SHARED
 
-SHARED = {"seed": 0, "device": "cpu", "classes": list(CLASSES)}
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,8 @@ from pipeline_lib.generate import sample_latents
 from pipeline_lib.io import write_png
 from pipeline_lib.multilevel import MultiLevelAdapter, MultiLevelEmbedder, cell_boxes, install_adapters, level_tokens
 from pipeline_lib.text import PromptEncoder
+from conftest import CPU, TINY_UNET
 
-CPU = torch.device("cpu")
-UNET = {"block_out_channels": [16, 32], "attention_levels": [False, True], "layers_per_block": 1,
-        "cross_attention_dim": 16, "attention_head_dim": 8, "norm_num_groups": 8}
 DIMS = [3, 4, 5, 6, 7]
 
 
@@ -46,7 +44,7 @@ def test_e_m_is_the_average_of_the_projected_levels():
 
 def _gated_unet(beta=1.0):
     torch.manual_seed(0)
-    unet = build_unet(8, 8, UNET, gated=True)
+    unet = build_unet(8, 8, TINY_UNET, gated=True)
     n = install_adapters(unet, beta)
     return unet, n
 
@@ -83,7 +81,7 @@ def test_adapter_is_eq2_by_hand_without_glgens_feed_forward():
         torch.testing.assert_close(adapter(v, objs), expected)
     assert not adapter.alpha_dense.requires_grad and adapter.alpha_attn.requires_grad
     with pytest.raises(ValueError, match="no gated self-attention layers"):
-        install_adapters(build_unet(8, 8, UNET), 1.0)
+        install_adapters(build_unet(8, 8, TINY_UNET), 1.0)
 
 
 def test_one_optimiser_step_lowers_the_multilevel_loss_on_a_fixed_batch():

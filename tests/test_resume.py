@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from pipeline_lib import autoencoder, diffusion
-from pipeline_lib.data import CLASSES
+from conftest import SHARED
 
-SHARED = {"seed": 0, "device": "cpu", "classes": list(CLASSES)}
 
 
 class Killed(Exception):

@@ -12,8 +12,8 @@ from pipeline_lib.io import LOADING
 from pipeline_lib.nets import train_classifier
 from pipeline_lib.speed import Speed, set_attention
 from pipeline_lib.torchutils import load_images, to_device
+from conftest import CPU
 
-CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize("speed, message", [

@@ -16,8 +16,11 @@ import yaml
 pytestmark = pytest.mark.slow
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config.yaml", *args]
+def snakemake(workdir: Path, *args: str, check: bool = True, targets: tuple[str, ...] = ()
+              ) -> subprocess.CompletedProcess:
+    """Snakemake on ``workdir``'s config.yaml (``args`` after it, so a later --configfile overrides it); the
+    ``targets`` come first, since --configfile would take them for config files."""
+    cmd = [sys.executable, "-m", "snakemake", *targets, "--cores", "2", "--configfile", "config.yaml", *args]
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=1500)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
@@ -136,7 +139,7 @@ def _kill_when_present(work: Path, pattern: str, targets: list[str]) -> None:
     """Start the workflow for ``targets`` and SIGKILL Snakemake and all its jobs (one process group) as soon as a
     file matching ``pattern`` exists below results/; then clear the lock a killed Snakemake leaves, as a user
     would."""
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config.yaml", *targets]
+    cmd = [sys.executable, "-m", "snakemake", *targets, "--cores", "2", "--configfile", "config.yaml"]
     proc = subprocess.Popen(cmd, cwd=work, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 1200
@@ -161,7 +164,7 @@ def test_a_run_killed_twice_and_resumed_gives_byte_identical_tables(run, tmp_pat
     targets = [f"results/{exp}/evaluate/clue/sigma05/seed{s}/quality.parquet" for s in tiny_config["generate"]["seeds"]]
     _kill_when_present(work, "*/diffusion/clue/model.resume.pt", targets)
     _kill_when_present(work, "*/generate/clue/*/seed*/images.partial/.finalize_*", targets)
-    snakemake(work, *targets)
+    snakemake(work, targets=tuple(targets))
     logs = work / "logs" / exp
     assert "resuming from" in (logs / "diffusion" / "clue.log").read_text()
     assert any("finished batches kept" in f.read_text() for f in logs.glob("generate/clue/**/*.log"))
