@@ -111,27 +111,43 @@ class MultiLevelEmbedder(ModelMixin, ConfigMixin):
 
 
 class MultiLevelAdapter(GatedSelfAttentionDense):
-    """GLIGEN's gated self-attention computing eq. (2) of the multi-level paper and nothing else."""
+    """GLIGEN's gated self-attention computing eq. (2) of the multi-level paper and nothing else: the same
+    parameters (so ``save_pretrained`` / ``from_pretrained`` of the UNet are unaffected), GLIGEN's gated
+    feed-forward left out of the forward pass and frozen."""
 
-    beta: float = 1.0
+    def __init__(self, query_dim: int, context_dim: int, n_heads: int, d_head: int, beta: float = 1.0):
+        super().__init__(query_dim, context_dim, n_heads, d_head)
+        self.beta = float(beta)
+
+    @classmethod
+    def replacing(cls, fuser: GatedSelfAttentionDense, beta: float) -> "MultiLevelAdapter":
+        """An adapter holding ``fuser``'s very parameters; built on the meta device, so it spends no random draw
+        and allocates nothing before taking them over."""
+        heads = fuser.attn.heads
+        with torch.device("meta"):
+            adapter = cls(fuser.linear.out_features, fuser.linear.in_features, heads, fuser.attn.inner_dim // heads,
+                          beta)
+        adapter.load_state_dict(fuser.state_dict(keep_vars=True), assign=True)
+        adapter.enabled = fuser.enabled
+        for p in (*adapter.ff.parameters(), *adapter.norm2.parameters(), adapter.alpha_dense):
+            p.requires_grad_(False)
+        return adapter
 
     def forward(self, x: torch.Tensor, objs: torch.Tensor) -> torch.Tensor:  # (B, N, C), (B, T, D)
+        if not self.enabled:
+            return x
         n_visual = x.shape[1]
         objs = self.linear(objs)
         return x + self.beta * self.alpha_attn.tanh() * self.attn(self.norm1(torch.cat([x, objs], 1)))[:, :n_visual]
 
 
 def install_adapters(unet: UNet2DConditionModel, beta: float) -> int:
-    """Turn every GLIGEN fuser of a ``attention_type="gated"`` UNet into a ``MultiLevelAdapter`` with ``beta``
-    (same parameters, so ``save_pretrained`` / ``from_pretrained`` are unaffected); returns how many."""
-    n = 0
-    for module in unet.modules():
-        if isinstance(module, GatedSelfAttentionDense):
-            module.__class__ = MultiLevelAdapter
-            module.beta = float(beta)
-            for p in (*module.ff.parameters(), *module.norm2.parameters(), module.alpha_dense):
-                p.requires_grad_(False)
-            n += 1
-    if n == 0:
+    """Replace every GLIGEN fuser of a ``attention_type="gated"`` UNet by a ``MultiLevelAdapter`` with ``beta``
+    that holds its parameters (the UNet's state dict keys and values stay as they are); returns how many."""
+    fusers = [name for name, m in unet.named_modules() if type(m) is GatedSelfAttentionDense]
+    for name in fusers:
+        parent, _, attr = name.rpartition(".")
+        setattr(unet.get_submodule(parent), attr, MultiLevelAdapter.replacing(unet.get_submodule(name), beta))
+    if not fusers:
         raise ValueError("the UNet has no gated self-attention layers: build it with attention_type='gated'")
-    return n
+    return len(fusers)

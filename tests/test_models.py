@@ -7,7 +7,7 @@ import torch
 
 from pipeline_lib.autoencoder import train_autoencoder
 from pipeline_lib.data import CLASSES
-from pipeline_lib.diffusion import build_unet, load_diffusion, noise_scheduler, train_diffusion
+from pipeline_lib.diffusion import build_unet, load_diffusion, train_diffusion
 from pipeline_lib.generate import generate
 from pipeline_lib.text import PromptEncoder
 from conftest import SHARED
@@ -28,15 +28,6 @@ def test_prompt_encoder_shapes_and_null_prompt():
     assert out.shape == (3, 6, 8)
     assert not torch.allclose(out[0], out[1])
     assert enc.prompt_ids[enc.null_index].eq(0).all()
-
-
-def test_v_prediction_target_is_eq4():
-    sched = noise_scheduler({"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4,
-                             "beta_end": 0.02, "prediction_type": "v_prediction"})
-    x0, eps, t = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4), torch.tensor([10, 700])
-    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)[t].float().view(-1, 1, 1, 1)
-    torch.testing.assert_close(sched.add_noise(x0, eps, t), abar.sqrt() * x0 + (1 - abar).sqrt() * eps)
-    torch.testing.assert_close(sched.get_velocity(x0, eps, t), abar.sqrt() * eps - (1 - abar).sqrt() * x0)
 
 
 def test_unet_attention_levels_must_match():

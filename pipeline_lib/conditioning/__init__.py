@@ -4,7 +4,7 @@ prompts, CLUE style latent, multi-level image embeddings, cluster ids), one file
 The object builds its modules around the UNet, gives the training step and the sampler their extra inputs, plans
 the images to generate, and saves / loads itself beside the UNet; ``pipeline_lib.diffusion`` (training, loading)
 and ``pipeline_lib.generate`` (sampling) call these methods and never branch on the kind. A fifth kind is one
-new file with a ``Conditioning`` subclass and one line in ``REGISTRY`` (docs/conditioning.md shows one).
+new file with a ``Conditioning`` subclass and one line in ``REGISTRY`` (docs/development.md shows one).
 
 The life of a conditioning in training (``train_diffusion``), in this order (the order of the random draws):
 ``condition_index`` (each training image's condition), ``frozen_context`` (a frozen text encoder, built before

@@ -15,7 +15,8 @@ SAVED = "conditioning.json"  # in the model folder: the kind and its options
 
 
 class Conditioning:
-    """The base: conditioning on the class prompt only is every hook's default (``ClassPrompt``)."""
+    """The base of every kind: each hook's default is what conditioning on the class needs (no extra modules,
+    inputs or loss terms; ``scale`` x train_a images per class); ``ClassPrompt`` adds the prompt encoder."""
 
     name: ClassVar[str]
     defaults: ClassVar[dict] = {}  # the variant keys this kind adds, with their defaults
