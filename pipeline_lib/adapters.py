@@ -19,7 +19,7 @@ import pandas as pd
 
 from .io import log
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # image files the adapters and the ImageFolder scan take
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")  # what the ImageFolder scan and adapters take
 HAM_COLUMNS = ("image_id", "dx", "lesion_id")
 GENERATIVE_SPLITS = ("train_a", "train_b", "test")
 

@@ -19,6 +19,8 @@ in its own layout, optionally with another institution's external test set (``pi
 """
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -210,11 +212,19 @@ def make_embedded(out_dir: str | Path, manifest_path: str | Path, cfg: Mapping[s
     return df
 
 
+def safe_id(*parts: str) -> str:
+    """An id from path parts, safe as a file name: every character but letters, digits, '.', '-' and '_' becomes
+    '_', the parts joined by '_' (``test/ome/0001.png`` -> ``test_ome_0001.png``)."""
+    return "_".join(re.sub(r"[^A-Za-z0-9._-]", "_", p) for p in parts)
+
+
 def scan_imagefolder(root: str | Path) -> pd.DataFrame:
-    """Build a manifest from ``<root>/<split>/<class>/*.png|jpg``."""
+    """Build a manifest from ``<root>/<split>/<class>/<file>`` (PNG, JPEG, TIFF or DICOM). Each id is the path
+    below the root, made safe for file names (``test_ome_0001.png``): the same file name in two class folders, or
+    ``a.png`` beside ``a.jpg``, never collide, and ids stay the same across runs."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"data.path: {root} is not a folder (expected <split>/<class>/*.png|jpg)")
+        raise FileNotFoundError(f"data.path: {root} is not a folder (expected <split>/<class>/<image files>)")
     rows = []
     for split_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         if split_dir.name not in SPLITS:
@@ -222,9 +232,10 @@ def scan_imagefolder(root: str | Path) -> pd.DataFrame:
         for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
             for f in sorted(class_dir.iterdir()):
                 if f.suffix.lower() in IMAGE_SUFFIXES:
-                    rows.append({"path": str(f.resolve()), "label": class_dir.name, "split": split_dir.name})
+                    rows.append({"image_id": safe_id(split_dir.name, class_dir.name, f.name), "path": str(f.resolve()),
+                                 "label": class_dir.name, "split": split_dir.name})
     if not rows:
-        raise ValueError(f"{root}: no images found (expected <split>/<class>/*.png|jpg)")
+        raise ValueError(f"{root}: no images found (expected <split>/<class>/ files ending in {IMAGE_SUFFIXES})")
     return pd.DataFrame(rows)
 
 
@@ -269,8 +280,9 @@ def normalise_manifest(df: pd.DataFrame, classes: list[str], origin: str) -> pd.
     missing = [p for p in df["path"] if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"{origin}: {len(missing)} image files not found, first: {missing[0]}")
-    if "image_id" not in df.columns:
-        df["image_id"] = [f"{s}_{Path(p).stem}" for s, p in zip(df["split"], df["path"])]
+    if "image_id" not in df.columns:  # from the path below the files' common folder: unique per file
+        common = Path(os.path.commonpath([str(Path(p).parent) for p in df["path"]]))
+        df["image_id"] = [safe_id(s, *Path(p).relative_to(common).parts) for s, p in zip(df["split"], df["path"])]
     df["image_id"] = df["image_id"].astype(str)
     dup = df["image_id"][df["image_id"].duplicated()].tolist()
     if dup:

@@ -17,13 +17,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from .data import NEEDED_SPLITS
+from .imaging import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, RECORD_KEYS, read_image
 from .io import log, read_parquet, resolve_path, write_parquet, write_png
 
-QC_COLUMNS = ("image_id", "cx", "cy", "r", "hair_fraction", "status", "reason")
-
-
-class _OutOfLimits(Exception):
-    """An image outside the size limits (raised inside the decoding block, reported as such)."""
+# Per image: the aperture circle, hair, status and reason; how the file was read (imaging.RECORD_KEYS).
+GREY_MODES = ("L", "LA", "1", "I;16", "I;16B", "I;16L", "I", "F", "MONOCHROME1", "MONOCHROME2")
+QC_COLUMNS = ("image_id", "cx", "cy", "r", "hair_fraction", "status", "reason", *RECORD_KEYS)
 
 
 def find_circle(image: np.ndarray, threshold: int = 26) -> tuple[float, float, float]:
@@ -122,47 +121,13 @@ def mask_crop_resize(image: np.ndarray, cx: float, cy: float, r: float, size: in
 
 # Pillow's own decompression-bomb limit is replaced by ``max_image_pixels``, which names the setting to change.
 Image.MAX_IMAGE_PIXELS = None
-MIN_IMAGE_SIDE = 32  # px: defaults of preprocess.min_image_side and .max_image_pixels
-MAX_IMAGE_PIXELS = 100_000_000
 
 
-def load_frame(path: str | Path, min_side: int = MIN_IMAGE_SIDE, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Decode an image file as an 8-bit RGB array (H, W, 3).
-
-    Opaque RGBA is accepted (alpha dropped); empty, truncated or undecodable files, grayscale, palette, 16-bit
-    and transparent images, images whose shorter side is under ``min_side`` px and images of more than
-    ``max_pixels`` pixels (checked from the header, before decoding) raise ``ValueError`` naming the file and
-    what was expected.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: image file not found")
-    if p.stat().st_size == 0:
-        raise ValueError(f"{p}: empty file (0 bytes), expected an 8-bit RGB PNG or JPEG")
-    try:
-        with Image.open(p) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise _OutOfLimits(f"{p}: {w} x {h} px = {w * h / 1e6:.1f} MP, above preprocess.max_image_pixels "
-                                f"({max_pixels / 1e6:g} MP); downscale the image or raise that limit")
-            if min(w, h) < min_side:
-                raise _OutOfLimits(f"{p}: {w} x {h} px, its shorter side is under preprocess.min_image_side "
-                                f"({min_side} px)")
-            im.load()  # decodes everything: a truncated file raises here
-            mode, arr = im.mode, np.asarray(im)
-    except _OutOfLimits as e:
-        raise ValueError(str(e)) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{p}: cannot be decoded as an image ({e}); expected an 8-bit RGB PNG or JPEG") from e
-    if mode == "RGBA":
-        if (arr[..., 3] < 255).any():
-            raise ValueError(f"{p}: RGBA image with transparent pixels, expected an opaque 8-bit RGB image")
-        arr = arr[..., :3]
-    elif mode != "RGB":
-        kinds = {"L": "grayscale", "LA": "grayscale with alpha", "P": "palette", "1": "1-bit",
-                 "I;16": "16-bit grayscale", "I": "32-bit integer", "F": "32-bit float", "CMYK": "CMYK"}
-        raise ValueError(f"{p}: image mode {mode} ({kinds.get(mode, 'not RGB')}), expected 8-bit RGB")
-    return np.ascontiguousarray(arr)
+def load_frame(path: str | Path, min_side: int = MIN_IMAGE_SIDE, max_pixels: int = MAX_IMAGE_PIXELS,
+               intensity: Mapping[str, Any] | None = None, dicom_frames: str = "error") -> np.ndarray:
+    """The image file as the 8-bit RGB frame (H, W, 3) preprocessing works on (``imaging.read_image``: grey,
+    16-bit and DICOM images included; errors name the file and what was expected)."""
+    return read_image(path, min_side, max_pixels, intensity, dicom_frames)[0]
 
 
 def inspect_frame(image: np.ndarray, params: Mapping[str, Any]) -> tuple[np.ndarray, dict]:
@@ -221,14 +186,16 @@ def _preprocess_row(task: tuple[dict, str, str, Mapping[str, Any]]) -> tuple[dic
     """Worker: read, preprocess and write one image; returns its QC record and manifest row (None: not kept)."""
     row, source, out_dir, params = task
     try:
-        image = load_frame(source, int(params.get("min_image_side", MIN_IMAGE_SIDE)),
-                           int(params.get("max_image_pixels", MAX_IMAGE_PIXELS)))
+        image, read = read_image(source, int(params.get("min_image_side", MIN_IMAGE_SIDE)),
+                                 int(params.get("max_image_pixels", MAX_IMAGE_PIXELS)), params.get("intensity"),
+                                 params.get("dicom_frames", "error"))
     except (ValueError, FileNotFoundError) as e:
         nan = float("nan")
         return {"image_id": row["image_id"], "cx": nan, "cy": nan, "r": nan, "hair_fraction": nan,
-                "status": "rejected", "reason": str(e)}, None
+                "status": "rejected", "reason": str(e), "bit_depth": 0, "photometric": "", "window_low": nan,
+                "window_high": nan, "intensity": "", "frames": 0}, None
     frame, record = inspect_frame(image, params)
-    record = {"image_id": row["image_id"], **record}
+    record = {"image_id": row["image_id"], **record, **read}
     if record["status"] != "ok":
         return record, None
     out, out_mask = crop_resize(frame, record, params)
@@ -322,6 +289,9 @@ def preprocess(manifest_in: str | Path, manifest_out: str | Path, qc_out: str | 
     finally:
         cv2.setNumThreads(cv_threads)
     qc = pd.DataFrame(qc_rows, columns=list(QC_COLUMNS))
+    grey = qc["photometric"].isin(GREY_MODES)
+    if grey.any() and not grey[qc["status"] != "rejected"].all():
+        log.info("preprocess: %d grayscale images among colour ones, each read as three equal channels", grey.sum())
     counts = qc["status"].value_counts().to_dict()
     log.info("preprocess: %d images: %d kept, %d dropped (no usable aperture), %d rejected (unreadable file)",
              len(qc), counts.get("ok", 0), counts.get("dropped", 0), counts.get("rejected", 0))

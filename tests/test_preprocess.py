@@ -96,7 +96,9 @@ def test_preprocess_stage_records_every_image(tmp_path):
     out = tmp_path / "pre"
     kept = preprocess(manifest, out / "manifest.parquet", out / "qc.parquet", _params())
     qc = pd.read_parquet(out / "qc.parquet")
-    assert list(qc.columns) == ["image_id", "cx", "cy", "r", "hair_fraction", "status", "reason"]
+    assert list(qc.columns) == ["image_id", "cx", "cy", "r", "hair_fraction", "status", "reason", "bit_depth",
+                                "photometric", "window_low", "window_high", "intensity", "frames"]
+    assert (qc["bit_depth"] == 8).all() and (qc["photometric"] == "RGB").all() and (qc["intensity"] == "none").all()
     assert len(qc) == len(df) and (qc["status"] == "dropped").sum() == 1
     assert "no region brighter than threshold 26" in qc.loc[qc["status"] == "dropped", "reason"].iloc[0]
     assert len(kept) == len(df) - 1
@@ -183,8 +185,6 @@ def _bad_files(folder):
 
 
 @pytest.mark.parametrize("name, message", [
-    ("grey.png", r"image mode L \(grayscale\), expected 8-bit RGB"),
-    ("deep.png", r"image mode I;16 \(16-bit grayscale\), expected 8-bit RGB"),
     ("transparent.png", "RGBA image with transparent pixels"),
     ("truncated.jpg", "cannot be decoded as an image"),
     ("empty.png", r"empty file \(0 bytes\)"),
@@ -197,27 +197,32 @@ def test_load_frame_names_the_file_and_the_problem(tmp_path, name, message):
         load_frame(folder / name)
 
 
-def test_load_frame_accepts_rgb_jpeg_and_opaque_rgba(tmp_path):
+def test_load_frame_accepts_rgb_jpeg_opaque_rgba_grey_and_16_bit(tmp_path):
     from pipeline_lib.preprocess import load_frame
 
     folder = _bad_files(tmp_path / "f")
     assert load_frame(folder / "opaque.png").shape == (80, 100, 3)
     assert load_frame(folder / "full.jpg").dtype == np.uint8
+    grey = load_frame(folder / "grey.png")
+    assert grey.shape == (80, 100, 3) and (grey[..., 0] == grey[..., 2]).all()
+    np.testing.assert_array_equal(grey[..., 0], disc_image()[..., 0])  # 8-bit grey: the values as they are
 
 
 def test_bad_files_are_recorded_rejections_in_parallel(tmp_path):
     folder = _bad_files(tmp_path / "f")
-    names = ["grey.png", "deep.png", "transparent.png", "truncated.jpg", "empty.png", "opaque.png", "full.jpg"]
+    names = ["transparent.png", "truncated.jpg", "empty.png", "grey.png", "deep.png", "opaque.png", "full.jpg"]
     manifest = tmp_path / "m.parquet"
     pd.DataFrame({"image_id": [n.split(".")[0] for n in names], "path": [str(folder / n) for n in names],
                   "label": "normal", "split": "train_a", "group": "g", "source": "user"}).to_parquet(manifest)
     out = tmp_path / "pre"
     kept = preprocess(manifest, out / "manifest.parquet", out / "qc.parquet", _params(), threads=2)
     qc = pd.read_parquet(out / "qc.parquet").set_index("image_id")
-    assert set(kept["image_id"]) == {"opaque", "full"}
-    assert (qc.loc[["grey", "deep", "transparent", "truncated", "empty"], "status"] == "rejected").all()
+    assert set(kept["image_id"]) == {"opaque", "full", "grey", "deep"}  # grey and 16-bit: three equal channels
+    assert (qc.loc[["transparent", "truncated", "empty"], "status"] == "rejected").all()
     assert "truncated.jpg: cannot be decoded" in qc.loc["truncated", "reason"]
-    with pytest.raises(ValueError, match="5 images were not usable .* first: grey: .*grey.png: image mode L"):
+    assert qc.loc["deep", "bit_depth"] == 16 and qc.loc["deep", "intensity"] == "percentile"
+    assert qc.loc["grey", "photometric"] == "L" and qc.loc["full", "photometric"] == "RGB"
+    with pytest.raises(ValueError, match="3 images were not usable .* first: transparent: .*transparent.png: RGBA"):
         preprocess(manifest, out / "m2.parquet", out / "q2.parquet", _params(on_failure="fail"), threads=2)
 
 
