@@ -14,7 +14,7 @@ are optional. The ``external`` split comes from a shifted "camera": colour balan
 for the cross-institution test (CLUE's AI-HUB set).
 
 ``ingest`` writes ``manifest.parquet`` (image_id, path, label, split, group, source) for the embedded set or for
-the user's own images: an ImageFolder tree ``<split>/<class>/*.png|jpg``, a CSV/Parquet manifest, or HAM10000
+the user's own images: an ImageFolder tree ``<split>/<class>/<files>``, a CSV/Parquet manifest, or HAM10000
 in its own layout, optionally with another institution's external test set (``pipeline_lib.adapters``).
 """
 from __future__ import annotations

@@ -178,3 +178,16 @@ def test_the_common_rules_file_stays_small():
     """Path constants, wildcard constraints and input functions only: the decisions live in pipeline_lib/config."""
     text = (ROOT / "workflow" / "rules" / "common.smk").read_text()
     assert len(text.splitlines()) <= 300 and "def check_" not in text and "jsonschema" not in text
+
+
+def test_the_readme_dicom_example_is_a_valid_config(tmp_path, monkeypatch):
+    """README.md's example for a folder of DICOM files passes the schema and plans its grid (its data folder
+    stood in for by an empty one)."""
+    text = (ROOT / "README.md").read_text()
+    example = yaml.safe_load(re.search(r"```yaml\n(.*?)```", text, re.S).group(1))
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    update_config(cfg, example)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / example["data"]["path"]).mkdir(parents=True)
+    plan = Plan.from_config(cfg)
+    assert plan.classes == ["normal", "effusion"] and cfg["preprocess"]["intensity"]["rule"] == "dicom_window"
