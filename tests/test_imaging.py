@@ -188,3 +188,30 @@ def test_imagefolder_ids_never_collide(tmp_path):
     assert {"test_normal_0001.png", "test_ome_0001.png", "test_ome_0001.jpg", "test_ome_scan_2.png"} <= \
         set(df["image_id"])
     pd.testing.assert_frame_equal(df, scan_imagefolder(tmp_path))  # stable across runs
+
+
+def test_a_folder_of_pydicoms_ct_and_mr_files_preprocesses_by_each_files_window(tmp_path, caplog):
+    """The preprocessing stage on pydicom's CT (no window: percentile) and MR (its window) files beside an 8-bit
+    RGB image: each is recorded with its own rule, and the grey ones are counted in the log."""
+    import logging
+
+    from pipeline_lib.preprocess import preprocess
+
+    rgb = tmp_path / "colour.png"
+    Image.fromarray(np.full((64, 64, 3), (200, 120, 90), np.uint8)).save(rgb)
+    paths = [shipped("CT_small.dcm"), shipped("MR_small.dcm"), rgb]
+    manifest = tmp_path / "m.parquet"
+    pd.DataFrame({"image_id": ["ct", "mr", "colour"], "path": [str(p) for p in paths], "label": "normal",
+                  "split": "train_a", "group": ["ct", "mr", "colour"], "source": "user"}).to_parquet(manifest)
+    params = {"aperture": "none", "image_size": 32, "min_image_side": 16, "threshold": 26, "min_radius_fraction": 0.1,
+              "on_failure": "fail", "hair_removal": {"enabled": False, "kernel_size": 9, "kernel_shape": "cross",
+                                                     "threshold": 10, "inpaint_radius": 3, "method": "telea"}}
+    with caplog.at_level(logging.INFO, logger="pipeline_lib"):
+        preprocess(manifest, tmp_path / "pre" / "manifest.parquet", tmp_path / "pre" / "qc.parquet", params)
+    qc = pd.read_parquet(tmp_path / "pre" / "qc.parquet").set_index("image_id")
+    assert list(qc["intensity"]) == ["percentile", "dicom_window", "none"] and (qc["status"] == "ok").all()
+    assert qc.loc["mr", "window_low"] == pytest.approx(-200.0) and qc.loc["mr", "window_high"] == pytest.approx(1399.0)
+    assert list(qc["photometric"]) == ["MONOCHROME2", "MONOCHROME2", "RGB"]
+    assert "2 grayscale images among colour ones, each read as three equal channels" in caplog.text
+    mr = np.asarray(Image.open(tmp_path / "pre" / "images" / "mr.png"))
+    assert mr.shape == (32, 32, 3) and (mr[..., 0] == mr[..., 2]).all()
