@@ -337,7 +337,11 @@ class Plan:
         return {"speed": {k: self.config["speed"][k] for k in SPEED_NUMERIC}}
 
     def data_params(self) -> dict:
-        return {**self.config["data"], "seed": self.config["seed"]}
+        """The data slice without ``color``, which preprocessing decides (ingest does not read it)."""
+        return {**{k: v for k, v in self.config["data"].items() if k != "color"}, "seed": self.config["seed"]}
+
+    def preprocess_params(self) -> dict:
+        return {**self.config["preprocess"], "color": self.config["data"]["color"]}
 
     def autoencoder_params(self, ae: str) -> dict:
         a = self.config["autoencoder"][ae]

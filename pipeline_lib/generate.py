@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from .autoencoder import decode_latents, load_autoencoder
 from .diffusion import DiffusionModel, load_diffusion
-from .io import atomic_path, log, write_parquet, write_png
-from .preprocess import preprocess_image
+from .io import atomic_path, log, read_parquet, write_parquet, write_png
+from .preprocess import as_grey, preprocess_image
 from .speed import Speed
 from .torchutils import select_device, set_threads, to_uint8
 
@@ -101,6 +101,12 @@ def finalize_synthetic(image: np.ndarray, pre: Mapping[str, Any]) -> tuple[np.nd
     return out, "preprocessed"
 
 
+def data_color_of(manifest: str | Path) -> str:
+    """The preprocessed data set's colour (``data.color`` as preprocessing decided it; rgb for older manifests)."""
+    df = read_parquet(manifest)
+    return str(df["color"].iloc[0]) if "color" in df.columns and len(df) else "rgb"
+
+
 SIGNATURE = ".signature.json"
 
 
@@ -147,6 +153,7 @@ def generate(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, ou
     c = model.unet.config
     shape = (c.in_channels, c.sample_size, c.sample_size)
     pre = params["preprocess"]
+    grey = data_color_of(manifest) == "grayscale"  # saved as single-channel PNG (the models saw three equal ones)
     out_dir = Path(out_dir)
     partial = resume_folder(out_dir, {"params": params, "model": files_stamp(model_dir),
                                       "autoencoder": files_stamp(ae_dir)})
@@ -165,8 +172,8 @@ def generate(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, ou
                     decoded = to_uint8(decode_latents(ae, lat))
                 status = {}
                 for image_id, im in zip(ids, decoded):
-                    out, status[image_id] = finalize_synthetic(im, pre)
-                    write_png(out, partial / f"{image_id}.png")
+                    out, status[image_id] = finalize_synthetic(as_grey(im) if grey else im, pre)
+                    write_png(out[..., 0] if grey else out, partial / f"{image_id}.png")  # grey: one channel
                 with atomic_path(done) as tmp:
                     tmp.write_text(json.dumps(status))
             status = json.loads(done.read_text())

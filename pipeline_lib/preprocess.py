@@ -194,6 +194,8 @@ def _preprocess_row(task: tuple[dict, str, str, Mapping[str, Any]]) -> tuple[dic
         return {"image_id": row["image_id"], "cx": nan, "cy": nan, "r": nan, "hair_fraction": nan,
                 "status": "rejected", "reason": str(e), "bit_depth": 0, "photometric": "", "window_low": nan,
                 "window_high": nan, "intensity": "", "frames": 0}, None
+    if params.get("color") == "grayscale" and read["photometric"] not in GREY_MODES:
+        image = as_grey(image)  # data.color: grayscale: colour images too, by their luminance
     frame, record = inspect_frame(image, params)
     record = {"image_id": row["image_id"], **record, **read}
     if record["status"] != "ok":
@@ -211,6 +213,19 @@ def _preprocess_row(task: tuple[dict, str, str, Mapping[str, Any]]) -> tuple[dic
                 lesion = f"lesion_crops/{row['image_id']}.png"
                 write_png(crop, Path(out_dir) / lesion)
     return record, row | {"path": f"images/{row['image_id']}.png", "lesion_crop": lesion}
+
+
+def as_grey(image: np.ndarray) -> np.ndarray:
+    """An RGB frame as its luminance (ITU-R BT.601, OpenCV's weights) in three equal channels."""
+    return np.repeat(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+
+
+def data_color(qc: pd.DataFrame, setting: str) -> str:
+    """``data.color``: ``auto`` is grayscale when every image that was read is grey, else rgb."""
+    if setting != "auto":
+        return setting
+    read = qc[qc["status"] != "rejected"]
+    return "grayscale" if len(read) and read["photometric"].isin(GREY_MODES).all() else "rgb"
 
 
 def check_classes_kept(before: pd.DataFrame, after: pd.DataFrame, origin: str | Path) -> None:
@@ -303,6 +318,9 @@ def preprocess(manifest_in: str | Path, manifest_out: str | Path, qc_out: str | 
     for record in bad.itertuples():
         log.info("not kept: %s (%s): %s", record.image_id, record.status, record.reason)
     out_df = pd.DataFrame(kept, columns=[*df.columns, "lesion_crop"])
+    out_df["color"] = data_color(qc, params.get("color", "auto"))
+    log.info("data.color %s: the data set is %s", params.get("color", "auto"), out_df["color"].iloc[0] if len(out_df)
+             else "empty")
     check_classes_kept(df, out_df, manifest_in)
     write_parquet(qc, qc_out)
     write_parquet(out_df, manifest_out)

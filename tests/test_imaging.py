@@ -215,3 +215,27 @@ def test_a_folder_of_pydicoms_ct_and_mr_files_preprocesses_by_each_files_window(
     assert "2 grayscale images among colour ones, each read as three equal channels" in caplog.text
     mr = np.asarray(Image.open(tmp_path / "pre" / "images" / "mr.png"))
     assert mr.shape == (32, 32, 3) and (mr[..., 0] == mr[..., 2]).all()
+
+
+def test_data_color_grayscale_reads_colour_images_by_their_luminance(tmp_path):
+    import cv2
+
+    from pipeline_lib.preprocess import preprocess
+
+    colour = np.zeros((64, 64, 3), np.uint8)
+    colour[8:56, 8:56] = (200, 120, 90)
+    Image.fromarray(colour).save(tmp_path / "c.png")
+    manifest = tmp_path / "m.parquet"
+    pd.DataFrame({"image_id": ["c"], "path": [str(tmp_path / "c.png")], "label": "normal", "split": "train_a",
+                  "group": ["c"], "source": "user"}).to_parquet(manifest)
+    params = {"aperture": "none", "image_size": 32, "threshold": 26, "min_radius_fraction": 0.1, "on_failure": "fail",
+              "hair_removal": {"enabled": False, "kernel_size": 9, "kernel_shape": "cross", "threshold": 10,
+                               "inpaint_radius": 3, "method": "telea"}}
+    for color, expected in (("auto", "rgb"), ("grayscale", "grayscale")):
+        out = preprocess(manifest, tmp_path / color / "manifest.parquet", tmp_path / color / "qc.parquet",
+                         {**params, "color": color})
+        assert out["color"].tolist() == [expected]
+    grey = np.asarray(Image.open(tmp_path / "grayscale" / "images" / "c.png"))
+    luminance = cv2.cvtColor(cv2.resize(colour, (32, 32), interpolation=cv2.INTER_LINEAR), cv2.COLOR_RGB2GRAY)
+    assert (grey[..., 0] == grey[..., 2]).all()
+    np.testing.assert_allclose(grey[..., 0].astype(int), luminance.astype(int), atol=1)  # grey, then resized

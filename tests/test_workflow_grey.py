@@ -65,6 +65,9 @@ def test_tiny_workflow_on_a_grey_image_folder(grey_trees, tmp_path, tiny_config,
     assert ids.str.endswith(".png" if kind == "png16" else ".dcm").all()  # the file name, extension included
     pre = np.asarray(Image.open(next((res / "preprocess" / "images").glob("*.png"))))
     assert pre.ndim == 3 and (pre[..., 0] == pre[..., 1]).all() and (pre[..., 1] == pre[..., 2]).all()
+    assert (pd.read_parquet(res / "preprocess" / "manifest.parquet")["color"] == "grayscale").all()  # data.color auto
+    generated = sorted((res / "generate" / "class" / "cfg2" / "seed0" / "images").glob("*.png"))
+    assert generated and all(Image.open(f).mode == "L" for f in generated)  # saved as single-channel PNG
     scores = pd.read_parquet(res / "report" / "classify_summary.parquet")
     f1 = scores[(scores["metric"] == "f1_macro") & (scores["test_set"] == "test")].set_index("point")["mean"]
     assert set(f1.index) == {"replace_0", "replace_100"} and f1.between(0, 1).all()

@@ -9,7 +9,7 @@ rule preprocess:
         masks=directory(f"{R}/preprocess/masks"),
         lesion_crops=directory(f"{R}/preprocess/lesion_crops"),
     params:
-        cfg=config["preprocess"],
+        cfg=PLAN.preprocess_params(),
     threads: 2
     conda:
         "../../envs/medaug.yaml"
