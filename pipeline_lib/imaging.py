@@ -13,8 +13,9 @@ DICOM (pydicom): the Modality LUT first (Rescale Slope / Intercept, PS3.3 C.11.1
   C.11.2.1.2.1 (x <= c - 0.5 - (w - 1) / 2 -> 0, x > c - 0.5 + (w - 1) / 2 -> 255, linear between), else, for a
   file without a window or a non-DICOM image, the percentile window;
 - ``percentile``: the ``percentiles`` (low, high) of the image's values map linearly to 0 and 255, clipped;
-- ``full_range``: the range the stored bits allow (0 .. 2^BitsStored - 1, or the signed range, through the
-  Modality LUT) for integer images, the image's own minimum .. maximum for float images.
+- ``full_range``: the range the stored bits allow: for DICOM 0 .. 2^BitsStored - 1 (or the signed range) through
+  the Modality LUT, for 16-bit PNG / TIFF 0 .. 65535; for 32-bit integer and float images their own minimum ..
+  maximum.
 
 MONOCHROME1 (white is low) is inverted after windowing; colour DICOM (RGB, YBR) is converted to 8-bit RGB.
 Multi-frame files follow ``preprocess.dicom_frames``: ``error`` (default: a 3-D volume where a 2-D image is
@@ -99,6 +100,8 @@ def _read_pillow(p: Path, min_side: int, max_pixels: int, rule: Mapping[str, Any
         raise ValueError(f"{p}: cannot be decoded as an image ({e}); expected a PNG, JPEG, TIFF or DICOM file") from e
     record = {"bit_depth": 8, "photometric": mode, "window_low": np.nan, "window_high": np.nan, "intensity": "none",
               "frames": 1}
+    if mode == "CMYK":
+        raise ValueError(f"{p}: image mode CMYK, expected grayscale or RGB (convert it to RGB first)")
     if arr.ndim == 3 and arr.shape[2] in (2, 4):  # LA or RGBA: an alpha channel
         if (arr[..., -1] < 255).any():
             raise ValueError(f"{p}: {mode} image with transparent pixels, expected an opaque image")
@@ -107,8 +110,6 @@ def _read_pillow(p: Path, min_side: int, max_pixels: int, rule: Mapping[str, Any
         arr = arr[..., 0]
     if arr.ndim == 3 and arr.shape[2] != 3:
         raise ValueError(f"{p}: image mode {mode} with {arr.shape[2]} channels, expected grayscale or RGB")
-    if mode == "CMYK":
-        raise ValueError(f"{p}: image mode CMYK, expected grayscale or RGB (convert it to RGB first)")
     if arr.dtype != np.uint8:  # 16-bit / 32-bit integer or float grayscale
         values = arr.astype(np.float64)
         record["bit_depth"] = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}.get(mode, 8 * arr.itemsize)

@@ -93,6 +93,9 @@ def test_palette_and_opaque_grey_alpha_images_become_rgb(tmp_path):
     Image.fromarray(la, mode="LA").save(tmp_path / "la_transparent.png")
     with pytest.raises(ValueError, match="la_transparent.png: LA image with transparent pixels"):
         read_image(tmp_path / "la_transparent.png")
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "print.jpg")
+    with pytest.raises(ValueError, match=r"print.jpg: image mode CMYK, expected grayscale or RGB"):
+        read_image(tmp_path / "print.jpg")
 
 
 def test_dicom_modality_lut_then_the_files_window_by_hand(tmp_path):
