@@ -123,13 +123,6 @@ def mask_crop_resize(image: np.ndarray, cx: float, cy: float, r: float, size: in
 Image.MAX_IMAGE_PIXELS = None
 
 
-def load_frame(path: str | Path, min_side: int = MIN_IMAGE_SIDE, max_pixels: int = MAX_IMAGE_PIXELS,
-               intensity: Mapping[str, Any] | None = None, dicom_frames: str = "error") -> np.ndarray:
-    """The image file as the 8-bit RGB frame (H, W, 3) preprocessing works on (``imaging.read_image``: grey,
-    16-bit and DICOM images included; errors name the file and what was expected)."""
-    return read_image(path, min_side, max_pixels, intensity, dicom_frames)[0]
-
-
 def inspect_frame(image: np.ndarray, params: Mapping[str, Any]) -> tuple[np.ndarray, dict]:
     """The frame to crop (hair removed when DullRazor is switched on) and the QC record of one RGB frame:
     cx, cy, r (CLUE section 4.3), hair_fraction, status (``ok`` or ``dropped``) and reason."""

@@ -19,7 +19,8 @@ from PIL import Image
 
 from conftest import copy_workflow
 from pipeline_lib.data import ingest
-from pipeline_lib.preprocess import load_frame, preprocess
+from pipeline_lib.imaging import read_image
+from pipeline_lib.preprocess import preprocess
 
 
 def disc(h=60, w=60):
@@ -36,7 +37,7 @@ def test_corrupt_png_names_the_file(tmp_path):
     bad = tmp_path / "noise.png"
     bad.write_bytes(np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes())
     with pytest.raises(ValueError, match=r"noise.png: cannot be decoded as an image .*expected a PNG, JPEG, TIFF or DICOM file"):
-        load_frame(bad)
+        read_image(bad)[0]
 
 
 def test_truncated_png_names_the_file(tmp_path):
@@ -45,15 +46,15 @@ def test_truncated_png_names_the_file(tmp_path):
     cut = tmp_path / "cut.png"
     cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
     with pytest.raises(ValueError, match="cut.png: cannot be decoded as an image"):
-        load_frame(cut)
+        read_image(cut)[0]
 
 
 def test_very_small_image_names_its_size_and_the_setting(tmp_path):
     Image.fromarray(disc(20, 24)).save(tmp_path / "small.png")
     with pytest.raises(ValueError, match=r"small.png: 24 x 20 px, its shorter side is under "
                                          r"preprocess.min_image_side \(32 px\)"):
-        load_frame(tmp_path / "small.png")
-    assert load_frame(tmp_path / "small.png", min_side=16).shape == (20, 24, 3)
+        read_image(tmp_path / "small.png")[0]
+    assert read_image(tmp_path / "small.png", min_side=16)[0].shape == (20, 24, 3)
 
 
 def test_very_large_image_is_refused_from_its_header_before_decoding(tmp_path):
@@ -62,7 +63,7 @@ def test_very_large_image_is_refused_from_its_header_before_decoding(tmp_path):
     assert (tmp_path / "huge.png").stat().st_size < 5_000_000
     with pytest.raises(ValueError, match=r"huge.png: 20000 x 20000 px = 400.0 MP, above "
                                          r"preprocess.max_image_pixels \(100 MP\)"):
-        load_frame(tmp_path / "huge.png")
+        read_image(tmp_path / "huge.png")[0]
 
 
 def _manifest(tmp_path, images: dict[str, np.ndarray | bytes], label="normal") -> Path:

@@ -189,21 +189,21 @@ def _bad_files(folder):
     ("truncated.jpg", "cannot be decoded as an image"),
     ("empty.png", r"empty file \(0 bytes\)"),
 ])
-def test_load_frame_names_the_file_and_the_problem(tmp_path, name, message):
-    from pipeline_lib.preprocess import load_frame
+def test_read_image_names_the_file_and_the_problem(tmp_path, name, message):
+    from pipeline_lib.imaging import read_image
 
     folder = _bad_files(tmp_path / "f")
     with pytest.raises(ValueError, match=f"{name}: {message}"):
-        load_frame(folder / name)
+        read_image(folder / name)[0]
 
 
-def test_load_frame_accepts_rgb_jpeg_opaque_rgba_grey_and_16_bit(tmp_path):
-    from pipeline_lib.preprocess import load_frame
+def test_read_image_accepts_rgb_jpeg_opaque_rgba_grey_and_16_bit(tmp_path):
+    from pipeline_lib.imaging import read_image
 
     folder = _bad_files(tmp_path / "f")
-    assert load_frame(folder / "opaque.png").shape == (80, 100, 3)
-    assert load_frame(folder / "full.jpg").dtype == np.uint8
-    grey = load_frame(folder / "grey.png")
+    assert read_image(folder / "opaque.png")[0].shape == (80, 100, 3)
+    assert read_image(folder / "full.jpg")[0].dtype == np.uint8
+    grey = read_image(folder / "grey.png")[0]
     assert grey.shape == (80, 100, 3) and (grey[..., 0] == grey[..., 2]).all()
     np.testing.assert_array_equal(grey[..., 0], disc_image()[..., 0])  # 8-bit grey: the values as they are
 
