@@ -43,12 +43,13 @@ def _ssim_maps(x: torch.Tensor, y: torch.Tensor, data_range: float, sigma: float
     g = _gaussian_window(sigma).to(x)
     if x.shape[-1] < g.numel() or x.shape[-2] < g.numel():
         raise ValueError(f"SSIM needs images of at least {g.numel()} px a side, got {tuple(x.shape[-2:])}")
-    c = x.shape[1]
-    kx = g.view(1, 1, 1, -1).repeat(c, 1, 1, 1)
-    ky = g.view(1, 1, -1, 1).repeat(c, 1, 1, 1)
+    n = g.numel()
 
     def blur(t: torch.Tensor) -> torch.Tensor:  # separable Gaussian, valid region only
-        return F.conv2d(F.conv2d(t, kx, groups=c), ky, groups=c)
+        # As weighted sums of shifted views: elementwise, so the same numbers in every run (a float64 conv2d goes
+        # through BLAS, whose results can change with the memory alignment of its operands between runs).
+        rows = sum(g[k] * t[..., k:t.shape[-1] - n + 1 + k] for k in range(n))
+        return sum(g[k] * rows[..., k:rows.shape[-2] - n + 1 + k, :] for k in range(n))
 
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     mx, my = blur(x), blur(y)
