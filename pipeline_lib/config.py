@@ -27,13 +27,15 @@ SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 # Sections and named entries a --configfile may set to null to remove what config/config.yaml gives.
 OPTIONAL_SECTIONS = ("cluster", "trajectory", "interpolation")
-NAMED_ENTRIES = (("autoencoder",), ("diffusion", "variants"), ("generate", "settings"), ("classify", "count_sets"))
+NAMED_ENTRIES = (("autoencoder",), ("diffusion", "variants"), ("diffusion", "prompts"), ("generate", "settings"),
+                 ("classify", "count_sets"))
 
 
 def drop_nulls(cfg: dict) -> dict:
     """A file given with --configfile is merged into config/config.yaml; setting an entry to null there removes
     what config/config.yaml gives: an optional section (cluster, trajectory, interpolation) or a named entry
-    (autoencoder, diffusion variant, generation setting, classifier count set). Edits ``cfg`` and returns it."""
+    (autoencoder, diffusion variant, class prompt, generation setting, classifier count set). Edits ``cfg`` and
+    returns it."""
     for section in OPTIONAL_SECTIONS:
         if section in cfg and cfg[section] is None:
             del cfg[section]
@@ -120,6 +122,31 @@ def check_local_paths(cfg: dict) -> None:
             what = "a folder, found a file" if Path(path).is_file() else \
                 "a file, found a folder" if Path(path).is_dir() else f"a local {kind}; nothing is there"
             raise FileNotFoundError(f"{key}: {path} (from {os.getcwd()}): expected {what}")
+
+
+def check_embedded(cfg: dict) -> None:
+    """The embedded data's classes are those of its modality (checked before any job, not at ingest)."""
+    if cfg["data"]["source"] == "embedded":
+        from .data import check_embedded_classes
+
+        check_embedded_classes(cfg["data"])
+
+
+def check_class_names(cfg: dict) -> None:
+    """The keys that name classes name ``data.classes``: a prompt for each (unless every variant is conditioned on
+    clusters), the trajectory's neutral class, the interpolated classes. Prompts of other classes are ignored, so
+    a config file merged over the default need not remove the default's."""
+    classes = list(cfg["data"]["classes"])
+    d = cfg["diffusion"]
+    if any(v.get("conditioning", "class") != "cluster" for v in d["variants"].values()):
+        missing = [c for c in classes if c not in d.get("prompts", {})]
+        if missing:
+            raise ValueError(f"diffusion.prompts: expected a prompt for every class of data.classes, missing {missing}")
+    if "trajectory" in cfg and cfg["trajectory"]["neutral"] not in classes:
+        raise ValueError(f"trajectory.neutral: {cfg['trajectory']['neutral']!r} is not one of data.classes {classes}")
+    unknown = [c for c in (cfg.get("interpolation") or {}).get("classes") or [] if c not in classes]
+    if unknown:
+        raise ValueError(f"interpolation.classes: {unknown} not in data.classes {classes}")
 
 
 def check_counts(cfg: dict) -> None:
@@ -241,7 +268,7 @@ class Plan:
     @classmethod
     def from_config(cls, cfg: dict, schema_file: str | Path = SCHEMA, check_timm: bool = True) -> "Plan":
         """Drop the nulls, check the schema (every problem at once), fill the defaults, check local paths,
-        counts and archs, expand the grid. Edits ``cfg`` in place (it is Snakemake's ``config``)."""
+        counts and archs, expand the grid, check the keys that name classes. Edits ``cfg`` in place (it is Snakemake's ``config``)."""
         drop_nulls(cfg)
         check_schema(cfg, schema_file)
         fill_defaults(cfg, schema_file)
@@ -253,6 +280,8 @@ class Plan:
             check_archs(cfg)
         plan = cls(cfg, variants, members, points, [])
         plan.grid = plan._check_grid()
+        check_embedded(cfg)
+        check_class_names(cfg)
         return plan
 
     # --- names --------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Embedded data and ingest.
 
-``make_image`` draws a seeded, procedural, otoscopy-like RGB frame: a bright circular field of view on black
+The embedded data set is procedural, in one of two modalities (``data.embedded.modality``): ``otoscopy``, RGB
+frames drawn here, and ``xray``, grey 16-bit chest radiographs (``pipeline_lib.xray``). ``make_image`` draws a seeded, procedural, otoscopy-like RGB frame: a bright circular field of view on black
 (varying centre, radius and offset), ear-canal skin, and a tympanic membrane whose look depends on the class,
 after the class descriptions of the CLUE paper (section 4.2, Table 1):
 
@@ -31,10 +32,13 @@ import pandas as pd
 
 from .adapters import IMAGE_SUFFIXES, external_manifest, ham10000_manifest
 from .io import log, write_parquet, write_png
+from .xray import CLASSES as XRAY_CLASSES
+from .xray import make_xray
 
 SPLITS = ("train_a", "train_b", "test", "external")
 NEEDED_SPLITS = ("train_a", "train_b", "test")  # every class needs images in these (external is optional)
 CLASSES = ("normal", "ome", "com")
+EMBEDDED_CLASSES = {"otoscopy": CLASSES, "xray": XRAY_CLASSES}  # data.embedded.modality -> its classes, in order
 MANIFEST_COLUMNS = ("image_id", "path", "label", "split", "group", "source")
 
 
@@ -183,33 +187,44 @@ def _camera(cfg: Mapping[str, Any] | None) -> Camera:
                   aperture_scale=float(cfg["aperture_scale"]))
 
 
-def image_seed(seed: int, split: str, label: str, index: int) -> np.random.Generator:
+def image_seed(seed: int, split: str, label: str, index: int, classes=CLASSES) -> np.random.Generator:
     """A generator that depends only on (seed, split, label, index): images do not change when counts do."""
-    key = [seed, SPLITS.index(split), CLASSES.index(label), index]
+    key = [seed, SPLITS.index(split), list(classes).index(label), index]
     return np.random.default_rng(np.random.SeedSequence(key))
 
 
 def make_embedded(out_dir: str | Path, manifest_path: str | Path, cfg: Mapping[str, Any], seed: int) -> pd.DataFrame:
-    """Write the embedded data set as PNGs under ``out_dir`` and its manifest; return the manifest."""
+    """Write the embedded data set as PNGs under ``out_dir`` and its manifest; return the manifest. Otoscopy
+    frames are 8-bit RGB, x-rays 16-bit grey (12 bits used)."""
     out_dir = Path(out_dir)
     manifest_path = Path(manifest_path)
+    modality = cfg.get("modality", "otoscopy")
+    draw, classes = {"otoscopy": make_image, "xray": make_xray}[modality], EMBEDDED_CLASSES[modality]
     rows = []
     for split in SPLITS:
         n = int(cfg["n_per_class"][split])
         camera = _camera(cfg["external_camera"]) if split == "external" else Camera()
-        for label in CLASSES:
+        for label in classes:
             for i in range(n):
                 image_id = f"{split}_{label}_{i:04d}"
-                img = make_image(label, image_seed(seed, split, label, i), height=cfg["height"],
-                                 width=cfg["width"], hair_probability=cfg["hair_probability"], camera=camera)
+                img = draw(label, image_seed(seed, split, label, i, classes), height=cfg["height"],
+                           width=cfg["width"], hair_probability=cfg["hair_probability"], camera=camera)
                 path = out_dir / split / label / f"{image_id}.png"
                 write_png(img, path)
                 rows.append({"image_id": image_id, "path": str(path.relative_to(manifest_path.parent)),
                              "label": label, "split": split, "group": image_id, "source": "embedded"})
     df = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     write_parquet(df, manifest_path)
-    log.info("embedded data: %d images (%s)", len(df), df.groupby("split").size().to_dict())
+    log.info("embedded %s data: %d images (%s)", modality, len(df), df.groupby("split").size().to_dict())
     return df
+
+
+def check_embedded_classes(data: Mapping[str, Any]) -> None:
+    """The embedded data's classes are its modality's, in its order (``data.classes`` names them)."""
+    modality = data["embedded"].get("modality", "otoscopy")
+    if list(data["classes"]) != list(EMBEDDED_CLASSES[modality]):
+        raise ValueError(f"data.classes: the embedded {modality} data has the classes "
+                         f"{list(EMBEDDED_CLASSES[modality])}, got {list(data['classes'])}")
 
 
 def safe_id(*parts: str) -> str:
@@ -298,8 +313,7 @@ def ingest(manifest_path: str | Path, image_dir: str | Path, params: Mapping[str
     """Entry point of the ingest rule: embedded data or the user's own images -> manifest.parquet."""
     source = params["source"]
     if source == "embedded":
-        if list(params["classes"]) != list(CLASSES):
-            raise ValueError(f"data.classes must be {list(CLASSES)} for the embedded data, got {params['classes']}")
+        check_embedded_classes(params)
         return make_embedded(image_dir, manifest_path, params["embedded"], int(params["seed"]))
     if not params.get("path"):
         raise ValueError(f"data.path is required when data.source is {source!r}")

@@ -87,22 +87,29 @@ def fov_mask(size: int) -> np.ndarray:
     return m
 
 
-def finalize_synthetic(image: np.ndarray, pre: Mapping[str, Any]) -> tuple[np.ndarray, str]:
+def finalize_synthetic(image: np.ndarray, pre: Mapping[str, Any], grey: bool = False) -> tuple[np.ndarray, str]:
     """The real images' preprocessing applied to one decoded synthetic frame (CLUE section 4.5).
 
     Returns the image and its ``finalize`` status: ``preprocessed`` (circle, mask, crop, resize, as for real
     frames) or ``fov_mask: <reason>`` (no usable aperture found: the frame keeps the plain field-of-view mask).
+    ``grey`` (a grayscale data set): the frame's luminance, returned as one channel (H, W), the PNG to save;
+    the three decoded channels of a model trained on three equal ones are close to equal, not equal.
     """
     size = int(pre["image_size"])
+    if grey:
+        image = as_grey(image)
     out, _, record = preprocess_image(image, pre)
+    status = "preprocessed"
     if out is None:
         mask = fov_mask(size)[..., None]
-        return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR) * mask, f"fov_mask: {record['reason']}"
-    return out, "preprocessed"
+        out = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR) * mask
+        status = f"fov_mask: {record['reason']}"
+    return (out[..., 0] if grey else out), status
 
 
 def data_color_of(manifest: str | Path) -> str:
-    """The preprocessed data set's colour (``data.color`` as preprocessing decided it; rgb for older manifests)."""
+    """A preprocessed or generated data set's colour (``data.color`` as preprocessing decided it; rgb for older
+    manifests)."""
     df = read_parquet(manifest)
     return str(df["color"].iloc[0]) if "color" in df.columns and len(df) else "rgb"
 
@@ -172,14 +179,15 @@ def generate(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, ou
                     decoded = to_uint8(decode_latents(ae, lat))
                 status = {}
                 for image_id, im in zip(ids, decoded):
-                    out, status[image_id] = finalize_synthetic(as_grey(im) if grey else im, pre)
-                    write_png(out[..., 0] if grey else out, partial / f"{image_id}.png")  # grey: one channel
+                    out, status[image_id] = finalize_synthetic(im, pre, grey)
+                    write_png(out, partial / f"{image_id}.png")
                 with atomic_path(done) as tmp:
                     tmp.write_text(json.dumps(status))
             status = json.loads(done.read_text())
             rows += [{"image_id": i, "path": f"images/{i}.png", "label": label, "split": "synthetic", "group": i,
                       "source": "generated", "variant": params["variant"], "setting": setting, "seed": seed,
-                      "noise_seed": noise_seed, "finalize": status[i], **extra(ci)} for i in ids]
+                      "noise_seed": noise_seed, "finalize": status[i], "color": "grayscale" if grey else "rgb",
+                      **extra(ci)} for i in ids]
     df = pd.DataFrame(rows)
     with atomic_path(out_dir) as tmp:
         # Only the images: not the batch markers, the signature or a temporary a killed writer left.

@@ -40,7 +40,7 @@ from sklearn.decomposition import PCA
 
 from .autoencoder import decode_latents, encode_latents, load_autoencoder
 
-from .generate import finalize_synthetic, fov_mask
+from .generate import data_color_of, finalize_synthetic, fov_mask
 from .io import atomic_path, log, pyplot, read_parquet, read_rgb, resolve_path, save_figure, write_parquet, write_png
 from .multilevel import OpenClipLevels
 from .nets import extract_features, load_feature_net
@@ -141,6 +141,7 @@ def interpolate(gen_manifest: str | Path, ae_dir: str | Path, feature_net: str |
     interpolate_latents(torch.zeros(1), torch.zeros(1), alphas)  # checks the grid before any work
     gen = read_parquet(gen_manifest, required=("image_id", "path", "label"))
     pre = params["preprocess"]
+    grey = data_color_of(gen_manifest) == "grayscale"  # grey data sets: saved as single-channel PNG, as generated
     speed = Speed.from_params(params).enable(device)
     ae = load_autoencoder(ae_dir, device, speed)
 
@@ -187,7 +188,7 @@ def interpolate(gen_manifest: str | Path, ae_dir: str | Path, feature_net: str |
             for j, record in enumerate(keep):
                 for a, images in zip(alphas, decoded):
                     image_id = f"{record['source_image_id']}_a{round(a * 100):03d}"
-                    out, status = finalize_synthetic(images[j], pre)
+                    out, status = finalize_synthetic(images[j], pre, grey)
                     write_png(out, folder / f"{image_id}.png")
                     decoded_rows.append({**record, "image_id": image_id, "path": f"images/{image_id}.png",
                                          "alpha": a, "finalize": status})
@@ -197,7 +198,8 @@ def interpolate(gen_manifest: str | Path, ae_dir: str | Path, feature_net: str |
     table = pd.DataFrame(decoded_rows, columns=["image_id", "path", "label", "source_image_id", "alpha",
                                                 "lesion_fraction", "finalize"])
     table = table.assign(split="synthetic", group=table["source_image_id"], source="interpolated",
-                         variant=params["variant"], setting=params["setting"], seed=seed)
+                         variant=params["variant"], setting=params["setting"], seed=seed,
+                         color="grayscale" if grey else "rgb")
 
     sets = ai_sets(gen, table, seed)
     a_rows = sets["origin"] == "generated"
@@ -265,7 +267,7 @@ def _interpolation_figure(examples: Sequence[Mapping[str, Any]], alphas: Sequenc
         panels = [ex["disease"], outline, ex["normal"], *ex.get("alphas", [])]
         titles = ["disease", "lesion", "pseudo-normal", *(f"alpha {a:g}" for a in alphas)]
         for c, (im, title) in enumerate(zip(panels, titles)):
-            axes[r, c].imshow(im)
+            axes[r, c].imshow(im, cmap="gray", vmin=0, vmax=255)  # the colour map only for grey (H, W) panels
             if r == 0:
                 axes[r, c].set_title(title, fontsize=7)
     save_figure(fig, path)

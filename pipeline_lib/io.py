@@ -165,11 +165,12 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
 
 
 def write_png(image: np.ndarray, path: str | os.PathLike) -> None:
-    """Write an RGB (H, W, 3) or grey (H, W) uint8 array as PNG, atomically."""
+    """Write an RGB (H, W, 3) or grey (H, W) uint8 array, or a grey uint16 one (a 16-bit PNG), atomically."""
     import cv2
 
-    if image.dtype != np.uint8:
-        raise ValueError(f"{path}: expected a uint8 image, got dtype {image.dtype}")
+    if image.dtype != np.uint8 and not (image.dtype == np.uint16 and image.ndim == 2):
+        raise ValueError(f"{path}: expected a uint8 image or a grey uint16 one, got dtype {image.dtype} "
+                         f"with shape {image.shape}")
     if Path(path).suffix.lower() != ".png":
         raise ValueError(f"{path}: expected a .png file name")
     if image.ndim == 3:

@@ -87,6 +87,16 @@ CONFIG_CASES = {  # name: ({dotted key: value}, the error expected)
     "a timm name misspelt": ({"classify.archs": ["small_cnn", "inceptionv3"]},
                              r"classify.archs: 'inceptionv3' is neither small_cnn nor a timm model name \(did you "
                              r"mean inception_v3"),
+    "otoscopy classes on the embedded x-rays": ({"data.embedded.modality": "xray"},
+                                                r"data.classes: the embedded xray data has the classes \['normal', "
+                                                r"'effusion', 'cardiomegaly'\], got \['normal', 'ome', 'com'\]"),
+    "a class without a prompt": ({"diffusion.prompts.com": None},
+                                 r"diffusion.prompts: expected a prompt for every class of data.classes, missing "
+                                 r"\['com'\]"),
+    "an unknown neutral class": ({"trajectory.neutral": "healthy"},
+                                 r"trajectory.neutral: 'healthy' is not one of data.classes \['normal', 'ome', 'com'\]"),
+    "an unknown interpolated class": ({"interpolation.classes": ["ome", "aom"]},
+                                      r"interpolation.classes: \['aom'\] not in data.classes"),
 }
 
 
@@ -161,7 +171,8 @@ def test_code_inputs_follow_the_imports_and_leave_out_the_stage_harness():
         files = code_inputs(stage)
         assert all((ROOT / f).is_file() for f in files), stage
         assert not {"pipeline_lib/harness.py", "pipeline_lib/gpu_slots.py", "pipeline_lib/config.py"} & set(files)
-    assert code_inputs("ingest") == ["pipeline_lib/adapters.py", "pipeline_lib/data.py", "pipeline_lib/io.py"]
+    assert code_inputs("ingest") == ["pipeline_lib/adapters.py", "pipeline_lib/data.py", "pipeline_lib/io.py",
+                                     "pipeline_lib/xray.py"]
     assert "pipeline_lib/evaluate.py" not in code_inputs("feature_net")  # the metrics do not retrain it
 
 
@@ -191,3 +202,15 @@ def test_the_readme_dicom_example_is_a_valid_config(tmp_path, monkeypatch):
     (tmp_path / example["data"]["path"]).mkdir(parents=True)
     plan = Plan.from_config(cfg)
     assert plan.classes == ["normal", "effusion"] and cfg["preprocess"]["intensity"]["rule"] == "dicom_window"
+
+
+def test_the_xray_config_merges_over_the_default_into_a_valid_plan(monkeypatch):
+    """config/xray.yaml as `snakemake --configfile config/xray.yaml` merges it: the default's otoscopy prompts stay
+    in the merged config and are ignored; the interpolation is removed."""
+    monkeypatch.chdir(ROOT)
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    update_config(cfg, yaml.safe_load((ROOT / "config" / "xray.yaml").read_text()))
+    plan = Plan.from_config(cfg, check_timm=False)
+    assert plan.classes == ["normal", "effusion", "cardiomegaly"] and "interpolation" not in plan.config
+    assert plan.config["data"]["embedded"]["modality"] == "xray" and "ome" in plan.config["diffusion"]["prompts"]
+    assert plan.preprocess_params()["aperture"] == "none"

@@ -2,7 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline_lib.data import CLASSES, Camera, image_seed, ingest, make_image
+from pipeline_lib.data import CLASSES, EMBEDDED_CLASSES, Camera, image_seed, ingest, make_image
+from pipeline_lib.imaging import read_image
+from pipeline_lib.xray import MAX_VALUE, make_xray
 from pipeline_lib.preprocess import find_circle
 
 
@@ -66,6 +68,54 @@ def test_ingest_embedded_writes_manifest_and_pngs(tmp_path):
     assert len(back) == 3 * (2 + 1 + 1 + 1) and back["image_id"].is_unique
     assert set(back["split"]) == {"train_a", "train_b", "test", "external"}
     assert all((tmp_path / p).is_file() for p in df["path"])
+
+
+XRAY = EMBEDDED_CLASSES["xray"]
+
+
+def _xray(label, i, split="train_a", **kw):
+    return make_xray(label, image_seed(0, split, label, i, XRAY), **kw)
+
+
+def test_xray_is_seeded_grey_and_12_bit():
+    a, b, c = _xray("effusion", 3, height=64, width=64), _xray("effusion", 3, height=64, width=64), _xray("effusion", 4)
+    assert a.shape == (64, 64) and a.dtype == np.uint16 and c.shape == (96, 96)
+    assert a.max() <= MAX_VALUE and a.max() > 2000  # 12 bits used of the 16
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a.astype(int) - _xray("effusion", 4, height=64, width=64).astype(int)).mean() > 20
+    with pytest.raises(ValueError, match="label must be one of"):
+        make_xray("ome", np.random.default_rng(0))
+
+
+def test_xray_findings_show_their_signs():
+    # An effusion whitens the lung bases; an enlarged heart whitens the lungs' medial lower zones beside the spine.
+    def mean_over(label, rows, cols):
+        return np.mean([np.concatenate([_xray(label, i)[rows, c].ravel() for c in cols]).mean() for i in range(30)])
+
+    bases = (slice(62, 80), [slice(8, 30), slice(66, 88)])
+    beside_heart = (slice(50, 66), [slice(20, 34), slice(62, 76)])
+    assert mean_over("effusion", *bases) > 1.08 * max(mean_over("normal", *bases), mean_over("cardiomegaly", *bases))
+    assert mean_over("cardiomegaly", *beside_heart) > 1.08 * mean_over("normal", *beside_heart)
+
+
+def test_xray_external_detector_lowers_exposure_and_blurs():
+    base = _xray("normal", 0, "external")
+    shifted = _xray("normal", 0, "external", camera=Camera((0.8, 0.8, 0.8), 1.0, 0.85))
+    assert shifted.mean() < 0.85 * base.mean()
+    edges = [np.abs(np.diff(im.astype(float), axis=1)).mean() for im in (base, shifted)]
+    assert edges[1] < edges[0]
+
+
+def test_ingest_embedded_xray_writes_16_bit_grey_pngs(tmp_path):
+    params = _embedded_params(1) | {"classes": list(XRAY)}
+    params["embedded"] |= {"modality": "xray", "height": 48, "width": 48}
+    df = ingest(tmp_path / "manifest.parquet", tmp_path / "images", params)
+    assert set(df["label"]) == set(XRAY) and len(df) == 3 * 4
+    image, record = read_image(tmp_path / df["path"].iloc[0], intensity={"rule": "percentile", "percentiles": [0.5, 99.5]})
+    assert record["photometric"] == "I;16" and record["bit_depth"] == 16 and image.shape == (48, 48, 3)
+    with pytest.raises(ValueError, match=r"data.classes: the embedded xray data has the classes \['normal', "
+                                         r"'effusion', 'cardiomegaly'\], got \['normal', 'ome', 'com'\]"):
+        ingest(tmp_path / "m2.parquet", tmp_path / "images2", params | {"classes": list(CLASSES)})
 
 
 def _write_tree(root, splits=("train_a", "train_b", "test")):

@@ -203,3 +203,25 @@ def test_semantic_variance_report_is_table_6_over_seeds(tmp_path):
     assert t.loc["ome", "A_mean"] == pytest.approx(2.0) and t.loc["ome", "A_std"] == pytest.approx(np.sqrt(2))
     assert t.loc["ome", "AI"] == "2.2500 (± 0.3536)" and t.loc["all", "AI_full_mean"] == pytest.approx(45.0)
     assert t.loc["ome", "ai_higher_share"] == 0.5 and (t["n_seeds"] == 2).all()
+
+
+def test_a_grey_generated_set_gives_single_channel_interpolations(tiny_manifest, tiny_ae, tiny_feature_net,
+                                                                   tiny_config, tmp_path):
+    """data.color grayscale: the generated set's PNGs are single-channel and so are the interpolated ones; the
+    frames decoded from three channels become their luminance."""
+    from PIL import Image
+
+    from pipeline_lib.io import write_png
+
+    _, gen = _fake_generated(tiny_manifest, tmp_path)
+    (tmp_path / "grey").mkdir()
+    paths = []
+    for row in gen.itertuples():
+        paths.append(str(tmp_path / "grey" / f"{row.image_id}.png"))
+        write_png(np.asarray(Image.open(row.path).convert("L")), paths[-1])
+    grey_manifest = tmp_path / "grey" / "manifest.parquet"
+    gen.assign(path=paths, color="grayscale").to_parquet(grey_manifest)
+    out, _ = _run(tmp_path, "g", grey_manifest, tiny_ae, tiny_feature_net, tiny_config)
+    done = pd.read_parquet(out / "manifest.parquet")
+    assert len(done) > 0 and (done["color"] == "grayscale").all()
+    assert all(Image.open(out / p).mode == "L" for p in done["path"])

@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -40,8 +41,14 @@ def test_read_parquet_names_missing_columns(tmp_path):
 
 
 def test_write_png_checks_dtype_and_name(tmp_path):
-    with pytest.raises(ValueError, match="expected a uint8 image, got dtype float64"):
+    with pytest.raises(ValueError, match=r"expected a uint8 image or a grey uint16 one, got dtype float64 with "
+                                         r"shape \(4, 4, 3\)"):
         write_png(np.zeros((4, 4, 3)), tmp_path / "a.png")
+    with pytest.raises(ValueError, match="got dtype uint16 with shape"):
+        write_png(np.zeros((4, 4, 3), np.uint16), tmp_path / "a.png")  # 16-bit colour: not written
+    grey16 = np.arange(16, dtype=np.uint16).reshape(4, 4) * 4000
+    write_png(grey16, tmp_path / "g.png")
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "g.png"), cv2.IMREAD_UNCHANGED), grey16)
     with pytest.raises(ValueError, match="expected a .png file name"):
         write_png(np.zeros((4, 4, 3), np.uint8), tmp_path / "a.jpg")
 

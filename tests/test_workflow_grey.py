@@ -1,6 +1,6 @@
-"""The tiny workflow end to end on grayscale data sets as users have them: an ImageFolder tree of 16-bit grey PNGs
-and one of DICOM files (both made here from the embedded images), through Snakemake. Cut to one variant and one
-seed: the full DAG is test_workflow.py's; this shows the grey path reaches every stage."""
+"""The tiny workflow end to end on grayscale data sets: the embedded x-rays (16-bit grey PNGs, data.embedded.modality
+xray) and the same radiographs as an ImageFolder tree of DICOM files, as users have them, through Snakemake. Cut to
+one variant and one seed: the full DAG is test_workflow.py's; this shows the grey path reaches every stage."""
 import subprocess
 import sys
 from pathlib import Path
@@ -15,25 +15,40 @@ from conftest import copy_workflow
 from test_imaging import write_dicom
 
 pytestmark = pytest.mark.slow
+XRAY_PROMPTS = {"normal": "Clear lungs.", "effusion": "Pleural effusion.", "cardiomegaly": "Enlarged heart."}
 
 
 @pytest.fixture(scope="module")
-def grey_trees(tmp_path_factory, tiny_config):
-    """The tiny embedded images as grey 16-bit PNGs and as 12-bit DICOM files, each <split>/<class>/<file>."""
+def xray_config(tiny_config):
+    """The tiny config on the embedded x-rays (what config/xray.yaml does to the default), cut to one variant and
+    one seed."""
+    cfg = yaml.safe_load(yaml.safe_dump(tiny_config))
+    cfg["data"]["classes"] = list(XRAY_PROMPTS)
+    cfg["data"]["embedded"] |= {"modality": "xray", "height": 48, "width": 48}
+    cfg["preprocess"] |= {"aperture": "none", "intensity": {"rule": "percentile", "percentiles": [0.5, 99.5]}}
+    cfg["diffusion"]["prompts"] = XRAY_PROMPTS
+    cfg["generate"]["seeds"] = [0]
+    cfg["generate"]["settings"] = {"cfg2": {"guidance_scale": 2.0, "variants": ["class"]}, "sigma05": None}
+    cfg["diffusion"]["variants"] |= {"clue": None, "ml": None, "cl": None}
+    cfg["autoencoder"]["vq4"] = None
+    cfg["classify"] |= {"ratios": [0.0, 1.0], "hybrid": False, "scales": [], "count_sets": {"mixed": None}}
+    return cfg | {"cluster": None, "trajectory": None, "interpolation": None}
+
+
+@pytest.fixture(scope="module")
+def dicom_tree(tmp_path_factory, xray_config):
+    """The tiny embedded x-rays as 12-bit DICOM files, <split>/<class>/<file>, each with a window of its own."""
     from pipeline_lib.data import ingest
 
-    root = tmp_path_factory.mktemp("grey")
-    manifest = ingest(root / "rgb" / "manifest.parquet", root / "rgb" / "images", {**tiny_config["data"], "seed": 0})
+    root = tmp_path_factory.mktemp("xray")
+    manifest = ingest(root / "png" / "manifest.parquet", root / "png" / "images", {**xray_config["data"], "seed": 0})
     for row in manifest.itertuples():
-        rgb = np.asarray(Image.open(root / "rgb" / row.path).convert("L"), dtype=np.uint16)
-        for kind, name in (("png16", f"{row.image_id}.png"), ("dicom", f"{row.image_id}.dcm")):
-            folder = root / kind / row.split / row.label
-            folder.mkdir(parents=True, exist_ok=True)
-            if kind == "png16":
-                Image.fromarray(rgb * 257).save(folder / name)  # 0..255 -> 0..65535
-            else:
-                write_dicom(folder / name, rgb * 16, window=(2048, 4096))  # 12 bits stored, the whole range
-    return root
+        pixels = np.asarray(Image.open(root / "png" / row.path), dtype=np.uint16)
+        folder = root / "dicom" / row.split / row.label
+        folder.mkdir(parents=True, exist_ok=True)
+        low, high = np.percentile(pixels, [1, 99])
+        write_dicom(folder / f"{row.image_id}.dcm", pixels, window=((low + high) / 2, high - low))
+    return root / "dicom"
 
 
 def _run(work: Path, cfg: dict) -> subprocess.CompletedProcess:
@@ -44,28 +59,26 @@ def _run(work: Path, cfg: dict) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.mark.parametrize("kind, photometric, bits, rule", [("png16", "I;16", 16, "percentile"),
+@pytest.mark.parametrize("kind, photometric, bits, rule", [("embedded", "I;16", 16, "percentile"),
                                                           ("dicom", "MONOCHROME2", 12, "dicom_window")])
-def test_tiny_workflow_on_a_grey_image_folder(grey_trees, tmp_path, tiny_config, kind, photometric, bits, rule):
-    cfg = yaml.safe_load(yaml.safe_dump(tiny_config))
-    cfg["data"] |= {"source": "imagefolder", "path": str(grey_trees / kind)}
-    cfg["generate"]["seeds"] = [0]
-    cfg["generate"]["settings"] = {"cfg2": {"guidance_scale": 2.0, "variants": ["class"]}, "sigma05": None}
-    cfg["diffusion"]["variants"] |= {"clue": None, "ml": None, "cl": None}
-    cfg["autoencoder"]["vq4"] = None
-    cfg["classify"] |= {"ratios": [0.0, 1.0], "hybrid": False, "scales": [], "count_sets": {"mixed": None}}
-    cfg |= {"cluster": None, "trajectory": None, "interpolation": None}
+def test_tiny_workflow_on_grey_x_rays(xray_config, dicom_tree, tmp_path, kind, photometric, bits, rule):
+    cfg = yaml.safe_load(yaml.safe_dump(xray_config))
+    if kind == "dicom":
+        cfg["data"] |= {"source": "imagefolder", "path": str(dicom_tree)}
+        cfg["preprocess"]["intensity"]["rule"] = "dicom_window"
     work = copy_workflow(tmp_path)
     _run(work, cfg)
-    res = work / "results" / tiny_config["experiment"]
+    res = work / "results" / cfg["experiment"]
     qc = pd.read_parquet(res / "preprocess" / "qc.parquet")
     assert (qc["photometric"] == photometric).all() and (qc["bit_depth"] == bits).all()
-    assert (qc["intensity"] == rule).all() and (qc["status"] == "ok").mean() > 0.9
+    assert (qc["intensity"] == rule).all() and (qc["status"] == "ok").all()
     ids = pd.read_parquet(res / "data" / "manifest.parquet")["image_id"]
-    assert ids.str.endswith(".png" if kind == "png16" else ".dcm").all()  # the file name, extension included
+    assert ids.str.endswith(".dcm").all() if kind == "dicom" else ids.str.startswith("train_a_").any()
     pre = np.asarray(Image.open(next((res / "preprocess" / "images").glob("*.png"))))
     assert pre.ndim == 3 and (pre[..., 0] == pre[..., 1]).all() and (pre[..., 1] == pre[..., 2]).all()
     assert (pd.read_parquet(res / "preprocess" / "manifest.parquet")["color"] == "grayscale").all()  # data.color auto
+    gen = pd.read_parquet(res / "generate" / "class" / "cfg2" / "seed0" / "manifest.parquet")
+    assert set(gen["label"]) == set(XRAY_PROMPTS) and (gen["color"] == "grayscale").all()
     generated = sorted((res / "generate" / "class" / "cfg2" / "seed0" / "images").glob("*.png"))
     assert generated and all(Image.open(f).mode == "L" for f in generated)  # saved as single-channel PNG
     scores = pd.read_parquet(res / "report" / "classify_summary.parquet")
