@@ -41,8 +41,8 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 RECORD_KEYS = ("bit_depth", "photometric", "window_low", "window_high", "intensity", "frames")
 
 
-class _OutOfLimits(Exception):
-    pass
+class _Unusable(Exception):
+    """A decodable file that is no usable 2-D image (too small, too large, a stack of pages): its own message."""
 
 
 def is_dicom(path: Path) -> bool:
@@ -77,16 +77,20 @@ def read_image(path: str | Path, min_side: int = MIN_IMAGE_SIDE, max_pixels: int
 
 def _check_size(p: Path, w: int, h: int, min_side: int, max_pixels: int) -> None:
     if w * h > max_pixels:
-        raise _OutOfLimits(f"{p}: {w} x {h} px = {w * h / 1e6:.1f} MP, above preprocess.max_image_pixels "
+        raise _Unusable(f"{p}: {w} x {h} px = {w * h / 1e6:.1f} MP, above preprocess.max_image_pixels "
                            f"({max_pixels / 1e6:g} MP); downscale the image or raise that limit")
     if min(w, h) < min_side:
-        raise _OutOfLimits(f"{p}: {w} x {h} px, its shorter side is under preprocess.min_image_side ({min_side} px)")
+        raise _Unusable(f"{p}: {w} x {h} px, its shorter side is under preprocess.min_image_side ({min_side} px)")
 
 
 def _read_pillow(p: Path, min_side: int, max_pixels: int, rule: Mapping[str, Any]) -> tuple[np.ndarray, dict]:
     try:
         with Image.open(p) as im:
             _check_size(p, *im.size, min_side, max_pixels)
+            pages = getattr(im, "n_frames", 1)
+            if pages > 1:
+                raise _Unusable(f"{p}: a multi-page image of {pages} pages (a volume, a stack or an animation), "
+                                f"expected a 2-D image; save each page as its own file (or the one slice you need)")
             im.load()  # decodes everything: a truncated file raises here
             mode = im.mode
             if mode == "P":  # palette: its colours (and transparency, if any) as RGBA
@@ -94,7 +98,7 @@ def _read_pillow(p: Path, min_side: int, max_pixels: int, rule: Mapping[str, Any
             elif mode == "1":
                 im = im.convert("L")
             arr = np.asarray(im)
-    except _OutOfLimits as e:
+    except _Unusable as e:
         raise ValueError(str(e)) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"{p}: cannot be decoded as an image ({e}); expected a PNG, JPEG, TIFF or DICOM file") from e
@@ -178,7 +182,7 @@ def _read_dicom(p: Path, min_side: int, max_pixels: int, rule: Mapping[str, Any]
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
     try:
         _check_size(p, cols, rows, min_side, max_pixels)
-    except _OutOfLimits as e:
+    except _Unusable as e:
         raise ValueError(str(e)) from None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1 and dicom_frames == "error":

@@ -157,6 +157,16 @@ def test_bad_dicom_files_name_the_file_and_the_problem(tmp_path, case, message):
         read_image(path)
 
 
+def test_a_multi_page_tiff_is_rejected_with_what_to_do(tmp_path):
+    pages = [Image.fromarray(ramp(top=t)) for t in (1000, 2000, 3000)]
+    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+    with pytest.raises(ValueError, match=r"stack.tif: a multi-page image of 3 pages \(a volume, a stack or an "
+                                         r"animation\), expected a 2-D image; save each page as its own file"):
+        read_image(tmp_path / "stack.tif")
+    pages[0].save(tmp_path / "one.tif")
+    assert read_image(tmp_path / "one.tif")[1]["frames"] == 1  # a single page is an image
+
+
 def test_pydicoms_ct_and_mr_files_follow_each_files_window():
     """MR_small has Window Center 600 / Width 1600: a value at the centre is mid-grey; CT_small has no window and
     takes the percentile window, so its values spread over 0 .. 255."""

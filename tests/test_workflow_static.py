@@ -1,5 +1,5 @@
 """The workflow without running it: `snakemake --lint` is clean, every rule has a log and the heavy ones a
-benchmark, and the papers' configurations each pass the schema and plan the papers' job grid in a dry run (the
+benchmark, and the papers' configurations (and config/xray.yaml) each pass the schema and plan their job grid in a dry run (the
 local data and weights they name are stood in for by empty files and folders: the parse checks that they exist,
 a dry run reads none of them)."""
 import re
@@ -61,6 +61,12 @@ def test_paper_cldm_plans_one_cluster_conditioned_model_per_k_and_no_class_stage
     assert jobs["cluster"] == 1 and jobs["diffusion"] == 7  # k = 10..16 (Table 4)
     assert jobs["generate"] == jobs["cluster_quality"] == 7 * 3
     assert not {"feature_net", "evaluate", "classify"} & set(jobs)  # unlabelled: no class-based stages
+
+
+def test_the_xray_config_plans_the_default_grid_without_interpolation(work):
+    jobs = dry_run(work, "config/xray.yaml")
+    assert jobs["ingest"] == jobs["diffusion"] == 1 and jobs["generate"] == jobs["trajectory"] == 2
+    assert jobs["classify"] == 2 * 4 and "interpolation" not in jobs
 
 
 def test_one_class_with_a_class_conditioned_variant_is_an_error(work):
