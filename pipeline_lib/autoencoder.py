@@ -15,6 +15,7 @@ latent channels (4 -> 8: the encoder's ``conv_out``, ``quant_conv``, ``post_quan
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -202,6 +203,12 @@ def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: st
     if int(params["steps"]) == 0 and not params.get("pretrained"):
         raise ValueError(f"autoencoder.{name}.steps: 0 keeps pretrained weights as they are, and "
                          f"autoencoder.{name}.pretrained is not set: the autoencoder would stay untrained")
+    if int(params["steps"]) == 0:
+        saved = int(AutoencoderKL.load_config(str(params["pretrained"])).get("latent_channels", -1))
+        if saved != int(params["latent_channels"]):
+            raise ValueError(f"autoencoder.{name}.latent_channels: {params['latent_channels']}, but "
+                             f"{params['pretrained']} has {saved} and steps is 0: its re-initialised latent layers "
+                             f"would stay untrained; set latent_channels: {saved} or train (steps > 0)")
     weights = loss_weights(params)
     x, _, _ = load_images(manifest, params["train_splits"], list(params["classes"]))
     ae = build_autoencoder(params, x.shape[-1]).to(device)
@@ -251,15 +258,43 @@ def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: st
         if (step + 1) % int(params["checkpoint_every"]) == 0 and step + 1 < steps:
             ckpt.save(modules, optimizers, gen, step + 1, rows)
     ae.eval()
+    scaling, source = latent_scaling(ae, x, device, params)
+    log.info("scaling factor %.5f (%s)", scaling, source)
+    write_parquet(pd.DataFrame(rows), log_table)
+    with atomic_path(model_dir) as tmp:
+        ae.save_pretrained(tmp)
+        (tmp / SCALING_FILE).write_text(json.dumps({"scaling_factor": scaling, "source": source}))
+    ckpt.remove()
+
+
+SCALING_FILE = "scaling.json"  # beside the saved autoencoder: its scaling factor and where it came from
+
+
+def latent_scaling(ae: AutoencoderKL | VQModel, x: torch.Tensor, device: torch.device, params: Mapping[str, Any]
+                   ) -> tuple[float, str]:
+    """The latent scaling factor, set in ``ae``'s config, and its source. A pretrained autoencoder with its own
+    latent layers keeps the folder's factor (Stable Diffusion's VAE: 0.18215; SD's UNet expects latents of that
+    scale), whether used as is or fine-tuned; an autoencoder trained from scratch, or whose latent layers were
+    re-initialised for other latent channels, gets 1 / std of its training latents (the LDM paper's choice)."""
+    if params.get("pretrained"):
+        saved = AutoencoderKL.load_config(str(params["pretrained"]))
+        if int(saved.get("latent_channels", -1)) == int(ae.config.latent_channels) and "scaling_factor" in saved:
+            scaling = float(saved["scaling_factor"])
+            ae.register_to_config(scaling_factor=scaling)
+            return scaling, f"pretrained: {params['pretrained']}"
     ae.register_to_config(scaling_factor=1.0)
     latents, _ = encode_latents(ae, x, device)
     scaling = float(1.0 / latents.std())
     ae.register_to_config(scaling_factor=scaling)
-    log.info("latent shape %s, scaling factor %.4f", tuple(latents.shape[1:]), scaling)
-    write_parquet(pd.DataFrame(rows), log_table)
-    with atomic_path(model_dir) as tmp:
-        ae.save_pretrained(tmp)
-    ckpt.remove()
+    return scaling, f"measured: 1 / std of {len(x)} training images' latents {tuple(latents.shape[1:])}"
+
+
+def scaling_record(model_dir: str | Path) -> dict[str, Any]:
+    """The saved autoencoder's scaling factor and its source (older folders: the config's factor, source unknown)."""
+    path = Path(model_dir) / SCALING_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"scaling_factor": float(AutoencoderKL.load_config(str(model_dir))["scaling_factor"]), "source": "unknown"}
 
 
 # --- reconstruction quality ---------------------------------------------------------------------------------------
@@ -296,7 +331,9 @@ def reconstruction_metrics(manifest: str | Path, model_dir: str | Path, table: s
             summary.append({"autoencoder": params["name"], "type": params["type"],
                             "latent_channels": int(ae.config.latent_channels), "class": label,
                             "n_images": len(part), **part[list(cols)].mean().to_dict()})
-    out = pd.DataFrame(summary).assign(ms_ssim_scales=ms_ssim_scales(x.shape[-1]))
+    scaling = scaling_record(model_dir)
+    out = pd.DataFrame(summary).assign(ms_ssim_scales=ms_ssim_scales(x.shape[-1]),
+                                       scaling_factor=scaling["scaling_factor"], scaling_source=scaling["source"])
     log.info("%s on %s: %s", params["name"], RECON_SPLIT,
              out[out["class"] == "all"][list(cols)].round(4).to_dict("records")[0])
     write_parquet(per, per_image)

@@ -102,6 +102,15 @@ def check_local_paths(cfg: dict) -> None:
                ("perceptual.lpips_backbone", cfg["perceptual"]["lpips_backbone"], "file"),
                ("diffusion.pretrained", d["pretrained"], "folder")]
     wanted += [(f"autoencoder.{name}.pretrained", a["pretrained"], "folder") for name, a in cfg["autoencoder"].items()]
+    folder = d["text_encoder"].get("folder")
+    if folder and d["text_encoder"]["open_clip_model"]:
+        raise ValueError(f"diffusion.text_encoder: folder ({folder!r}) and open_clip_model "
+                         f"({d['text_encoder']['open_clip_model']!r}) are both set; keep the one to use")
+    if folder == "pretrained" and not d["pretrained"]:
+        raise ValueError("diffusion.text_encoder.folder: 'pretrained' names diffusion.pretrained's text_encoder/, "
+                         "but diffusion.pretrained is null")
+    if folder and folder != "pretrained":
+        wanted.append(("diffusion.text_encoder.folder", folder, "folder"))
     for enc in ("text_encoder", "image_encoder"):
         model, ckpt = d[enc]["open_clip_model"], d[enc]["checkpoint"]
         if model and not ckpt:

@@ -11,6 +11,8 @@ x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps and v_t = sqrt(abar_t) eps - sqrt(
 """
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -27,6 +29,7 @@ from .autoencoder import check_generative_splits, encode_latents, load_autoencod
 from .conditioning import Conditioning, TrainingData, kind_of, load_conditioning
 from .io import atomic_path, log, write_parquet
 from .speed import Speed
+from .text import text_encoder_folder
 from .torchutils import Checkpoint, fingerprint, load_adapted, load_images, seed_everything, select_device, set_threads
 
 
@@ -63,10 +66,38 @@ def build_unet(sample_size: int, channels: int, params: Mapping[str, Any], gated
                                 attention_type="gated" if gated else "default")
 
 
+# The noise schedule's keys of ``diffusion`` (null: the pretrained folder's value, else the built-in one).
+BUILT_IN_SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
+                     "prediction_type": "v_prediction", "timestep_spacing": "leading", "steps_offset": 0}
+
+
+def pretrained_schedule(folder: str | Path) -> dict[str, Any]:
+    """The noise schedule of a local Stable Diffusion folder (``scheduler/scheduler_config.json``: SD 1.5's PNDM
+    or SD 2.1's DDIM config, both read as the DDPM schedule they define)."""
+    path = Path(folder) / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"diffusion.pretrained: {path} not found; a diffusers Stable Diffusion folder has "
+                                f"scheduler/scheduler_config.json, the noise schedule its UNet was trained under")
+    config = DDPMScheduler.from_config(json.loads(path.read_text())).config
+    return {k: config[k] for k in BUILT_IN_SCHEDULE}
+
+
 def noise_scheduler(params: Mapping[str, Any]) -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=int(params["num_train_timesteps"]), beta_schedule=params["beta_schedule"],
-                         beta_start=float(params["beta_start"]), beta_end=float(params["beta_end"]),
-                         prediction_type=params["prediction_type"], clip_sample=False)
+    """The training noise schedule. With ``diffusion.pretrained``, the folder's scheduler config (Stable Diffusion
+    1.5 / 2.1: scaled_linear 0.00085 .. 0.012, 1000 steps, leading spacing with offset 1; epsilon or v): a
+    pretrained UNet knows those noise levels only. A key set in the config overrides it, with a warning; without
+    a pretrained UNet, the unset keys are ``BUILT_IN_SCHEDULE`` (CLUE Table 3: linear 1e-4 .. 0.02, v)."""
+    explicit = {k: params[k] for k in BUILT_IN_SCHEDULE if params.get(k) is not None}
+    base = dict(BUILT_IN_SCHEDULE)
+    if params.get("pretrained"):
+        base = pretrained_schedule(params["pretrained"])
+        for key, value in explicit.items():
+            if value != base[key]:
+                log.warning("diffusion.%s: %r overrides the pretrained scheduler's %r (%s/scheduler): the pretrained "
+                            "UNet learnt the folder's noise levels", key, value, base[key], params["pretrained"])
+    schedule = {**base, **explicit}
+    log.info("noise schedule: %s", ", ".join(f"{k} {v}" for k, v in schedule.items()))
+    return DDPMScheduler(**schedule, clip_sample=False)
 
 
 @dataclass
@@ -232,8 +263,38 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
                 module.save_pretrained(tmp / name)
             DDIMScheduler.from_config(sched.config).save_pretrained(tmp / "scheduler")
             conditioning.save(tmp)
+            if conditioning.diffusers_pipeline:
+                export_pipeline(tmp, ae_dir, modules["prompt_encoder"], params)
         ckpt.remove()
     processes.wait()
+
+
+def export_pipeline(folder: Path, ae_dir: str | Path, prompt_encoder: torch.nn.Module,
+                    params: Mapping[str, Any]) -> None:
+    """Make the saved model folder a diffusers ``StableDiffusionPipeline`` folder too: the autoencoder as ``vae/``
+    (a KL-VAE; the VQ-GAN is not one the pipeline can decode with), the text encoder folder's ``text_encoder/``
+    and ``tokenizer/`` when the prompts were embedded by it, and ``model_index.json``. With a learnt or open_clip
+    prompt encoder the pipeline has no text encoder: it samples from ``prompt_embeds`` (README)."""
+    from diffusers import AutoencoderKL, __version__
+
+    if AutoencoderKL.load_config(str(ae_dir)).get("_class_name") != "AutoencoderKL":
+        log.info("model folder not exported as a StableDiffusionPipeline: its autoencoder is not a KL-VAE")
+        return
+    shutil.copytree(ae_dir, folder / "vae")
+    kind = str(getattr(prompt_encoder.config, "kind", ""))
+    text = [None, None], [None, None]
+    if kind.startswith("transformers:"):
+        source = text_encoder_folder(params["text_encoder"], params.get("pretrained"))
+        for sub in ("text_encoder", "tokenizer"):
+            shutil.copytree(source / sub, folder / sub)
+        text = ["transformers", "CLIPTextModel"], ["transformers", "CLIPTokenizer"]
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": __version__,
+             "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False,
+             "safety_checker": [None, None], "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": text[0],
+             "tokenizer": text[1], "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
+    log.info("model folder is also a StableDiffusionPipeline folder (%s)",
+             "with its text encoder" if text[0][0] else "no text encoder: sample with prompt_embeds")
 
 
 def load_diffusion(model_dir: str | Path, device: torch.device, speed: Speed | None = None) -> DiffusionModel:

@@ -2,18 +2,21 @@
 
 With no pretrained text encoder on disk, ``PromptEncoder`` embeds the prompt's words with a small embedding
 table learnt together with the UNet. ``FrozenTextEmbeddings`` holds the prompt embeddings of a local, frozen
-open_clip text encoder (Stable Diffusion 2.1 conditions its UNet on the penultimate layer of OpenCLIP
-ViT-H/14's text transformer; CLUE fine-tunes SD 2.1 with its prompts).
+text encoder: the Stable Diffusion folder's own ``text_encoder/`` and ``tokenizer/`` (transformers
+``CLIPTextModel`` / ``CLIPTokenizer``: SD 1.5's OpenAI CLIP ViT-L/14, SD 2.1's OpenCLIP ViT-H/14, whose stored
+encoder already ends at the penultimate layer SD 2 conditions on), or an open_clip checkpoint (Stable Diffusion
+2.1 conditions its UNet on the penultimate layer of OpenCLIP ViT-H/14's text transformer; CLUE fine-tunes SD 2.1
+with its prompts).
 
 The prompts are fixed (one per class, CLUE Table 1, plus the empty prompt for classifier-free guidance) and the
-encoder is frozen, so their token embeddings are computed once and kept as a buffer: sampling needs no
-open_clip model. The checkpoint is a local file; nothing is downloaded.
+encoder is frozen, so their token embeddings are computed once and kept as a buffer: sampling needs no text
+model. The checkpoint is a local file or folder; nothing is downloaded.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -21,7 +24,7 @@ from diffusers.models.modeling_utils import ModelMixin
 
 from .io import local_file, log
 
-LAYERS = ("penultimate", "last")
+LAYERS = ("auto", "penultimate", "last")  # auto: penultimate for open_clip, the folder's last layer for transformers
 
 
 def tokenize(prompt: str) -> list[str]:
@@ -74,6 +77,7 @@ def open_clip_prompt_embeddings(model_name: str, checkpoint: str | Path, prompts
 
     if layer not in LAYERS:
         raise ValueError(f"diffusion.text_encoder.layer must be one of {LAYERS}, got {layer!r}")
+    layer = "penultimate" if layer == "auto" else layer
     path = local_file(checkpoint, "diffusion.text_encoder.checkpoint", f"a local open_clip checkpoint of {model_name}")
     model = load_open_clip(model_name, path)
     tokens = open_clip.get_tokenizer(model_name)(list(prompts))
@@ -84,6 +88,47 @@ def open_clip_prompt_embeddings(model_name: str, checkpoint: str | Path, prompts
     x = model.ln_final(x)
     log.info("prompt embeddings: open_clip %s from %s, %s layer, frozen; shape %s", model_name, path, layer,
              tuple(x.shape))
+    return x.float()
+
+
+def text_encoder_folder(cfg: Mapping[str, Any], pretrained: str | None) -> Path | None:
+    """The folder holding ``text_encoder/`` and ``tokenizer/`` that ``diffusion.text_encoder.folder`` names:
+    ``pretrained`` is ``diffusion.pretrained``'s; None when no folder is configured."""
+    folder = cfg.get("folder")
+    if not folder:
+        return None
+    if folder == "pretrained":
+        if not pretrained:
+            raise ValueError("diffusion.text_encoder.folder: 'pretrained' names diffusion.pretrained's text encoder, "
+                             "but diffusion.pretrained is null")
+        folder = pretrained
+    return Path(folder)
+
+
+@torch.no_grad()
+def transformers_prompt_embeddings(folder: str | Path, prompts: Sequence[str], layer: str = "auto") -> torch.Tensor:
+    """Token embeddings (len(prompts), model_max_length, width) of ``prompts`` by the folder's ``CLIPTextModel``,
+    tokenised by its ``CLIPTokenizer`` padded to its maximum length, as diffusers' StableDiffusionPipeline encodes
+    a prompt (``auto`` / ``last``: the final hidden state, after the final layer norm); ``penultimate``: the
+    hidden state before the last layer, through the final layer norm (CLIP skip 1)."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    if layer not in LAYERS:
+        raise ValueError(f"diffusion.text_encoder.layer must be one of {LAYERS}, got {layer!r}")
+    folder = Path(folder)
+    for sub, needed in (("text_encoder", "config.json"), ("tokenizer", "tokenizer_config.json")):
+        if not (folder / sub / needed).is_file():
+            raise FileNotFoundError(f"diffusion.text_encoder.folder: {folder / sub / needed} not found; expected a "
+                                    f"Stable Diffusion folder with text_encoder/ and tokenizer/ (transformers format)")
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
+    model = CLIPTextModel.from_pretrained(str(folder / "text_encoder")).eval().requires_grad_(False)
+    ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    out = model(ids, output_hidden_states=layer == "penultimate")
+    norm = getattr(model, "text_model", model).final_layer_norm  # transformers 4 nests it in text_model
+    x = norm(out.hidden_states[-2]) if layer == "penultimate" else out.last_hidden_state
+    log.info("prompt embeddings: %s from %s, %s layer, frozen; shape %s", type(model).__name__, folder,
+             "last" if layer == "auto" else layer, tuple(x.shape))
     return x.float()
 
 
@@ -107,11 +152,20 @@ class FrozenTextEmbeddings(ModelMixin, ConfigMixin):
         return self.embeddings[class_index]
 
 
-def frozen_prompt_encoder(classes: Sequence[str], prompts: Sequence[str], cfg) -> FrozenTextEmbeddings:
-    """``FrozenTextEmbeddings`` of the class prompts and the empty prompt from ``diffusion.text_encoder``."""
-    emb = open_clip_prompt_embeddings(cfg["open_clip_model"], cfg["checkpoint"], [*prompts, ""],
-                                      cfg.get("layer", "penultimate"))
-    enc = FrozenTextEmbeddings(list(classes), list(prompts), int(emb.shape[-1]), int(emb.shape[1]),
-                               kind=f"open_clip:{cfg['open_clip_model']}:{cfg.get('layer', 'penultimate')}")
+def frozen_prompt_encoder(classes: Sequence[str], prompts: Sequence[str], cfg: Mapping[str, Any],
+                          pretrained: str | None = None) -> FrozenTextEmbeddings | None:
+    """``FrozenTextEmbeddings`` of the class prompts and the empty prompt from ``diffusion.text_encoder`` (a
+    transformers folder, or an open_clip checkpoint); None when neither is configured (a learnt encoder)."""
+    layer = cfg.get("layer") or "auto"
+    folder = text_encoder_folder(cfg, pretrained)
+    if folder is not None:
+        emb = transformers_prompt_embeddings(folder, [*prompts, ""], layer)
+        kind = f"transformers:{folder}:{layer}"
+    elif cfg.get("open_clip_model"):
+        emb = open_clip_prompt_embeddings(cfg["open_clip_model"], cfg["checkpoint"], [*prompts, ""], layer)
+        kind = f"open_clip:{cfg['open_clip_model']}:{layer}"
+    else:
+        return None
+    enc = FrozenTextEmbeddings(list(classes), list(prompts), int(emb.shape[-1]), int(emb.shape[1]), kind=kind)
     enc.embeddings.copy_(emb)
     return enc.requires_grad_(False)

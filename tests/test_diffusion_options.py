@@ -69,7 +69,7 @@ def test_ddpm_and_ddim_samplers(tiny_manifest, setup):
 
 
 def test_unet_from_a_local_stable_diffusion_folder_adapts_conv_in_and_out(tmp_path, tiny_manifest, setup):
-    from diffusers import UNet2DConditionModel
+    from diffusers import DDIMScheduler, UNet2DConditionModel
 
     from pipeline_lib.diffusion import build_unet
 
@@ -79,6 +79,8 @@ def test_unet_from_a_local_stable_diffusion_folder_adapts_conv_in_and_out(tmp_pa
                               up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
                               cross_attention_dim=24, attention_head_dim=8, norm_num_groups=8)
     sd.save_pretrained(tmp_path / "sd" / "unet")
+    DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(tmp_path / "sd" /
+                                                                                                  "scheduler")
     unet = build_unet(8, 8, {"pretrained": str(tmp_path / "sd")})
     assert unet.config.in_channels == unet.config.out_channels == 8 and unet.config.cross_attention_dim == 24
     old, new = sd.state_dict(), unet.state_dict()

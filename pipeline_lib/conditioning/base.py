@@ -23,6 +23,9 @@ class Conditioning:
     gated_unet: ClassVar[bool] = False  # the UNet is built with GLIGEN's gated self-attention blocks
     unused_parameters: ClassVar[bool] = False  # some parameters get no gradient in some steps (DDP must know)
     sampling_keys: ClassVar[tuple[str, ...]] = ()  # generation-setting keys the sampler reads
+    # The model folder is also a diffusers StableDiffusionPipeline folder (model_index.json): only where the saved
+    # UNet and the prompt embeddings are all that sampling needs.
+    diffusers_pipeline: ClassVar[bool] = False
 
     def __init__(self, options: Mapping[str, Any]):
         self.options = dict(options)

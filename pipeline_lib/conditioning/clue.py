@@ -13,6 +13,7 @@ from .prompt import ClassPrompt
 
 class ClueStyle(ClassPrompt):
     name = "clue"
+    diffusers_pipeline = False  # its UNet needs the extra modules: load_diffusion loads it
     defaults = CLUE_DEFAULTS
     sampling_keys = ("style_sigma",)
 

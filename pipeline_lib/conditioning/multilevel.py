@@ -23,6 +23,7 @@ REFERENCES = "multilevel_references.pt"  # in the model folder: the training ima
 
 class MultiLevel(ClassPrompt):
     name = "multilevel"
+    diffusers_pipeline = False  # its UNet needs the extra modules: load_diffusion loads it
     defaults = MULTILEVEL_DEFAULTS
     gated_unet = True
     unused_parameters = True  # GLIGEN's null feature is unused in steps where no prompt is dropped

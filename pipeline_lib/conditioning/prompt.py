@@ -1,6 +1,6 @@
 """Conditioning on the class: the fixed-format prompt of each class (CLUE Table 1), embedded by a small learnt
-word-embedding table (``text.PromptEncoder``) or, with ``diffusion.text_encoder`` set, by a frozen local
-open_clip text encoder (``text.FrozenTextEmbeddings``). The empty prompt is the unconditional input of
+word-embedding table (``text.PromptEncoder``) or, with ``diffusion.text_encoder`` set, by a frozen local text
+encoder: the Stable Diffusion folder's own or an open_clip one (``text.FrozenTextEmbeddings``). The empty prompt is the unconditional input of
 classifier-free guidance. The CLUE and multi-level kinds extend this one (they keep the prompt)."""
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from .base import Conditioning, saved_options
 
 class ClassPrompt(Conditioning):
     name = "class"
+    diffusers_pipeline = True
 
     @classmethod
     def for_training(cls, params, feature_net, clusters):
@@ -28,10 +29,8 @@ class ClassPrompt(Conditioning):
         return [params.get("prompts", {}).get(c, "") for c in params["classes"]]
 
     def frozen_context(self, params):
-        text_cfg = params.get("text_encoder") or {}
-        if not text_cfg.get("open_clip_model"):
-            return None
-        return frozen_prompt_encoder(list(params["classes"]), self.prompts(params), text_cfg)
+        return frozen_prompt_encoder(list(params["classes"]), self.prompts(params), params.get("text_encoder") or {},
+                                     params.get("pretrained"))
 
     def unet_overrides(self, frozen):
         return {} if frozen is None else {"cross_attention_dim": frozen.config.dim}
@@ -42,7 +41,7 @@ class ClassPrompt(Conditioning):
             return PromptEncoder(list(params["classes"]), self.prompts(params), dim=dim,
                                  max_length=int(params["max_prompt_length"]))
         if dim != frozen.config.dim:
-            raise ValueError(f"diffusion.text_encoder: {params['text_encoder']['open_clip_model']} embeds prompts in "
+            raise ValueError(f"diffusion.text_encoder: {frozen.config.kind} embeds prompts in "
                              f"{frozen.config.dim} dimensions, the pretrained UNet cross-attends to {dim}")
         return frozen
 

@@ -86,6 +86,8 @@ def diffusion_inputs(wildcards):
         inputs |= {"cluster_assignments": CLUSTER["assignments"], "cluster_selection": CLUSTER["selection"]}
     if d["text_encoder"]["checkpoint"]:
         inputs["text_encoder"] = d["text_encoder"]["checkpoint"]
+    if d["text_encoder"]["folder"] not in (None, "pretrained"):
+        inputs["text_encoder_folder"] = d["text_encoder"]["folder"]
     if d["pretrained"]:
         inputs["pretrained"] = d["pretrained"]
     return inputs
