@@ -68,7 +68,7 @@ def build_unet(sample_size: int, channels: int, params: Mapping[str, Any], gated
 
 # The noise schedule's keys of ``diffusion`` (null: the pretrained folder's value, else the built-in one).
 BUILT_IN_SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
-                     "prediction_type": "v_prediction", "timestep_spacing": "leading", "steps_offset": 0}
+                     "prediction_type": "v_prediction", "timestep_spacing": "leading", "steps_offset": 1}
 
 
 def pretrained_schedule(folder: str | Path) -> dict[str, Any]:

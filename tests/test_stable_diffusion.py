@@ -120,3 +120,30 @@ def test_a_fine_tuned_class_model_is_a_pipeline_that_samples_as_the_workflow_doe
     torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5)  # float32, the same operations batched alike
     images = pipe(prompt, num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images
     assert images.shape == (1, 16, 16, 3) and np.isfinite(images).all()
+
+
+def test_the_readme_snippet_samples_a_model_with_a_learnt_prompt_encoder(tiny_manifest, tiny_ae, diffusion_params,
+                                                                          tmp_path):
+    """README.md's Python example, run on a class model of the default kind (learnt prompt embeddings, no text
+    encoder in the pipeline), and the pipeline's latents against the workflow's sampler from the same noise."""
+    import re
+
+    from diffusers import StableDiffusionPipeline
+
+    from conftest import ROOT
+
+    train_diffusion(tiny_manifest, tiny_ae, tmp_path / "model", tmp_path / "log.parquet", diffusion_params(steps=2))
+    snippet = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    assert 'folder = "results/default/diffusion/class/model"' in snippet
+    scope = {}
+    exec(snippet.replace("results/default/diffusion/class/model", str(tmp_path / "model")), scope)
+    assert scope["image"].size == (16, 16)
+    model = load_diffusion(tmp_path / "model", CPU)
+    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "model"), text_encoder=None, tokenizer=None)
+    shape = (int(model.unet.config.in_channels), 8, 8)
+    ours = sample_latents(model, 2, 1, shape, 4, 2.0, torch.Generator().manual_seed(5), CPU)
+    x_t = torch.randn((1, *shape), generator=torch.Generator().manual_seed(5))
+    theirs = pipe(prompt_embeds=model.prompt_encoder(torch.tensor([2])), latents=x_t, num_inference_steps=4,
+                  negative_prompt_embeds=model.prompt_encoder(torch.tensor([model.prompt_encoder.null_index])),
+                  guidance_scale=2.0, output_type="latent").images
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5)  # float32, the same operations batched alike
