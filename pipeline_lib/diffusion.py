@@ -82,6 +82,16 @@ def pretrained_schedule(folder: str | Path) -> dict[str, Any]:
     return {k: config[k] for k in BUILT_IN_SCHEDULE}
 
 
+def sampling_scheduler(train: DDPMScheduler, params: Mapping[str, Any]) -> DDIMScheduler:
+    """The DDIM scheduler saved with the model: the training schedule, and with a pretrained folder its DDIM-only
+    ``set_alpha_to_one`` (SD 1.5 / 2.1: false, the last step ends at alpha-bar_0, not at 1)."""
+    extra = {}
+    if params.get("pretrained"):
+        raw = json.loads((Path(params["pretrained"]) / "scheduler" / "scheduler_config.json").read_text())
+        extra = {k: raw[k] for k in ("set_alpha_to_one",) if k in raw}
+    return DDIMScheduler.from_config({**train.config, **extra})
+
+
 def noise_scheduler(params: Mapping[str, Any]) -> DDPMScheduler:
     """The training noise schedule. With ``diffusion.pretrained``, the folder's scheduler config (Stable Diffusion
     1.5 / 2.1: scaled_linear 0.00085 .. 0.012, 1000 steps, leading spacing with offset 1; epsilon or v): a
@@ -261,7 +271,7 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
         with atomic_path(model_dir) as tmp:
             for name, module in modules.items():
                 module.save_pretrained(tmp / name)
-            DDIMScheduler.from_config(sched.config).save_pretrained(tmp / "scheduler")
+            sampling_scheduler(sched, params).save_pretrained(tmp / "scheduler")
             conditioning.save(tmp)
             if conditioning.diffusers_pipeline:
                 export_pipeline(tmp, ae_dir, modules["prompt_encoder"], params)

@@ -103,6 +103,7 @@ def test_a_fine_tuned_class_model_is_a_pipeline_that_samples_as_the_workflow_doe
     train_diffusion(tiny_manifest, vae, tmp_path / "model", tmp_path / "log.parquet", params)
     saved = json.loads((tmp_path / "model" / "scheduler" / "scheduler_config.json").read_text())
     assert (saved["beta_schedule"], saved["prediction_type"], saved["steps_offset"]) == ("scaled_linear", prediction, 1)
+    assert saved["_class_name"] == "DDIMScheduler" and saved["set_alpha_to_one"] is False  # the folder's
     index = json.loads((tmp_path / "model" / "model_index.json").read_text())
     assert index["text_encoder"] == ["transformers", "CLIPTextModel"] and index["vae"] == ["diffusers", "AutoencoderKL"]
 
