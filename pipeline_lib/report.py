@@ -173,12 +173,27 @@ def cluster_generation_table(tables: Sequence[str]) -> pd.DataFrame:
     return out.sort_values(["method", "k", "variant", "setting", "order"]).drop(columns="order").reset_index(drop=True)
 
 
-def trajectory_summary(tables: Sequence[str]) -> pd.DataFrame:
-    """The traversal metrics (the poster's CFRT and LPIPS table, plus flip rate and latent direction cosine) per
-    variant, setting, attribute, swap step and Bezier position, mean (± std) over seeds."""
+def trajectory_detail(tables: Sequence[str]) -> pd.DataFrame:
+    """Every traversal metric (CFRT as the poster, cfrt_flip, flip rate, perceptual distance, latent direction
+    cosine) per variant, setting, attribute, swap step and Bezier position, mean (± std) over seeds."""
     t = pd.concat([read_parquet(p) for p in tables], ignore_index=True)
-    metrics = [c for c in ("cfrt", "flip_rate", "lpips", "domain_perceptual", "cos_direction") if c in t]
+    metrics = [c for c in ("cfrt", "cfrt_flip", "flip_rate", "lpips", "domain_perceptual", "cos_direction") if c in t]
     return mean_std_cells(t, ["variant", "setting", "neutral", "attribute", "alpha", "swap_step", "timestep"], metrics)
+
+
+def trajectory_summary(tables: Sequence[str]) -> pd.DataFrame:
+    """The poster's table: a row per attribute (and swap step: the poster does not state its timestep), CFRT and
+    LPIPS (or its named substitute) for the swapped embedding e' (Bezier position 1, "Style") and for the Bezier
+    interpolations towards it (the positions below 1, averaged per seed: "Interpolations"), mean (± std) over
+    seeds. Columns ``swap_cfrt``, ``swap_<perceptual>``, ``interpolation_cfrt``, ``interpolation_<perceptual>``."""
+    t = pd.concat([read_parquet(p) for p in tables], ignore_index=True)
+    distance = next(c for c in ("lpips", "domain_perceptual") if c in t)
+    keys = ["variant", "setting", "neutral", "attribute", "swap_step", "timestep"]
+    t["block"] = np.where(t["alpha"] >= 1.0, "swap", "interpolation")
+    per_seed = t.groupby([*keys, "seed", "block"], sort=False)[["cfrt", distance]].mean().unstack("block")
+    per_seed.columns = [f"{block}_{metric}" for metric, block in per_seed.columns]
+    cells = [f"{b}_{m}" for b in ("swap", "interpolation") for m in ("cfrt", distance) if f"{b}_{m}" in per_seed]
+    return mean_std_cells(per_seed.reset_index(), keys, cells)
 
 
 def semantic_variance_table(tables: Sequence[str]) -> pd.DataFrame:
@@ -250,10 +265,12 @@ def report(inputs: Mapping[str, Sequence[str]], outputs: Mapping[str, Any], para
                  tables[tables["metric"] == "f1_macro"].drop(columns="metric").to_string(index=False))
         log.info("image quality, mean ± std over seeds:\n%s", ev_summary.to_string(index=False))
     if inputs.get("trajectory"):
+        emit("trajectory_detail", trajectory_detail(inputs["trajectory"]))
         table = trajectory_summary(inputs["trajectory"])
         emit("trajectory_summary", table)
         cells = [c for c in table if not c.endswith(("_mean", "_std"))]
-        log.info("trajectory traversal, mean (± std) over seeds:\n%s", table[cells].to_string(index=False))
+        log.info("trajectory traversal (the poster's table), mean (± std) over seeds:\n%s",
+                 table[cells].to_string(index=False))
     if inputs.get("interpolation"):
         table = semantic_variance_table(inputs["interpolation"])
         emit("semantic_variance", table)

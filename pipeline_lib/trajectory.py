@@ -5,12 +5,14 @@ at some timestep t"; a late swap keeps the image close to the neutral one), and 
 curve from e to e' ("Bezier interpolations along the trajectory").
 
 Measured for each attribute A (every class but the neutral one), swap step and Bezier position alpha, with the
-domain classifier f (probability of A):
+judge f (the domain classifier, trained on real data; the poster's EfficientNet where the config names it):
 
-- CFRT_A = 1/|X| sum_x 1[ |f_A(x) - f_A(x'_A)| > max_{j != A} |f_A(x) - f_A(x'_j)|  and  argmax f(x'_A) = A ]:
-  swapping to A moves the A score more than swapping to any other attribute does, and the image is classified
-  as A. The poster's further conditions (the image's other label and the other attributes unchanged) concern
-  data sets with several labels per image; with one label (the class) per image they are empty.
+- CFRT_A, as the poster writes it: 1/|X| sum_x 1[ |f_A(x) - f_A(x'_A)| > max_{j != A} |f_A(x) - f_A(x'_j)|
+  and y(x) = y(x'_A)  and  for all k != A: x_k = x'_A(k) ]: swapping to A moves the judge's A score more than
+  swapping to any other attribute does (specific), the image's label is kept, and every other attribute is as it
+  was (the judge's decision that k is present, unchanged). With one class per image the attributes are the
+  classes and there is no label besides them (the second condition holds); a class is "present" when it is the
+  judge's argmax. ``cfrt_flip`` is the earlier, stricter reading: the first condition and argmax f(x'_A) = A.
 - ``flip_rate``: the share of x'_A classified as A; the perceptual distance (LPIPS or its named substitute) of
   x'_A to the neutral x; ``cos_direction``: the cosine similarity between the latent direction z'_A - z of this
   swap step and that of the earliest swap step (1 = the trajectory is a straight line in latent space).
@@ -18,7 +20,7 @@ domain classifier f (probability of A):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -45,15 +47,45 @@ def bezier(points: Sequence[torch.Tensor], alpha: float) -> torch.Tensor:
     return pts[0]
 
 
-def cfrt(neutral: np.ndarray, edited: Mapping[int, np.ndarray], attribute: int) -> float:
-    """CFRT of ``attribute`` from class probabilities (N, C) of the neutral images and of their edits towards
-    each attribute (``edited[j]``, same rows)."""
+def cfrt_conditions(neutral: np.ndarray, edited: Mapping[int, np.ndarray], attribute: int,
+                    present: Callable[[np.ndarray], np.ndarray], others: Sequence[int],
+                    labels: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The three conditions of the poster's CFRT for each neutral image (booleans, N): ``specific`` (the A score
+    moves more under the A edit than under any other attribute's edit), ``label_kept`` (y(x) = y(x'_A); all true
+    without ``labels``), ``others_kept`` (for every k in ``others``, present(x)_k = present(x'_A)_k).
+
+    ``neutral`` (N, C) and ``edited[j]`` (N, C, for every attribute j) are the judge's scores of the neutral images
+    and of their edits towards j; ``present(scores) -> (N, C)`` its decisions; ``labels`` = (y(x), y(x'_A))."""
     fa = neutral[:, attribute]
     change = np.abs(fa - edited[attribute][:, attribute])
-    others = [np.abs(fa - p[:, attribute]) for j, p in edited.items() if j != attribute]
-    bound = np.max(others, axis=0) if others else np.zeros_like(change)
-    flipped = edited[attribute].argmax(1) == attribute
-    return float(np.mean((change > bound) & flipped))
+    rivals = [np.abs(fa - p[:, attribute]) for j, p in edited.items() if j != attribute]
+    bound = np.max(rivals, axis=0) if rivals else np.zeros_like(change)
+    before, after = present(neutral), present(edited[attribute])
+    kept = np.ones(len(fa), bool) if labels is None else np.asarray(labels[0]) == np.asarray(labels[1])
+    others = [k for k in others if k != attribute]
+    return {"specific": change > bound, "label_kept": kept,
+            "others_kept": (before[:, others] == after[:, others]).all(axis=1) if others else np.ones(len(fa), bool)}
+
+
+def argmax_present(scores: np.ndarray) -> np.ndarray:
+    """A single-label judge's decisions: the argmax class is present, the others are not."""
+    return np.eye(scores.shape[1], dtype=bool)[scores.argmax(1)]
+
+
+def cfrt(neutral: np.ndarray, edited: Mapping[int, np.ndarray], attribute: int,
+         present: Callable[[np.ndarray], np.ndarray] = argmax_present, others: Sequence[int] | None = None,
+         labels: tuple[np.ndarray, np.ndarray] | None = None) -> float:
+    """CFRT_A (the poster): the share of neutral images for which all three ``cfrt_conditions`` hold; ``others``
+    defaults to every attribute that was edited."""
+    conditions = cfrt_conditions(neutral, edited, attribute, present, list(edited) if others is None else others,
+                                 labels)
+    return float(np.mean(np.logical_and.reduce(list(conditions.values()))))
+
+
+def cfrt_flip(neutral: np.ndarray, edited: Mapping[int, np.ndarray], attribute: int) -> float:
+    """The first condition of CFRT and argmax f(x'_A) = A (this stage's earlier CFRT, kept under its own name)."""
+    specific = cfrt_conditions(neutral, edited, attribute, argmax_present, [])["specific"]
+    return float(np.mean(specific & (edited[attribute].argmax(1) == attribute)))
 
 
 def swap_steps(fractions: Sequence[float], steps: int) -> list[int]:
@@ -119,6 +151,7 @@ def traverse(ae_dir: str | Path, model_dir: str | Path, feature_net: str | Path,
                 ref = reference.setdefault((alpha, a), direction)  # the earliest swap of this attribute and alpha
                 rows.append({"attribute": classes[a], "swap_step": s, "alpha": float(alpha),
                              "cfrt": cfrt(p0, {j: edits[j][2] for j in attributes}, a),
+                             "cfrt_flip": cfrt_flip(p0, {j: edits[j][2] for j in attributes}, a),
                              "flip_rate": float(np.mean(p.argmax(1) == a)), perceptual.name: float(dist.mean()),
                              "cos_direction": float(F.cosine_similarity(direction, ref, dim=1, eps=1e-12).mean()),
                              "timestep": timestep})

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pipeline_lib.diffusion import train_diffusion
-from pipeline_lib.trajectory import bezier, cfrt, swap_steps, traverse
+from pipeline_lib.trajectory import bezier, cfrt, cfrt_conditions, cfrt_flip, swap_steps, traverse
 
 
 def test_bezier_is_de_casteljau():
@@ -19,17 +19,39 @@ def test_bezier_is_de_casteljau():
 
 
 def test_cfrt_by_hand():
-    # Classes (neutral, A = 1, B = 2); three neutral samples.
+    # Classes (neutral, A = 1, B = 2); three neutral samples; a single-label judge (present = its argmax).
     neutral = np.array([[0.8, 0.1, 0.1], [0.8, 0.1, 0.1], [0.8, 0.1, 0.1]])
     to_a = np.array([[0.1, 0.8, 0.1],    # A score +0.7, classified A
-                     [0.5, 0.3, 0.2],    # A score +0.2 but not classified A
+                     [0.5, 0.3, 0.2],    # A score +0.2, still classified neutral: no other attribute appears
                      [0.2, 0.5, 0.3]])   # A score +0.4, classified A, but the B edit moved A's score more
     to_b = np.array([[0.1, 0.2, 0.7],    # A score +0.1
                      [0.1, 0.1, 0.8],    # 0
                      [0.1, 0.6, 0.3]])   # +0.5 > 0.4
-    assert cfrt(neutral, {1: to_a, 2: to_b}, 1) == pytest.approx(1 / 3)
-    assert cfrt(neutral, {1: to_a}, 1) == pytest.approx(2 / 3)  # one attribute: the flip alone counts
-    assert cfrt(neutral, {1: to_a, 2: to_b}, 2) == pytest.approx(2 / 3)  # B: samples 0 and 1 flip, A moves B less
+    assert cfrt(neutral, {1: to_a, 2: to_b}, 1) == pytest.approx(2 / 3)  # samples 0 and 1
+    assert cfrt_flip(neutral, {1: to_a, 2: to_b}, 1) == pytest.approx(1 / 3)  # sample 1 is not classified A
+    assert cfrt(neutral, {1: to_a}, 1) == pytest.approx(1.0)  # one attribute: no rival edit
+    # B: samples 0 and 1; in sample 2 the A edit moves the B score as much (0.2 = 0.2), not less.
+    assert cfrt(neutral, {1: to_a, 2: to_b}, 2) == pytest.approx(2 / 3)
+
+
+def test_each_cfrt_condition_fails_on_its_own():
+    # Multi-label judge (a score per attribute, present above 0.5), attributes A = 0, B = 1, C = 2; four samples.
+    present = lambda f: f > 0.5  # noqa: E731
+    neutral = np.full((4, 3), 0.1)
+    to_a = np.array([[0.9, 0.1, 0.1],    # all three conditions hold
+                     [0.3, 0.1, 0.1],    # A +0.2, but the B edit moves A +0.3: not specific
+                     [0.9, 0.7, 0.1],    # specific, but B appears with A: another attribute changed
+                     [0.9, 0.1, 0.1]])   # specific, others kept, but the label judge changed its mind
+    to_b = np.array([[0.1, 0.9, 0.1], [0.4, 0.9, 0.1], [0.1, 0.9, 0.1], [0.1, 0.9, 0.1]])
+    to_c = np.full((4, 3), 0.1)
+    labels = (np.array(["mel", "mel", "nv", "nv"]), np.array(["mel", "mel", "nv", "mel"]))
+    edited = {0: to_a, 1: to_b, 2: to_c}
+    got = cfrt_conditions(neutral, edited, 0, present, [0, 1, 2], labels)
+    np.testing.assert_array_equal(got["specific"], [True, False, True, True])
+    np.testing.assert_array_equal(got["others_kept"], [True, True, False, True])
+    np.testing.assert_array_equal(got["label_kept"], [True, True, True, False])
+    assert cfrt(neutral, edited, 0, present, labels=labels) == pytest.approx(1 / 4)
+    assert cfrt(neutral, edited, 0, present) == pytest.approx(2 / 4)  # no label besides the attributes
 
 
 def test_swap_steps():
@@ -71,3 +93,22 @@ def test_traversal_table_and_the_never_swapped_edit(class_model, tiny_ae, tiny_f
     with pytest.raises(ValueError, match="trajectory.neutral: 'healthy' is not one of the classes"):
         traverse(tiny_ae, class_model, tiny_feature_net, tmp_path / "x.parquet", tmp_path / "y.parquet",
                  tmp_path / "z.png", {**params, "neutral": "healthy"})
+
+
+def test_the_report_gives_the_posters_table_shape(tmp_path):
+    """report.trajectory_summary by hand: Bezier position 1 is the swap block; the positions below 1 are averaged
+    within each seed into the interpolation block; then mean and sample std over the seeds."""
+    from pipeline_lib.report import trajectory_summary
+
+    paths = []
+    for seed, shift in ((0, 0.0), (1, 0.1)):
+        rows = [{"variant": "class", "setting": "cfg2", "neutral": "normal", "attribute": "ome", "swap_step": 4,
+                 "timestep": 751, "alpha": a, "seed": seed, "cfrt": c + shift, "domain_perceptual": d}
+                for a, c, d in ((0.5, 0.2, 1.0), (0.75, 0.4, 2.0), (1.0, 0.8, 3.0))]
+        paths.append(tmp_path / f"t{seed}.parquet")
+        pd.DataFrame(rows).to_parquet(paths[-1])
+    t = trajectory_summary(paths).iloc[0]
+    assert t["swap_cfrt_mean"] == pytest.approx(0.85) and t["swap_cfrt_std"] == pytest.approx(0.1 / np.sqrt(2))
+    assert t["interpolation_cfrt_mean"] == pytest.approx(0.35)  # (0.3 + 0.4) / 2
+    assert t["interpolation_domain_perceptual_mean"] == pytest.approx(1.5) and t["swap_domain_perceptual_mean"] == 3
+    assert t["swap_cfrt"] == "0.850 (± 0.071)" and t["n_seeds"] == 2

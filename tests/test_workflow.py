@@ -108,9 +108,14 @@ def test_tables_have_the_promised_columns_and_ranges(run, tiny_config):
     for png in ["f1_vs_ratio.png", "f1_vs_scale.png", "roc_replace_100.png"] + \
             [f"grid_{c}.png" for c in tiny_config["data"]["classes"]]:
         assert (res / "report" / "figures" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    traj = pd.read_parquet(res / "report" / "trajectory_summary.parquet")
+    traj = pd.read_parquet(res / "report" / "trajectory_summary.parquet")  # the poster's table shape
     assert set(traj["attribute"]) == {"ome", "com"} and set(traj["variant"]) == {"class", "clue", "ml"}
-    assert traj["cfrt_mean"].between(0, 1).all() and (traj["n_seeds"] == len(seeds)).all()
+    cells = ["swap_cfrt", "swap_domain_perceptual", "interpolation_cfrt", "interpolation_domain_perceptual"]
+    assert set(cells) <= set(traj.columns) and (traj["n_seeds"] == len(seeds)).all()
+    assert traj[[f"{c}_mean" for c in cells if "cfrt" in c]].stack().between(0, 1).all()
+    detail = pd.read_parquet(res / "report" / "trajectory_detail.parquet")
+    assert {"cfrt_mean", "cfrt_flip_mean", "flip_rate_mean", "cos_direction_mean"} <= set(detail.columns)
+    assert detail[["cfrt_mean", "cfrt_flip_mean"]].stack().between(0, 1).all()
     sv = pd.read_parquet(res / "report" / "semantic_variance.parquet")
     assert set(sv["class"]) == {*tiny_config["data"]["classes"], "all"} and (sv["n_seeds"] == len(seeds)).all()
     assert set(sv["variant"]) == {"class", "clue", "ml"} and sv["ai_higher_share"].between(0, 1).all()
@@ -369,7 +374,7 @@ def test_a_new_classifier_arch_adds_its_grid_only(run, tiny_config):
 def test_html_report_holds_the_tables_and_figures_by_category(run, tiny_config):
     work, res = run
     for key in ("autoencoder_comparison", "evaluate_summary", "classify_tables", "cluster_generation",
-                "trajectory_summary", "semantic_variance"):
+                "trajectory_summary", "trajectory_detail", "semantic_variance"):
         csv = pd.read_csv(res / "report" / "tables" / f"{key}.csv")
         assert len(csv) == len(pd.read_parquet(res / "report" / f"{key}.parquet"))
     snakemake(work, "--report", "report.zip")

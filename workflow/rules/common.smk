@@ -186,6 +186,7 @@ def report_outputs(flagged=False):
         o["cluster_generation"] = f"{R}/report/cluster_generation.parquet"
     if trajectory_tables():
         o["trajectory_summary"] = f"{R}/report/trajectory_summary.parquet"
+        o["trajectory_detail"] = f"{R}/report/trajectory_detail.parquet"
     if interpolation_tables():
         o["semantic_variance"] = f"{R}/report/semantic_variance.parquet"
     o |= {f"{key}_csv": f"{R}/report/tables/{key}.csv" for key in REPORT_TABLES if key in o}

@@ -14,10 +14,11 @@ REPORT_ITEMS = {
     "roc_plot": ("Classification", "roc.rst"),
     "cluster_generation": ("Clusters", "cluster_generation.rst"),
     "trajectory_summary": ("Trajectory traversal", "trajectory_summary.rst"),
+    "trajectory_detail": ("Trajectory traversal", "trajectory_detail.rst"),
     "semantic_variance": ("Interpolation", "semantic_variance.rst"),
 }
 REPORT_TABLES = ("autoencoder_comparison", "evaluate_summary", "classify_tables", "cluster_generation",
-                 "trajectory_summary", "semantic_variance")
+                 "trajectory_summary", "trajectory_detail", "semantic_variance")
 
 
 rule report:
