@@ -1,5 +1,7 @@
 """Autoencoders: KL-VAE and VQ-GAN losses and training, fine-tuning a saved model, the reconstruction table,
 and the perceptual distance (LPIPS from local weights, or its named substitute)."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -171,6 +173,9 @@ def test_reconstruction_table_has_table1_shape_and_matches_direct_metrics(traine
     metric_cols = ["mse", "psnr", "ssim", "ms_ssim", "domain_perceptual"]
     assert set(metric_cols) <= set(table.columns) and not any("lpips" in c for c in table.columns)
     assert (table["ms_ssim_scales"] == 1).all()  # 16 px images hold one 11-tap scale
+    scaling = json.loads((trained / "kl8" / "model" / "scaling.json").read_text())  # trained from scratch: measured
+    assert (table["scaling_factor"] == scaling["scaling_factor"]).all() and scaling["source"].startswith("measured")
+    assert (table["scaling_source"] == scaling["source"]).all()
     assert table.loc[table["class"] == "all", "n_images"].item() == len(per)
     np.testing.assert_allclose(table.loc[table["class"] == "all", metric_cols].to_numpy()[0],
                                per[metric_cols].mean().to_numpy(), rtol=1e-12)
