@@ -15,8 +15,10 @@ are optional. The ``external`` split comes from a shifted "camera": colour balan
 for the cross-institution test (CLUE's AI-HUB set).
 
 ``ingest`` writes ``manifest.parquet`` (image_id, path, label, split, group, source) for the embedded set or for
-the user's own images: an ImageFolder tree ``<split>/<class>/<files>``, a CSV/Parquet manifest, or HAM10000
-in its own layout, optionally with another institution's external test set (``pipeline_lib.adapters``).
+the user's own images: an ImageFolder tree ``<split>/<class>/<files>``, a CSV/Parquet manifest, or HAM10000,
+CheXpert or ISIC 2019 in their own layouts, optionally with another institution's external test set
+(``pipeline_lib.adapters``); binary attributes (``attr_<name>`` columns: CheXpert's observations, ISIC's
+artefacts, or a manifest's own) are kept beside the label.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .adapters import IMAGE_SUFFIXES, external_manifest, ham10000_manifest
+from .adapters import (ATTRIBUTE_PREFIX, IMAGE_SUFFIXES, chexpert_manifest, external_manifest, ham10000_manifest,
+                       isic2019_manifest)
 from .io import log, write_parquet, write_png
 from .xray import CLASSES as XRAY_CLASSES
 from .xray import make_xray
@@ -306,7 +309,8 @@ def normalise_manifest(df: pd.DataFrame, classes: list[str], origin: str) -> pd.
         df["group"] = df["image_id"]
     df["group"] = df["group"].astype(str)
     df["source"] = "user"
-    return df[list(MANIFEST_COLUMNS)].reset_index(drop=True)
+    attributes = [c for c in df.columns if str(c).startswith(ATTRIBUTE_PREFIX)]  # binary attributes, kept beside
+    return df[[*MANIFEST_COLUMNS, *attributes]].reset_index(drop=True)
 
 
 def ingest(manifest_path: str | Path, image_dir: str | Path, params: Mapping[str, Any]) -> pd.DataFrame:
@@ -323,8 +327,13 @@ def ingest(manifest_path: str | Path, image_dir: str | Path, params: Mapping[str
         df = read_user_manifest(params["path"])
     elif source == "ham10000":
         df = ham10000_manifest(params)
+    elif source == "chexpert":
+        df = chexpert_manifest(params)
+    elif source == "isic2019":
+        df = isic2019_manifest(params)
     else:
-        raise ValueError(f"data.source must be embedded, imagefolder, manifest or ham10000, got {source!r}")
+        raise ValueError(f"data.source must be embedded, imagefolder, manifest, ham10000, chexpert or isic2019, got "
+                         f"{source!r}")
     if params.get("external"):
         if (df["split"] == "external").any():
             raise ValueError(f"data.external: {params['path']} has its own external split already")
