@@ -14,7 +14,8 @@ pytestmark = pytest.mark.slow  # Snakemake in a subprocess
 
 PLACEHOLDERS = ["models/stable-diffusion-2-1/vae/", "models/open_clip/ViT-H-14.bin", "models/vgg16-397923af.pth",
                 "data/otitis/manifest.csv", "data/kpc/manifest.csv", "data/HAM10000/masks/",
-                "data/PAD-UFES-20/metadata.csv", "data/PAD-UFES-20/images/"]
+                "data/PAD-UFES-20/metadata.csv", "data/PAD-UFES-20/images/", "data/CheXpert/",
+                "models/stable-diffusion-v1-5/vae/"]
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,12 @@ def test_paper_cldm_plans_one_cluster_conditioned_model_per_k_and_no_class_stage
     assert jobs["cluster"] == 1 and jobs["diffusion"] == 7  # k = 10..16 (Table 4)
     assert jobs["generate"] == jobs["cluster_quality"] == 7 * 3
     assert not {"feature_net", "evaluate", "classify"} & set(jobs)  # unlabelled: no class-based stages
+
+
+def test_paper_trajectory_plans_one_fine_tuned_sd15_its_judge_and_the_traversal(work):
+    jobs = dry_run(work, "config/paper_trajectory.yaml")
+    assert jobs["autoencoder"] == jobs["diffusion"] == jobs["feature_net"] == 1  # SD 1.5's VAE as is, the judge
+    assert jobs["trajectory"] == jobs["generate"] == 1 and "interpolation" not in jobs and "cluster" not in jobs
 
 
 def test_the_xray_config_plans_the_default_grid_without_interpolation(work):
