@@ -99,7 +99,7 @@ def swap_steps(fractions: Sequence[float], steps: int) -> list[int]:
 @torch.no_grad()
 def traverse(ae_dir: str | Path, model_dir: str | Path, feature_net: str | Path, table_out: str | Path,
              per_image_out: str | Path, figure_out: str | Path, params: Mapping[str, Any],
-             threads: int | None = None) -> pd.DataFrame:
+             threads: int | None = None, latents_out: str | Path | None = None) -> pd.DataFrame:
     """Entry point of the trajectory rule for one (variant, setting, seed)."""
     set_threads(threads)
     device = select_device(params["device"])
@@ -133,7 +133,7 @@ def traverse(ae_dir: str | Path, model_dir: str | Path, feature_net: str | Path,
     e = penc(labels)
     control = [penc(torch.full_like(labels, penc.null_index))] if params["bezier_control"] == "null_prompt" else []
     swaps = swap_steps(params["swap_fractions"], steps)  # ascending: the first is every edit's reference
-    rows, per, grid, reference = [], [], {}, {}
+    rows, per, grid, reference, edits_first = [], [], {}, {}, {}
     for alpha in params["alphas"]:
         for s in swaps:
             edits = {}
@@ -143,6 +143,8 @@ def traverse(ae_dir: str | Path, model_dir: str | Path, feature_net: str | Path,
                 edits[a] = (z, x, probs(x))
                 if alpha == params["alphas"][-1]:
                     grid[(a, s)] = x[0]
+            if alpha == params["alphas"][-1] and s == swaps[0]:
+                edits_first = {a: edits[a][0] for a in attributes}  # the latents of the poster's scatter
             timestep = int((model.scheduler.timesteps.tolist() + [0])[s])
             for a in attributes:
                 z, x, p = edits[a]
@@ -165,9 +167,35 @@ def traverse(ae_dir: str | Path, model_dir: str | Path, feature_net: str | Path,
     write_parquet(pd.DataFrame(per), per_image_out)
     write_parquet(table, table_out)
     _traversal_figure(x0[0], grid, attributes, figure_out)
+    if latents_out is not None:
+        _latent_figure(z0, {classes[a]: edits_first[a] for a in attributes}, params["neutral"], latents_out)
     log.info("trajectory traversal from %r (%d samples):\n%s", params["neutral"], n,
              table.drop(columns=["variant", "setting", "seed", "neutral", "samples"]).round(3).to_string(index=False))
     return table
+
+
+def _latent_figure(neutral: torch.Tensor, edited: Mapping[str, torch.Tensor], name: str, path: str | Path) -> None:
+    """The poster's scatter of generated latents: the neutral samples and each attribute's (the full embedding
+    swapped in at the earliest swap step) in the first two principal components of all of them. PCA, not the
+    poster's t-SNE: with a few dozen points t-SNE's clusters say more about its perplexity than about the data."""
+    from sklearn.decomposition import PCA
+
+    from .io import pyplot, save_figure
+
+    groups = {name: neutral, **edited}
+    points = torch.cat([z.flatten(1) for z in groups.values()]).double().cpu().numpy()
+    xy = PCA(n_components=2, random_state=0).fit_transform(points)
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4, 4))
+    start = 0
+    for label, z in groups.items():
+        ax.scatter(xy[start:start + len(z), 0], xy[start:start + len(z), 1], s=12, label=label)
+        start += len(z)
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.legend(fontsize=7)
+    ax.set_title("generated latents", fontsize=8)
+    save_figure(fig, path)
 
 
 def _traversal_figure(neutral: torch.Tensor, grid: Mapping[tuple[int, int], torch.Tensor], attributes: Sequence[int],

@@ -74,8 +74,9 @@ def test_traversal_table_and_the_never_swapped_edit(class_model, tiny_ae, tiny_f
               "style_sigma": None, "perceptual": tiny_config["perceptual"], "variant": "class", "setting": "cfg2",
               "seed": 0, "device": "cpu", "classes": tiny_config["data"]["classes"]}
     table = traverse(tiny_ae, class_model, tiny_feature_net, tmp_path / "t.parquet", tmp_path / "p.parquet",
-                     tmp_path / "t.png", params)
+                     tmp_path / "t.png", params, latents_out=tmp_path / "latents.png")
     assert len(table) == 2 * 3 * 2  # alphas x swap steps x attributes
+    assert (tmp_path / "latents.png").read_bytes()[:4] == b"\x89PNG"  # the poster's scatter of the latents
     assert set(table["attribute"]) == {"ome", "com"} and set(table["swap_step"]) == {0, 2, 4}
     assert table["cfrt"].between(0, 1).all() and table["flip_rate"].between(0, 1).all()
     assert table["cos_direction"].between(-1 - 1e-6, 1 + 1e-6).all()

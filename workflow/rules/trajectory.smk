@@ -11,6 +11,7 @@ if "trajectory" in config:
             table=f"{R}/trajectory/{{variant}}/{{setting}}/seed{{seed}}/trajectory.parquet",
             per_image=f"{R}/trajectory/{{variant}}/{{setting}}/seed{{seed}}/per_image.parquet",
             figure=f"{R}/trajectory/{{variant}}/{{setting}}/seed{{seed}}/traversal.png",
+            latents=f"{R}/trajectory/{{variant}}/{{setting}}/seed{{seed}}/latents.png",
         params:
             cfg=params_of(PLAN.trajectory_params, "variant", "setting", "seed"),
         threads: 1
