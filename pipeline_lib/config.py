@@ -141,6 +141,18 @@ def check_embedded(cfg: dict) -> None:
         check_embedded_classes(cfg["data"])
 
 
+def compose_prompts(cfg: dict) -> None:
+    """A class that is an attribute set (``pleural_effusion+support_devices``, ``mel+hair``) without a prompt of
+    its own gets its first part's prompt followed by the ``diffusion.attribute_phrases`` of the others
+    ("Chest x-ray with pleural effusion" + " and support devices"); written into ``diffusion.prompts``."""
+    d = cfg["diffusion"]
+    prompts, phrases = d.setdefault("prompts", {}), d.get("attribute_phrases") or {}
+    for c in cfg["data"]["classes"]:
+        first, *rest = c.split("+")
+        if c not in prompts and rest and first in prompts and all(r in phrases for r in rest):
+            prompts[c] = " ".join([prompts[first], *(phrases[r] for r in rest)])
+
+
 def check_class_names(cfg: dict) -> None:
     """The keys that name classes name ``data.classes``: a prompt for each (unless every variant is conditioned on
     clusters), the trajectory's neutral class, the interpolated classes. Prompts of other classes are ignored, so
@@ -150,9 +162,20 @@ def check_class_names(cfg: dict) -> None:
     if any(v.get("conditioning", "class") != "cluster" for v in d["variants"].values()):
         missing = [c for c in classes if c not in d.get("prompts", {})]
         if missing:
-            raise ValueError(f"diffusion.prompts: expected a prompt for every class of data.classes, missing {missing}")
-    if "trajectory" in cfg and cfg["trajectory"]["neutral"] not in classes:
-        raise ValueError(f"trajectory.neutral: {cfg['trajectory']['neutral']!r} is not one of data.classes {classes}")
+            raise ValueError(f"diffusion.prompts: expected a prompt for every class of data.classes, missing {missing}"
+                             f" (a class a+b may instead have a's prompt and diffusion.attribute_phrases.b)")
+    if "trajectory" in cfg:
+        t = cfg["trajectory"]
+        if t["neutral"] not in classes:
+            raise ValueError(f"trajectory.neutral: {t['neutral']!r} is not one of data.classes {classes}")
+        for a in t.get("attributes") or []:  # an attribute's edit embeds the class <neutral>+<attribute> or <attribute>
+            if f"{t['neutral']}+{a}" not in classes and a not in classes:
+                raise ValueError(f"trajectory.attributes: {a!r} has neither the class {t['neutral'] + '+' + a!r} nor "
+                                 f"{a!r} in data.classes {classes}")
+        parts = {p for c in classes for p in c.split("+")}
+        missing = [lab for lab in t.get("labels") or [] if lab not in parts]
+        if missing:
+            raise ValueError(f"trajectory.labels: {missing} are in no class of data.classes {classes}")
     unknown = [c for c in (cfg.get("interpolation") or {}).get("classes") or [] if c not in classes]
     if unknown:
         raise ValueError(f"interpolation.classes: {unknown} not in data.classes {classes}")
@@ -290,6 +313,7 @@ class Plan:
         plan = cls(cfg, variants, members, points, [])
         plan.grid = plan._check_grid()
         check_embedded(cfg)
+        compose_prompts(cfg)
         check_class_names(cfg)
         return plan
 
@@ -405,7 +429,7 @@ class Plan:
         out, so editing them does not retrain it (the image encoder only for multi-level variants, the prompts
         and the text encoder not for cluster variants)."""
         conditioning = self.conditioning(variant)
-        unused = {"variants"} | ({"image_encoder"} if conditioning != "multilevel" else set()) \
+        unused = {"variants", "attribute_phrases"} | ({"image_encoder"} if conditioning != "multilevel" else set()) \
             | ({"prompts", "text_encoder", "max_prompt_length"} if conditioning == "cluster" else set())
         d = {k: v for k, v in self.config["diffusion"].items() if k not in unused}
         return {**d, **self.variants[variant], "variant": variant, "autoencoder": self.variant_autoencoder(variant),

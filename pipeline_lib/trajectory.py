@@ -10,15 +10,18 @@ judge f (the domain classifier, trained on real data; the poster's EfficientNet 
 - CFRT_A, as the poster writes it: 1/|X| sum_x 1[ |f_A(x) - f_A(x'_A)| > max_{j != A} |f_A(x) - f_A(x'_j)|
   and y(x) = y(x'_A)  and  for all k != A: x_k = x'_A(k) ]: swapping to A moves the judge's A score more than
   swapping to any other attribute does (specific), the image's label is kept, and every other attribute is as it
-  was (the judge's decision that k is present, unchanged). With one class per image the attributes are the
-  classes and there is no label besides them (the second condition holds); a class is "present" when it is the
-  judge's argmax. ``cfrt_flip`` is the earlier, stricter reading: the first condition and argmax f(x'_A) = A.
+  was (the judge's decision that k is present, unchanged). The judge's score of an attribute is the summed
+  probability of the classes containing it (``AttributeView``: classes may be attribute sets, ``mel+hair``), an
+  attribute is present above 0.5, and y is the label besides the attributes (``trajectory.labels``; none: the
+  second condition holds). With one class per image the attributes are the other classes. ``cfrt_flip`` is the
+  earlier, stricter reading: the first condition and the edit classified as the attribute's class.
 - ``flip_rate``: the share of x'_A classified as A; the perceptual distance (LPIPS or its named substitute) of
   x'_A to the neutral x; ``cos_direction``: the cosine similarity between the latent direction z'_A - z of this
   swap step and that of the earliest swap step (1 = the trajectory is a straight line in latent space).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -67,13 +70,13 @@ def cfrt_conditions(neutral: np.ndarray, edited: Mapping[int, np.ndarray], attri
             "others_kept": (before[:, others] == after[:, others]).all(axis=1) if others else np.ones(len(fa), bool)}
 
 
-def argmax_present(scores: np.ndarray) -> np.ndarray:
-    """A single-label judge's decisions: the argmax class is present, the others are not."""
-    return np.eye(scores.shape[1], dtype=bool)[scores.argmax(1)]
+def present_above_half(scores: np.ndarray) -> np.ndarray:
+    """The judge's decision that an attribute is present: its score (probability) above 0.5."""
+    return scores > 0.5
 
 
 def cfrt(neutral: np.ndarray, edited: Mapping[int, np.ndarray], attribute: int,
-         present: Callable[[np.ndarray], np.ndarray] = argmax_present, others: Sequence[int] | None = None,
+         present: Callable[[np.ndarray], np.ndarray] = present_above_half, others: Sequence[int] | None = None,
          labels: tuple[np.ndarray, np.ndarray] | None = None) -> float:
     """CFRT_A (the poster): the share of neutral images for which all three ``cfrt_conditions`` hold; ``others``
     defaults to every attribute that was edited."""
@@ -83,8 +86,9 @@ def cfrt(neutral: np.ndarray, edited: Mapping[int, np.ndarray], attribute: int,
 
 
 def cfrt_flip(neutral: np.ndarray, edited: Mapping[int, np.ndarray], attribute: int) -> float:
-    """The first condition of CFRT and argmax f(x'_A) = A (this stage's earlier CFRT, kept under its own name)."""
-    specific = cfrt_conditions(neutral, edited, attribute, argmax_present, [])["specific"]
+    """The first condition of CFRT and argmax f(x'_A) = A, with scores of one class per image (this stage's
+    earlier CFRT, kept under its own name)."""
+    specific = cfrt_conditions(neutral, edited, attribute, present_above_half, [])["specific"]
     return float(np.mean(specific & (edited[attribute].argmax(1) == attribute)))
 
 
@@ -96,6 +100,48 @@ def swap_steps(fractions: Sequence[float], steps: int) -> list[int]:
     return out
 
 
+@dataclass(frozen=True)
+class AttributeView:
+    """The traversal's attributes in terms of the classes. A class is a '+'-joined set of parts (``mel+hair``,
+    ``pleural_effusion+support_devices``); an attribute's edit embeds the class ``<neutral>+<attribute>`` when the
+    data have it (ISIC: mel -> mel+hair), else the class ``<attribute>`` (CheXpert: no_finding ->
+    pleural_effusion; one class per image: normal -> ome). The judge's score of an attribute is the summed
+    probability of the classes that contain it (its marginal; with one class per image, the class's own), an
+    attribute is present when that exceeds 0.5, and y(x) is the label with the highest summed probability."""
+    names: list[str]  # the attributes
+    targets: list[int]  # the class index each attribute's edit embeds
+    membership: np.ndarray  # (classes, attributes): 1 where the class contains the attribute
+    labels: list[str]  # the labels besides the attributes (the poster's y; none: the second condition holds)
+    label_membership: np.ndarray  # (classes, labels)
+
+    @classmethod
+    def of(cls, classes: Sequence[str], neutral: str, attributes: Sequence[str] | None = None,
+           labels: Sequence[str] = ()) -> "AttributeView":
+        if neutral not in classes:
+            raise ValueError(f"trajectory.neutral: {neutral!r} is not one of the classes {list(classes)}")
+        parts = [set(c.split("+")) for c in classes]
+        names = list(attributes) if attributes else \
+            [c for c in classes if c != neutral and "+" not in c and c not in labels]
+        targets = []
+        for a in names:
+            combined = f"{neutral}+{a}"
+            if combined not in classes and a not in classes:
+                raise ValueError(f"trajectory.attributes: {a!r} has neither the class {combined!r} nor {a!r} in "
+                                 f"data.classes {list(classes)}")
+            targets.append(list(classes).index(combined if combined in classes else a))
+        member = np.array([[a in p for a in names] for p in parts], dtype=np.float64).reshape(len(classes), len(names))
+        label_member = np.array([[lab in p for lab in labels] for p in parts], dtype=np.float64).reshape(
+            len(classes), len(labels))
+        return cls(names, targets, member, list(labels), label_member)
+
+    def scores(self, probs: np.ndarray) -> np.ndarray:
+        """The judge's class probabilities (N, classes) as attribute scores (N, attributes)."""
+        return probs @ self.membership
+
+    def label_of(self, probs: np.ndarray) -> np.ndarray | None:
+        return (probs @ self.label_membership).argmax(1) if self.labels else None
+
+
 @torch.no_grad()
 def traverse(ae_dir: str | Path, model_dir: str | Path, feature_net: str | Path, table_out: str | Path,
              per_image_out: str | Path, figure_out: str | Path, params: Mapping[str, Any],
@@ -104,10 +150,8 @@ def traverse(ae_dir: str | Path, model_dir: str | Path, feature_net: str | Path,
     set_threads(threads)
     device = select_device(params["device"])
     classes = list(params["classes"])
-    if params["neutral"] not in classes:
-        raise ValueError(f"trajectory.neutral: {params['neutral']!r} is not one of the classes {classes}")
-    neutral = classes.index(params["neutral"])
-    attributes = [i for i in range(len(classes)) if i != neutral]
+    view = AttributeView.of(classes, params["neutral"], params.get("attributes"), params.get("labels") or ())
+    neutral, k_all = classes.index(params["neutral"]), range(len(view.names))
     speed = Speed.from_params(params).enable(device)
     model = with_sampler(load_diffusion(model_dir, device, speed), "ddim")
     ae = load_autoencoder(ae_dir, device, speed)
@@ -129,6 +173,7 @@ def traverse(ae_dir: str | Path, model_dir: str | Path, feature_net: str | Path,
 
     z0, x0 = run()
     p0 = probs(x0)
+    f0 = view.scores(p0)
     labels = torch.full((n,), neutral, dtype=torch.long, device=device)
     e = penc(labels)
     control = [penc(torch.full_like(labels, penc.null_index))] if params["bezier_control"] == "null_prompt" else []
@@ -137,28 +182,32 @@ def traverse(ae_dir: str | Path, model_dir: str | Path, feature_net: str | Path,
     for alpha in params["alphas"]:
         for s in swaps:
             edits = {}
-            for a in attributes:
-                target = bezier([e, *control, penc(torch.full_like(labels, a))], float(alpha))
+            for k in k_all:
+                target = bezier([e, *control, penc(torch.full_like(labels, view.targets[k]))], float(alpha))
                 z, x = run(lambda i, cond, s=s, target=target: cond if i < s else target)
-                edits[a] = (z, x, probs(x))
+                edits[k] = (z, x, probs(x))
                 if alpha == params["alphas"][-1]:
-                    grid[(a, s)] = x[0]
+                    grid[(k, s)] = x[0]
             if alpha == params["alphas"][-1] and s == swaps[0]:
-                edits_first = {a: edits[a][0] for a in attributes}  # the latents of the poster's scatter
+                edits_first = {k: edits[k][0] for k in k_all}  # the latents of the poster's scatter
             timestep = int((model.scheduler.timesteps.tolist() + [0])[s])
-            for a in attributes:
-                z, x, p = edits[a]
+            scores = {j: view.scores(edits[j][2]) for j in k_all}
+            for k in k_all:
+                z, x, p = edits[k]
+                y = view.label_of(p0), view.label_of(p)
                 dist = perceptual(x, x0).double().cpu().numpy()
                 direction = (z - z0).flatten(1)
-                ref = reference.setdefault((alpha, a), direction)  # the earliest swap of this attribute and alpha
-                rows.append({"attribute": classes[a], "swap_step": s, "alpha": float(alpha),
-                             "cfrt": cfrt(p0, {j: edits[j][2] for j in attributes}, a),
-                             "cfrt_flip": cfrt_flip(p0, {j: edits[j][2] for j in attributes}, a),
-                             "flip_rate": float(np.mean(p.argmax(1) == a)), perceptual.name: float(dist.mean()),
+                ref = reference.setdefault((alpha, k), direction)  # the earliest swap of this attribute and alpha
+                flipped = p.argmax(1) == view.targets[k]
+                rows.append({"attribute": view.names[k], "swap_step": s, "alpha": float(alpha),
+                             "cfrt": cfrt(f0, scores, k, labels=None if y[0] is None else y),
+                             "cfrt_flip": float(np.mean(cfrt_conditions(f0, scores, k, lambda f: f > 0.5, [])
+                                                        ["specific"] & flipped)),
+                             "flip_rate": float(np.mean(flipped)), perceptual.name: float(dist.mean()),
                              "cos_direction": float(F.cosine_similarity(direction, ref, dim=1, eps=1e-12).mean()),
                              "timestep": timestep})
-                per += [{"sample": i, "attribute": classes[a], "swap_step": s, "alpha": float(alpha),
-                         "p_attribute": float(p[i, a]), "p_attribute_neutral": float(p0[i, a]),
+                per += [{"sample": i, "attribute": view.names[k], "swap_step": s, "alpha": float(alpha),
+                         "p_attribute": float(scores[k][i, k]), "p_attribute_neutral": float(f0[i, k]),
                          "predicted": classes[int(p[i].argmax())], perceptual.name: float(dist[i])} for i in range(n)]
     table = pd.DataFrame(rows)
     for key in ("seed", "setting", "variant"):
@@ -166,9 +215,9 @@ def traverse(ae_dir: str | Path, model_dir: str | Path, feature_net: str | Path,
     table = table.assign(neutral=params["neutral"], samples=n)
     write_parquet(pd.DataFrame(per), per_image_out)
     write_parquet(table, table_out)
-    _traversal_figure(x0[0], grid, attributes, figure_out)
+    _traversal_figure(x0[0], grid, list(k_all), figure_out)
     if latents_out is not None:
-        _latent_figure(z0, {classes[a]: edits_first[a] for a in attributes}, params["neutral"], latents_out)
+        _latent_figure(z0, {view.names[k]: edits_first[k] for k in k_all}, params["neutral"], latents_out)
     log.info("trajectory traversal from %r (%d samples):\n%s", params["neutral"], n,
              table.drop(columns=["variant", "setting", "seed", "neutral", "samples"]).round(3).to_string(index=False))
     return table

@@ -214,3 +214,30 @@ def test_the_xray_config_merges_over_the_default_into_a_valid_plan(monkeypatch):
     assert plan.classes == ["normal", "effusion", "cardiomegaly"] and "interpolation" not in plan.config
     assert plan.config["data"]["embedded"]["modality"] == "xray" and "ome" in plan.config["diffusion"]["prompts"]
     assert plan.preprocess_params()["aperture"] == "none"
+
+
+def test_attribute_set_classes_get_composed_prompts_and_trajectory_attributes(merged):
+    """A class a+b without a prompt: a's prompt and b's phrase; an explicit prompt wins; trajectory attributes
+    name the class <neutral>+<attribute> or <attribute>; labels must be parts of the classes."""
+    from pipeline_lib.config import check_class_names, compose_prompts, fill_defaults
+
+    edits = {"data.classes": ["mel", "nv", "mel+hair", "nv+hair"],
+             "diffusion.prompts": {"mel": "A melanoma.", "nv": "A nevus.", "nv+hair": "A hairy nevus."},
+             "diffusion.attribute_phrases": {"hair": "With hair."}, "trajectory.neutral": "mel",
+             "trajectory.attributes": ["hair"], "trajectory.labels": ["mel", "nv"], "interpolation.classes": None}
+
+    def checked(changes):
+        cfg = fill_defaults(drop_nulls(merged(lambda c: [_set(c, k, v) for k, v in changes.items()])))
+        cfg["diffusion"]["prompts"] = dict(changes["diffusion.prompts"])  # replaced, not merged with the default's
+        compose_prompts(cfg)
+        check_class_names(cfg)
+        return cfg
+
+    prompts = checked(edits)["diffusion"]["prompts"]
+    assert prompts["mel+hair"] == "A melanoma. With hair." and prompts["nv+hair"] == "A hairy nevus."
+    with pytest.raises(ValueError, match=r"trajectory.attributes: 'ink' has neither the class 'mel\+ink' nor 'ink'"):
+        checked({**edits, "trajectory.attributes": ["ink"]})
+    with pytest.raises(ValueError, match=r"trajectory.labels: \['bcc'\] are in no class"):
+        checked({**edits, "trajectory.labels": ["bcc"]})
+    with pytest.raises(ValueError, match=r"missing \['mel\+hair'\] \(a class a\+b may instead"):
+        checked({**edits, "diffusion.attribute_phrases": {}})

@@ -113,3 +113,20 @@ def test_the_report_gives_the_posters_table_shape(tmp_path):
     assert t["interpolation_cfrt_mean"] == pytest.approx(0.35)  # (0.3 + 0.4) / 2
     assert t["interpolation_domain_perceptual_mean"] == pytest.approx(1.5) and t["swap_domain_perceptual_mean"] == 3
     assert t["swap_cfrt"] == "0.850 (± 0.071)" and t["n_seeds"] == 2
+
+
+def test_the_attribute_view_of_attribute_set_classes():
+    """ISIC-like classes (diagnosis, diagnosis + artefact): hair's edit from mel embeds mel+hair; an attribute's
+    score is the summed probability of the classes holding it; y is the diagnosis with the larger sum."""
+    from pipeline_lib.trajectory import AttributeView
+
+    view = AttributeView.of(["mel", "nv", "mel+hair", "nv+hair", "mel+ink"], "mel", ["hair", "ink"], ["mel", "nv"])
+    assert view.names == ["hair", "ink"] and view.targets == [2, 4]
+    probs = np.array([[0.1, 0.2, 0.3, 0.3, 0.1]])
+    np.testing.assert_allclose(view.scores(probs), [[0.6, 0.1]])
+    assert view.label_of(probs).tolist() == [0]  # mel 0.5 vs nv 0.5: the first, as argmax
+    assert view.label_of(np.array([[0.1, 0.2, 0.1, 0.5, 0.1]])).tolist() == [1]
+    single = AttributeView.of(["normal", "ome", "com"], "normal")  # one class per image: the other classes
+    assert single.names == ["ome", "com"] and single.targets == [1, 2] and single.label_of(probs[:, :3]) is None
+    with pytest.raises(ValueError, match=r"trajectory.attributes: 'ruler' has neither the class 'mel\+ruler'"):
+        AttributeView.of(["mel", "nv"], "mel", ["ruler"])
