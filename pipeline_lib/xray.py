@@ -5,13 +5,15 @@ radiographs, written as 12-bit values in 16-bit grey PNGs, so the grey and 16-bi
 A frame (PA view, the patient's right on the image's left) has air around a thorax of soft tissue, two dark lung
 fields with vessel markings fanning out from the hila, hemidiaphragm domes, posterior ribs and clavicles, the
 spine and mediastinum, and the heart shadow. Intensities follow the display convention of a MONOCHROME2
-radiograph: dense (bone, fluid, heart) is bright, air is dark. The classes are three CheXpert findings, drawn
+radiograph: dense (bone, fluid, heart) is bright, air is dark. The classes are two CheXpert findings, alone or together, drawn
 after their radiographic signs:
 
 * ``normal``: cardiothoracic ratio (heart width over thoracic width) 0.38 .. 0.52, sharp costophrenic angles;
 * ``effusion``: pleural effusion: a homogeneous opacity at the base of one or both lungs with a meniscus that rises
   towards the chest wall, from a blunted costophrenic angle to a third of the lung;
-* ``cardiomegaly``: cardiothoracic ratio 0.50 .. 0.68 (above 0.5 is the usual threshold).
+* ``cardiomegaly``: cardiothoracic ratio 0.50 .. 0.68 (above 0.5 is the usual threshold);
+* ``effusion+cardiomegaly``: both, drawn independently (an attribute-set class: the trajectory traversal's
+  "other attributes unchanged" condition has another attribute to keep).
 
 The classes overlap on purpose (a shallow inspiration raises the diaphragm and widens a normal heart; a small
 effusion is a blunted angle that a normal frame can also show faintly), so a classifier on real data does not
@@ -26,7 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-CLASSES = ("normal", "effusion", "cardiomegaly")
+CLASSES = ("normal", "effusion", "cardiomegaly", "effusion+cardiomegaly")  # the last: both findings
 MAX_VALUE = 4095  # 12 bits stored, as most computed and digital radiography detectors
 
 
@@ -43,6 +45,7 @@ def make_xray(label: str, rng: np.random.Generator, height: int = 96, width: int
     ``camera`` is a ``pipeline_lib.data.Camera`` (None: the default one)."""
     if label not in CLASSES:
         raise ValueError(f"label must be one of {CLASSES}, got {label!r}")
+    findings = set(label.split("+"))
     gain = float(np.mean(camera.colour_gain)) if camera is not None else 1.0
     blur = float(camera.blur_sigma) if camera is not None else 0.0
     scale = float(camera.aperture_scale) if camera is not None else 1.0
@@ -80,7 +83,7 @@ def make_xray(label: str, rng: np.random.Generator, height: int = 96, width: int
     # Pleural effusion: fluid, as dense as soft tissue, fills the lung base up to a meniscus that rises towards the
     # chest wall.
     sides = [-1, 1]
-    if label == "effusion":
+    if "effusion" in findings:
         chosen = sides if rng.random() < 0.35 else [int(rng.choice(sides))]
         amounts = {s: rng.uniform(0.04, 0.16) for s in chosen}
     elif rng.random() < 0.12:  # a faintly blunted angle in a frame without effusion: the confounder
@@ -123,7 +126,7 @@ def make_xray(label: str, rng: np.random.Generator, height: int = 96, width: int
     img += 0.22 * np.exp(-(x / 0.13) ** 2) * (y > 0.02)
     img -= 0.12 * np.exp(-(x / 0.035) ** 2) * ((y > 0.0) & (y < 0.35))
     # Heart: an ellipse over the lower mediastinum, shifted to the patient's left; its width is the CTR.
-    ctr = rng.uniform(0.50, 0.68) if label == "cardiomegaly" else rng.uniform(0.38, 0.46) + 0.06 * inspiration
+    ctr = rng.uniform(0.50, 0.68) if "cardiomegaly" in findings else rng.uniform(0.38, 0.46) + 0.06 * inspiration
     heart_half = ctr * 1.0  # thoracic width is 2 in x
     hcx = 0.28 * heart_half + rng.uniform(-0.03, 0.03)
     hcy = base - 0.2 - rng.uniform(0.0, 0.04)

@@ -89,7 +89,7 @@ CONFIG_CASES = {  # name: ({dotted key: value}, the error expected)
                              r"mean inception_v3"),
     "otoscopy classes on the embedded x-rays": ({"data.embedded.modality": "xray"},
                                                 r"data.classes: the embedded xray data has the classes \['normal', "
-                                                r"'effusion', 'cardiomegaly'\], got \['normal', 'ome', 'com'\]"),
+                                                r"'effusion', 'cardiomegaly', 'effusion\+cardiomegaly'\], got \['normal'"),
     "a class without a prompt": ({"diffusion.prompts.com": None},
                                  r"diffusion.prompts: expected a prompt for every class of data.classes, missing "
                                  r"\['com'\]"),
@@ -211,7 +211,9 @@ def test_the_xray_config_merges_over_the_default_into_a_valid_plan(monkeypatch):
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     update_config(cfg, yaml.safe_load((ROOT / "config" / "xray.yaml").read_text()))
     plan = Plan.from_config(cfg, check_timm=False)
-    assert plan.classes == ["normal", "effusion", "cardiomegaly"] and "interpolation" not in plan.config
+    assert plan.classes == ["normal", "effusion", "cardiomegaly", "effusion+cardiomegaly"]
+    assert "interpolation" not in plan.config and plan.diffusion_params("class")["prompts"]["effusion+cardiomegaly"] \
+        == "Chest radiograph with a pleural effusion blunting the costophrenic angle. The cardiac silhouette is enlarged."
     assert plan.config["data"]["embedded"]["modality"] == "xray" and "ome" in plan.config["diffusion"]["prompts"]
     assert plan.preprocess_params()["aperture"] == "none"
 

@@ -93,9 +93,12 @@ def test_xray_findings_show_their_signs():
         return np.mean([np.concatenate([_xray(label, i)[rows, c].ravel() for c in cols]).mean() for i in range(30)])
 
     bases = (slice(62, 80), [slice(8, 30), slice(66, 88)])
+    both = "effusion+cardiomegaly"  # both findings, drawn independently
     beside_heart = (slice(50, 66), [slice(20, 34), slice(62, 76)])
     assert mean_over("effusion", *bases) > 1.08 * max(mean_over("normal", *bases), mean_over("cardiomegaly", *bases))
     assert mean_over("cardiomegaly", *beside_heart) > 1.08 * mean_over("normal", *beside_heart)
+    assert mean_over(both, *bases) > 1.08 * mean_over("cardiomegaly", *bases)
+    assert mean_over(both, *beside_heart) > mean_over("effusion", *beside_heart)
 
 
 def test_xray_external_detector_lowers_exposure_and_blurs():
@@ -110,11 +113,11 @@ def test_ingest_embedded_xray_writes_16_bit_grey_pngs(tmp_path):
     params = _embedded_params(1) | {"classes": list(XRAY)}
     params["embedded"] |= {"modality": "xray", "height": 48, "width": 48}
     df = ingest(tmp_path / "manifest.parquet", tmp_path / "images", params)
-    assert set(df["label"]) == set(XRAY) and len(df) == 3 * 4
+    assert set(df["label"]) == set(XRAY) and len(df) == 4 * 4
     image, record = read_image(tmp_path / df["path"].iloc[0], intensity={"rule": "percentile", "percentiles": [0.5, 99.5]})
     assert record["photometric"] == "I;16" and record["bit_depth"] == 16 and image.shape == (48, 48, 3)
     with pytest.raises(ValueError, match=r"data.classes: the embedded xray data has the classes \['normal', "
-                                         r"'effusion', 'cardiomegaly'\], got \['normal', 'ome', 'com'\]"):
+                                         r"'effusion', 'cardiomegaly', 'effusion\+cardiomegaly'\], got \['normal'"):
         ingest(tmp_path / "m2.parquet", tmp_path / "images2", params | {"classes": list(CLASSES)})
 
 
