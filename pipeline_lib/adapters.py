@@ -168,14 +168,16 @@ def isic2019_manifest(params: Mapping[str, Any]) -> pd.DataFrame:
     """ISIC 2019 as a manifest: ``ISIC_2019_Training_GroundTruth.csv`` (image and one column per diagnosis, one-hot)
     gives the label (the lower-case diagnosis; only ``diagnoses`` are kept), the metadata CSV (if given) the lesion
     id that keeps a lesion's images in one split, and an artefact-annotation CSV (image and a 0 / 1 column per
-    artefact: hair, gel_bubble, ink, ruler, ...) the attribute columns. Images ``<image>.jpg`` below data.path."""
+    artefact: hair, gel_bubble, ink, ruler, ...) the attribute columns; with ``attribute_labels`` the label is the
+    diagnosis and the artefacts present (``mel+hair``: an attribute-set class; others left out and counted).
+    Images ``<image>.jpg`` below data.path."""
     root, cfg, classes = Path(params["path"]), params["isic2019"], list(params["classes"])
     truth = _csv(root / cfg["ground_truth"], "data.isic2019.ground_truth", ["image", *cfg["diagnoses"]],
                  "ISIC_2019_Training_GroundTruth.csv: image and one-hot diagnosis columns")
     onehot = truth[list(cfg["diagnoses"])].to_numpy() == 1.0
     truth = truth[onehot.any(axis=1)].copy()
     truth["label"] = [cfg["diagnoses"][i].lower() for i in onehot[onehot.any(axis=1)].argmax(axis=1)]
-    unknown = sorted(set(truth["label"]) - set(classes))
+    unknown = sorted(set(truth["label"]) - {c.split("+")[0] for c in classes})
     if unknown:
         raise ValueError(f"{root / cfg['ground_truth']}: diagnoses {unknown} (data.isic2019.diagnoses) are not in "
                          f"data.classes {classes}")
@@ -196,6 +198,13 @@ def isic2019_manifest(params: Mapping[str, Any]) -> pd.DataFrame:
                              f" images, first: {art.index[art.isna().any(axis=1)][0]}")
         for n in names:
             df[f"{ATTRIBUTE_PREFIX}{n}"] = art[n].astype(int).to_numpy()
+        if cfg.get("attribute_labels"):  # the label: the diagnosis and the artefacts present (mel+hair+ruler)
+            present = art[names].to_numpy() == 1
+            df["label"] = ["+".join([dx, *(n for n, p in zip(names, row) if p)]) for dx, row in zip(df["label"], present)]
+            keep = df["label"].isin(classes)
+            log.info("ISIC 2019: %d images kept, left out by label: %s", int(keep.sum()),
+                     df.loc[~keep, "label"].value_counts().to_dict())
+            df = df[keep].reset_index(drop=True)
     df["split"] = grouped_split(df["group"], df["label"], cfg["split_fractions"], int(params["seed"]),
                                 "data.isic2019.split_fractions").to_numpy()
     df["path"] = find_images(root, df["image_id"]).to_numpy()

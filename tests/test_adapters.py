@@ -186,5 +186,9 @@ def test_isic2019_diagnoses_lesion_groups_and_artefact_attributes(tmp_path):
     art = pd.read_csv(root / "artefacts.csv").set_index("image")
     for name in cfg["attributes"]:
         assert (df[f"attr_{name}"].to_numpy() == art.loc[df["image_id"], name].to_numpy()).all()
+    combos = ingest(tmp_path / "mc.parquet", tmp_path / "img", params | {
+        "classes": ["mel", "nv", "mel+hair", "nv+hair"], "isic2019": cfg | {"attributes": ["hair"], "attribute_labels": True}})
+    assert set(combos["label"]) == {"mel", "nv", "mel+hair", "nv+hair"} and len(combos) == 16
+    assert ((combos["attr_hair"] == 1) == combos["label"].str.endswith("+hair")).all()
     with pytest.raises(ValueError, match=r"diagnoses \['bcc'\] .* are not in data.classes"):
         ingest(tmp_path / "m2.parquet", tmp_path / "img", params | {"isic2019": cfg | {"diagnoses": ["MEL", "NV", "BCC"]}})
