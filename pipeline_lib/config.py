@@ -166,12 +166,13 @@ def check_class_names(cfg: dict) -> None:
                              f" (a class a+b may instead have a's prompt and diffusion.attribute_phrases.b)")
     if "trajectory" in cfg:
         t = cfg["trajectory"]
-        if t["neutral"] not in classes:
-            raise ValueError(f"trajectory.neutral: {t['neutral']!r} is not one of data.classes {classes}")
-        for a in t.get("attributes") or []:  # an attribute's edit embeds the class <neutral>+<attribute> or <attribute>
-            if f"{t['neutral']}+{a}" not in classes and a not in classes:
-                raise ValueError(f"trajectory.attributes: {a!r} has neither the class {t['neutral'] + '+' + a!r} nor "
-                                 f"{a!r} in data.classes {classes}")
+        for neutral in [t["neutral"]] if isinstance(t["neutral"], str) else t["neutral"]:
+            if neutral not in classes:
+                raise ValueError(f"trajectory.neutral: {neutral!r} is not one of data.classes {classes}")
+            for a in t.get("attributes") or []:  # an attribute's edit embeds the class <neutral>+<attribute> or <attribute>
+                if f"{neutral}+{a}" not in classes and a not in classes:
+                    raise ValueError(f"trajectory.attributes: {a!r} has neither the class {neutral + '+' + a!r} nor "
+                                     f"{a!r} in data.classes {classes}")
         parts = {p for c in classes for p in c.split("+")}
         missing = [lab for lab in t.get("labels") or [] if lab not in parts]
         if missing:

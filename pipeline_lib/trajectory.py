@@ -146,21 +146,55 @@ class AttributeView:
 def traverse(ae_dir: str | Path, model_dir: str | Path, feature_net: str | Path, table_out: str | Path,
              per_image_out: str | Path, figure_out: str | Path, params: Mapping[str, Any],
              threads: int | None = None, latents_out: str | Path | None = None) -> pd.DataFrame:
-    """Entry point of the trajectory rule for one (variant, setting, seed)."""
+    """Entry point of the trajectory rule for one (variant, setting, seed). ``trajectory.neutral`` is a class or a
+    list of them (the poster's MEL and NV rows): each is traversed from its own neutral images."""
     set_threads(threads)
     device = select_device(params["device"])
     classes = list(params["classes"])
-    view = AttributeView.of(classes, params["neutral"], params.get("attributes"), params.get("labels") or ())
-    neutral, k_all = classes.index(params["neutral"]), range(len(view.names))
+    neutrals = [params["neutral"]] if isinstance(params["neutral"], str) else list(params["neutral"])
+    views = [AttributeView.of(classes, name, params.get("attributes"), params.get("labels") or ()) for name in neutrals]
     speed = Speed.from_params(params).enable(device)
     model = with_sampler(load_diffusion(model_dir, device, speed), "ddim")
     ae = load_autoencoder(ae_dir, device, speed)
     classifier = load_feature_net(feature_net, device)
     perceptual = load_perceptual(params["perceptual"], feature_net, device)
-    penc, c = model.prompt_encoder, model.unet.config
+    c = model.unet.config
     shape, n = (c.in_channels, c.sample_size, c.sample_size), int(params["samples"])
+    steps = int(params["num_inference_steps"])
+    swaps = swap_steps(params["swap_fractions"], steps)  # ascending: the first is every edit's reference
+    rows, per, figure_rows, first = [], [], [], None
+    for ni, (name, view) in enumerate(zip(neutrals, views)):
+        key = [int(params["seed"]), 7919] + ([ni] if ni else [])  # the first neutral: the single-neutral noise
+        noise_seed = int(np.random.SeedSequence(key).generate_state(1)[0])
+        out = _from_neutral(model, ae, classifier, perceptual, classes, classes.index(name), view, swaps, shape, n,
+                            noise_seed, params, speed, device)
+        rows += [{"neutral": name, **r} for r in out["rows"]]
+        per += [{"neutral": name, **r} for r in out["per"]]
+        figure_rows += [torch.cat([out["x0"][0], *(out["grid"][(k, s)] for s in swaps)], dim=-1)
+                        for k in range(len(view.names))]
+        first = first or (name, view, out)
+    table = pd.DataFrame(rows)
+    for key in ("seed", "setting", "variant"):
+        table.insert(0, key, params[key])
+    table = table.assign(samples=n)
+    write_parquet(pd.DataFrame(per), per_image_out)
+    write_parquet(table, table_out)
+    write_png(to_uint8(torch.cat(figure_rows, dim=-2)[None])[0], figure_out)  # a row per (neutral, attribute)
+    if latents_out is not None:
+        name, view, out = first  # the first neutral's
+        _latent_figure(out["z0"], {view.names[k]: z for k, z in out["edits_first"].items()}, name, latents_out)
+    log.info("trajectory traversal from %s (%d samples each):\n%s", neutrals, n,
+             table.drop(columns=["variant", "setting", "seed", "samples"]).round(3).to_string(index=False))
+    return table
+
+
+def _from_neutral(model, ae, classifier, perceptual, classes: Sequence[str], neutral: int, view: AttributeView,
+                  swaps: Sequence[int], shape: tuple[int, ...], n: int, noise_seed: int, params: Mapping[str, Any],
+                  speed: Speed, device: torch.device) -> dict[str, Any]:
+    """The traversal from one neutral class: every attribute, swap step and Bezier position, on ``n`` samples of
+    the same initial noise."""
+    penc = model.prompt_encoder
     steps, guidance = int(params["num_inference_steps"]), float(params["guidance_scale"])
-    noise_seed = int(np.random.SeedSequence([int(params["seed"]), 7919]).generate_state(1)[0])
 
     def run(cond_at=None) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(noise_seed)  # the same x_T (and style / references) for every edit
@@ -171,13 +205,13 @@ def traverse(ae_dir: str | Path, model_dir: str | Path, feature_net: str | Path,
     def probs(x: torch.Tensor) -> np.ndarray:
         return F.softmax(classifier(x), 1).double().cpu().numpy()
 
+    k_all = range(len(view.names))
     z0, x0 = run()
     p0 = probs(x0)
     f0 = view.scores(p0)
     labels = torch.full((n,), neutral, dtype=torch.long, device=device)
     e = penc(labels)
     control = [penc(torch.full_like(labels, penc.null_index))] if params["bezier_control"] == "null_prompt" else []
-    swaps = swap_steps(params["swap_fractions"], steps)  # ascending: the first is every edit's reference
     rows, per, grid, reference, edits_first = [], [], {}, {}, {}
     for alpha in params["alphas"]:
         for s in swaps:
@@ -201,7 +235,7 @@ def traverse(ae_dir: str | Path, model_dir: str | Path, feature_net: str | Path,
                 flipped = p.argmax(1) == view.targets[k]
                 rows.append({"attribute": view.names[k], "swap_step": s, "alpha": float(alpha),
                              "cfrt": cfrt(f0, scores, k, labels=None if y[0] is None else y),
-                             "cfrt_flip": float(np.mean(cfrt_conditions(f0, scores, k, lambda f: f > 0.5, [])
+                             "cfrt_flip": float(np.mean(cfrt_conditions(f0, scores, k, present_above_half, [])
                                                         ["specific"] & flipped)),
                              "flip_rate": float(np.mean(flipped)), perceptual.name: float(dist.mean()),
                              "cos_direction": float(F.cosine_similarity(direction, ref, dim=1, eps=1e-12).mean()),
@@ -209,18 +243,7 @@ def traverse(ae_dir: str | Path, model_dir: str | Path, feature_net: str | Path,
                 per += [{"sample": i, "attribute": view.names[k], "swap_step": s, "alpha": float(alpha),
                          "p_attribute": float(scores[k][i, k]), "p_attribute_neutral": float(f0[i, k]),
                          "predicted": classes[int(p[i].argmax())], perceptual.name: float(dist[i])} for i in range(n)]
-    table = pd.DataFrame(rows)
-    for key in ("seed", "setting", "variant"):
-        table.insert(0, key, params[key])
-    table = table.assign(neutral=params["neutral"], samples=n)
-    write_parquet(pd.DataFrame(per), per_image_out)
-    write_parquet(table, table_out)
-    _traversal_figure(x0[0], grid, list(k_all), figure_out)
-    if latents_out is not None:
-        _latent_figure(z0, {view.names[k]: edits_first[k] for k in k_all}, params["neutral"], latents_out)
-    log.info("trajectory traversal from %r (%d samples):\n%s", params["neutral"], n,
-             table.drop(columns=["variant", "setting", "seed", "neutral", "samples"]).round(3).to_string(index=False))
-    return table
+    return {"rows": rows, "per": per, "grid": grid, "x0": x0, "z0": z0, "edits_first": edits_first}
 
 
 def _latent_figure(neutral: torch.Tensor, edited: Mapping[str, torch.Tensor], name: str, path: str | Path) -> None:
@@ -245,11 +268,3 @@ def _latent_figure(neutral: torch.Tensor, edited: Mapping[str, torch.Tensor], na
     ax.legend(fontsize=7)
     ax.set_title("generated latents", fontsize=8)
     save_figure(fig, path)
-
-
-def _traversal_figure(neutral: torch.Tensor, grid: Mapping[tuple[int, int], torch.Tensor], attributes: Sequence[int],
-                      path: str | Path) -> None:
-    """One row per attribute: the neutral image, then the edits swapped at ever later steps (alpha = last)."""
-    steps = sorted({s for _, s in grid})
-    rows = [torch.cat([neutral, *(grid[(a, s)] for s in steps)], dim=-1) for a in attributes]
-    write_png(to_uint8(torch.cat(rows, dim=-2)[None])[0], path)

@@ -130,3 +130,20 @@ def test_the_attribute_view_of_attribute_set_classes():
     assert single.names == ["ome", "com"] and single.targets == [1, 2] and single.label_of(probs[:, :3]) is None
     with pytest.raises(ValueError, match=r"trajectory.attributes: 'ruler' has neither the class 'mel\+ruler'"):
         AttributeView.of(["mel", "nv"], "mel", ["ruler"])
+
+
+def test_several_neutral_classes_each_get_their_traversal(class_model, tiny_ae, tiny_feature_net, tmp_path,
+                                                         tiny_config):
+    """trajectory.neutral as a list (the poster's MEL and NV rows): each neutral class's rows, the first one's
+    numbers those of a single-neutral run (the same noise)."""
+    params = {"neutral": ["normal", "ome"], "attributes": ["com"], "swap_fractions": [0.0], "alphas": [1.0],
+              "bezier_control": "none", "samples": 2, "num_inference_steps": 3, "guidance_scale": 2.0,
+              "style_sigma": None, "perceptual": tiny_config["perceptual"], "variant": "class", "setting": "cfg2",
+              "seed": 0, "device": "cpu", "classes": tiny_config["data"]["classes"]}
+    both = traverse(tiny_ae, class_model, tiny_feature_net, tmp_path / "t.parquet", tmp_path / "p.parquet",
+                    tmp_path / "t.png", params)
+    assert both["neutral"].tolist() == ["normal", "ome"] and set(both["attribute"]) == {"com"}
+    one = traverse(tiny_ae, class_model, tiny_feature_net, tmp_path / "o.parquet", tmp_path / "q.parquet",
+                   tmp_path / "o.png", {**params, "neutral": "normal"})
+    pd.testing.assert_frame_equal(both[both["neutral"] == "normal"].reset_index(drop=True), one)
+    assert set(pd.read_parquet(tmp_path / "p.parquet")["neutral"]) == {"normal", "ome"}
