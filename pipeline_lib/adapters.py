@@ -161,9 +161,6 @@ def _chexpert_file(root: Path, csv_folder: Path, path: str) -> str:
     return str(root / path)  # not there: normalise_manifest names the missing files
 
 
-ISIC_DIAGNOSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
-
-
 def isic2019_manifest(params: Mapping[str, Any]) -> pd.DataFrame:
     """ISIC 2019 as a manifest: ``ISIC_2019_Training_GroundTruth.csv`` (image and one column per diagnosis, one-hot)
     gives the label (the lower-case diagnosis; only ``diagnoses`` are kept), the metadata CSV (if given) the lesion
@@ -193,14 +190,16 @@ def isic2019_manifest(params: Mapping[str, Any]) -> pd.DataFrame:
         art = _csv(root / cfg["artefacts"], "data.isic2019.artefacts", ["image", *names],
                    "an artefact-annotation CSV: image and a 0 / 1 column per artefact")
         art = art.set_index("image")[names].reindex(df["image_id"])
-        if art.isna().any(axis=1).any():
-            raise ValueError(f"{root / cfg['artefacts']}: no artefact annotation for {int(art.isna().any(axis=1).sum())}"
-                             f" images, first: {art.index[art.isna().any(axis=1)][0]}")
+        unannotated = art.index[art.isna().any(axis=1)]
+        if len(unannotated):
+            raise ValueError(f"{root / cfg['artefacts']}: no artefact annotation for {len(unannotated)} images, "
+                             f"first: {unannotated[0]}")
         for n in names:
             df[f"{ATTRIBUTE_PREFIX}{n}"] = art[n].astype(int).to_numpy()
         if cfg.get("attribute_labels"):  # the label: the diagnosis and the artefacts present (mel+hair+ruler)
             present = art[names].to_numpy() == 1
-            df["label"] = ["+".join([dx, *(n for n, p in zip(names, row) if p)]) for dx, row in zip(df["label"], present)]
+            df["label"] = ["+".join([dx, *(n for n, p in zip(names, row) if p)])
+                           for dx, row in zip(df["label"], present)]
             keep = df["label"].isin(classes)
             log.info("ISIC 2019: %d images kept, left out by label: %s", int(keep.sum()),
                      df.loc[~keep, "label"].value_counts().to_dict())

@@ -169,7 +169,7 @@ def check_class_names(cfg: dict) -> None:
         for neutral in [t["neutral"]] if isinstance(t["neutral"], str) else t["neutral"]:
             if neutral not in classes:
                 raise ValueError(f"trajectory.neutral: {neutral!r} is not one of data.classes {classes}")
-            for a in t.get("attributes") or []:  # an attribute's edit embeds the class <neutral>+<attribute> or <attribute>
+            for a in t.get("attributes") or []:  # an edit embeds the class <neutral>+<attribute>, else <attribute>
                 if f"{neutral}+{a}" not in classes and a not in classes:
                     raise ValueError(f"trajectory.attributes: {a!r} has neither the class {neutral + '+' + a!r} nor "
                                      f"{a!r} in data.classes {classes}")
@@ -301,7 +301,8 @@ class Plan:
     @classmethod
     def from_config(cls, cfg: dict, schema_file: str | Path = SCHEMA, check_timm: bool = True) -> "Plan":
         """Drop the nulls, check the schema (every problem at once), fill the defaults, check local paths,
-        counts and archs, expand the grid, check the keys that name classes. Edits ``cfg`` in place (it is Snakemake's ``config``)."""
+        counts and archs, expand the grid, check the keys that name classes. Edits ``cfg`` in place (it is
+        Snakemake's ``config``)."""
         drop_nulls(cfg)
         check_schema(cfg, schema_file)
         fill_defaults(cfg, schema_file)

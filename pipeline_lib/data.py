@@ -1,9 +1,10 @@
 """Embedded data and ingest.
 
 The embedded data set is procedural, in one of two modalities (``data.embedded.modality``): ``otoscopy``, RGB
-frames drawn here, and ``xray``, grey 16-bit chest radiographs (``pipeline_lib.xray``). ``make_image`` draws a seeded, procedural, otoscopy-like RGB frame: a bright circular field of view on black
-(varying centre, radius and offset), ear-canal skin, and a tympanic membrane whose look depends on the class,
-after the class descriptions of the CLUE paper (section 4.2, Table 1):
+frames drawn here, and ``xray``, grey 16-bit chest radiographs (``pipeline_lib.xray``). ``make_image`` draws a
+seeded, procedural, otoscopy-like RGB frame: a bright circular field of view on black (varying centre, radius and
+offset), ear-canal skin, and a tympanic membrane whose look depends on the class, after the class descriptions
+of the CLUE paper (section 4.2, Table 1):
 
 * ``normal``: intact, translucent membrane, light reflex, malleus handle, no fluid, no perforation;
 * ``ome``: fluid behind an intact membrane: amber hue of varying strength, often an air-fluid line, bubbles;

@@ -71,14 +71,20 @@ BUILT_IN_SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "linear", "be
                      "prediction_type": "v_prediction", "timestep_spacing": "leading", "steps_offset": 1}
 
 
-def pretrained_schedule(folder: str | Path) -> dict[str, Any]:
-    """The noise schedule of a local Stable Diffusion folder (``scheduler/scheduler_config.json``: SD 1.5's PNDM
-    or SD 2.1's DDIM config, both read as the DDPM schedule they define)."""
+def folder_scheduler_config(folder: str | Path) -> dict[str, Any]:
+    """The raw ``scheduler/scheduler_config.json`` of a local Stable Diffusion folder (SD 1.5: a PNDM config,
+    SD 2.1: a DDIM one)."""
     path = Path(folder) / "scheduler" / "scheduler_config.json"
     if not path.is_file():
         raise FileNotFoundError(f"diffusion.pretrained: {path} not found; a diffusers Stable Diffusion folder has "
                                 f"scheduler/scheduler_config.json, the noise schedule its UNet was trained under")
-    config = DDPMScheduler.from_config(json.loads(path.read_text())).config
+    return json.loads(path.read_text())
+
+
+def pretrained_schedule(folder: str | Path) -> dict[str, Any]:
+    """The noise schedule of a local Stable Diffusion folder, its scheduler config read as the DDPM schedule it
+    defines."""
+    config = DDPMScheduler.from_config(folder_scheduler_config(folder)).config
     return {k: config[k] for k in BUILT_IN_SCHEDULE}
 
 
@@ -87,7 +93,7 @@ def sampling_scheduler(train: DDPMScheduler, params: Mapping[str, Any]) -> DDIMS
     ``set_alpha_to_one`` (SD 1.5 / 2.1: false, the last step ends at alpha-bar_0, not at 1)."""
     extra = {}
     if params.get("pretrained"):
-        raw = json.loads((Path(params["pretrained"]) / "scheduler" / "scheduler_config.json").read_text())
+        raw = folder_scheduler_config(params["pretrained"])
         extra = {k: raw[k] for k in ("set_alpha_to_one",) if k in raw}
     return DDIMScheduler.from_config({**train.config, **extra})
 

@@ -85,11 +85,14 @@ def cfrt(neutral: np.ndarray, edited: Mapping[int, np.ndarray], attribute: int,
     return float(np.mean(np.logical_and.reduce(list(conditions.values()))))
 
 
-def cfrt_flip(neutral: np.ndarray, edited: Mapping[int, np.ndarray], attribute: int) -> float:
-    """The first condition of CFRT and argmax f(x'_A) = A, with scores of one class per image (this stage's
-    earlier CFRT, kept under its own name)."""
+def cfrt_flip(neutral: np.ndarray, edited: Mapping[int, np.ndarray], attribute: int,
+              flipped: np.ndarray | None = None) -> float:
+    """The first condition of CFRT and the edit classified as the attribute's class (this stage's earlier CFRT,
+    kept under its own name). ``flipped`` (N,): that classification; by default argmax f(x'_A) = A, for scores
+    of one class per image."""
     specific = cfrt_conditions(neutral, edited, attribute, present_above_half, [])["specific"]
-    return float(np.mean(specific & (edited[attribute].argmax(1) == attribute)))
+    flipped = edited[attribute].argmax(1) == attribute if flipped is None else flipped
+    return float(np.mean(specific & flipped))
 
 
 def swap_steps(fractions: Sequence[float], steps: int) -> list[int]:
@@ -235,8 +238,7 @@ def _from_neutral(model, ae, classifier, perceptual, classes: Sequence[str], neu
                 flipped = p.argmax(1) == view.targets[k]
                 rows.append({"attribute": view.names[k], "swap_step": s, "alpha": float(alpha),
                              "cfrt": cfrt(f0, scores, k, labels=None if y[0] is None else y),
-                             "cfrt_flip": float(np.mean(cfrt_conditions(f0, scores, k, present_above_half, [])
-                                                        ["specific"] & flipped)),
+                             "cfrt_flip": cfrt_flip(f0, scores, k, flipped),
                              "flip_rate": float(np.mean(flipped)), perceptual.name: float(dist.mean()),
                              "cos_direction": float(F.cosine_similarity(direction, ref, dim=1, eps=1e-12).mean()),
                              "timestep": timestep})

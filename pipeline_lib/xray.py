@@ -5,8 +5,8 @@ radiographs, written as 12-bit values in 16-bit grey PNGs, so the grey and 16-bi
 A frame (PA view, the patient's right on the image's left) has air around a thorax of soft tissue, two dark lung
 fields with vessel markings fanning out from the hila, hemidiaphragm domes, posterior ribs and clavicles, the
 spine and mediastinum, and the heart shadow. Intensities follow the display convention of a MONOCHROME2
-radiograph: dense (bone, fluid, heart) is bright, air is dark. The classes are two CheXpert findings, alone or together, drawn
-after their radiographic signs:
+radiograph: dense (bone, fluid, heart) is bright, air is dark. The classes are two CheXpert findings, alone or
+together, drawn after their radiographic signs:
 
 * ``normal``: cardiothoracic ratio (heart width over thoracic width) 0.38 .. 0.52, sharp costophrenic angles;
 * ``effusion``: pleural effusion: a homogeneous opacity at the base of one or both lungs with a meniscus that rises

@@ -1,7 +1,7 @@
 """Conditioning on the class: the fixed-format prompt of each class (CLUE Table 1), embedded by a small learnt
 word-embedding table (``text.PromptEncoder``) or, with ``diffusion.text_encoder`` set, by a frozen local text
-encoder: the Stable Diffusion folder's own or an open_clip one (``text.FrozenTextEmbeddings``). The empty prompt is the unconditional input of
-classifier-free guidance. The CLUE and multi-level kinds extend this one (they keep the prompt)."""
+encoder: the Stable Diffusion folder's own or an open_clip one (``text.FrozenTextEmbeddings``). The empty prompt
+is the unconditional input of classifier-free guidance. The CLUE and multi-level kinds extend this one (they keep the prompt)."""
 from __future__ import annotations
 
 from pathlib import Path
