@@ -12,6 +12,7 @@ x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps and v_t = sqrt(abar_t) eps - sqrt(
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,8 @@ def build_unet(sample_size: int, channels: int, params: Mapping[str, Any], gated
 
 # The noise schedule's keys of ``diffusion`` (null: the pretrained folder's value, else the built-in one).
 BUILT_IN_SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
-                     "prediction_type": "v_prediction", "timestep_spacing": "leading", "steps_offset": 1}
+                     "prediction_type": "v_prediction", "timestep_spacing": "leading", "steps_offset": 1,
+                     "rescale_betas_zero_snr": False}
 
 
 def folder_scheduler_config(folder: str | Path) -> dict[str, Any]:
@@ -130,14 +132,34 @@ class DiffusionModel:
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
 
 
+def min_snr_weights(scheduler, t: torch.Tensor, gamma: float | None) -> torch.Tensor | None:
+    """Min-SNR-gamma loss weights of timesteps ``t`` (Hang et al. 2023, eq. 12 and section 3.4): with
+    SNR(t) = abar_t / (1 - abar_t), the weight min(SNR, gamma) / SNR of the epsilon loss is, for the v target
+    (whose loss is the epsilon loss times SNR + 1), min(SNR, gamma) / (SNR + 1). ``gamma`` None: no weights.
+    At a zero terminal SNR (``rescale_betas_zero_snr``) the last step's weight is 0 under v and 1 under epsilon
+    (min(SNR, gamma) / SNR taken as its limit)."""
+    if gamma is None:
+        return None
+    abar = scheduler.alphas_cumprod.to(t.device)[t].double()
+    snr = abar / (1 - abar)
+    clipped = torch.clamp(snr, max=float(gamma))
+    if scheduler.config.prediction_type == "v_prediction":
+        w = clipped / (snr + 1)
+    else:
+        w = torch.where(snr > 0, clipped / snr.clamp(min=1e-20), torch.ones_like(snr))
+    return w.float()
+
+
 def diffusion_loss(modules: Mapping[str, torch.nn.Module], conditioning: Conditioning, scheduler,
                    latents: torch.Tensor, labels: torch.Tensor, cond_dropout: float, gen: torch.Generator,
-                   batch: Sequence[torch.Tensor] = (), loss: str = "mse") -> dict[str, torch.Tensor]:
+                   batch: Sequence[torch.Tensor] = (), loss: str = "mse", snr_gamma: float | None = None
+                   ) -> dict[str, torch.Tensor]:
     """One denoising loss: eq. (8) of the CLUE paper for v-prediction (the simplified epsilon loss otherwise),
     squared error, or with ``loss = "l1"`` the absolute error (the multi-level paper, section III.E), plus the
     conditioning's own weighted terms (CLUE: lambda KL, eq. 11). ``modules`` holds the ``unet``, the
     ``prompt_encoder`` and the conditioning's modules; ``batch`` the conditioning's per-image inputs of the
-    batch (multi-level: the level tokens, dropped together with the prompt)."""
+    batch (multi-level: the level tokens, dropped together with the prompt). ``snr_gamma``: each image's error
+    weighted by ``min_snr_weights`` (the mean of the weighted per-image errors)."""
     unet, context_encoder = modules["unet"], modules["prompt_encoder"]
     b = latents.shape[0]
     noise = torch.randn(latents.shape, generator=gen).to(latents)
@@ -155,7 +177,12 @@ def diffusion_loss(modules: Mapping[str, torch.nn.Module], conditioning: Conditi
     if loss not in LOSSES:
         raise ValueError(f"diffusion.loss must be one of {sorted(LOSSES)}, got {loss!r}")
     terms = {name: value for name, (value, _) in aux.items()}
-    terms["denoise"] = total = LOSSES[loss](pred, target)
+    weights = min_snr_weights(scheduler, t, snr_gamma)
+    if weights is None:
+        terms["denoise"] = total = LOSSES[loss](pred, target)
+    else:
+        per_image = LOSSES[loss](pred, target, reduction="none").flatten(1).mean(1)
+        terms["denoise"] = total = (weights.to(per_image) * per_image).mean()
     for value, weight in aux.values():
         total = total + weight * value
     terms["loss"] = total
@@ -167,15 +194,16 @@ class Objective(torch.nn.Module):
     conditioning's modules may live inside the UNet's attention processors or outside the UNet)."""
 
     def __init__(self, modules: Mapping[str, torch.nn.Module], conditioning: Conditioning, scheduler,
-                 cond_dropout: float, loss: str = "mse"):
+                 cond_dropout: float, loss: str = "mse", snr_gamma: float | None = None):
         super().__init__()
         self.parts = torch.nn.ModuleDict(dict(modules))
         self.conditioning, self.scheduler, self.cond_dropout, self.loss = conditioning, scheduler, cond_dropout, loss
+        self.snr_gamma = snr_gamma
 
     def forward(self, latents: torch.Tensor, labels: torch.Tensor, gen: torch.Generator,
                 batch: Sequence[torch.Tensor] = ()) -> dict[str, torch.Tensor]:
         return diffusion_loss(self.parts, self.conditioning, self.scheduler, latents, labels, self.cond_dropout, gen,
-                              batch, self.loss)
+                              batch, self.loss, self.snr_gamma)
 
 
 def optimiser_step(model: torch.nn.Module, opt: torch.optim.Optimizer, mean: torch.Tensor, std: torch.Tensor,
@@ -196,6 +224,33 @@ def optimiser_step(model: torch.nn.Module, opt: torch.optim.Optimizer, mean: tor
         parts.append({k: v.detach() for k, v in terms.items()})
     opt.step()
     return {k: torch.stack([p[k] for p in parts]).mean() for k in parts[0]}
+
+
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def learning_rate_schedule(opt: torch.optim.Optimizer, params: Mapping[str, Any]
+                           ) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate of step s (counted from 0) as a multiple of ``lr``: a linear warm-up over
+    ``lr_warmup_steps`` (min(1, (s + 1) / warm-up)), then ``lr_schedule`` over the remaining steps: constant
+    (CLUE Table 3), cosine to 0 (Loshchilov and Hutter 2017) or linear to 0. Stepped once per optimiser step;
+    its state is checkpointed, so a resumed run has the same rates."""
+    kind, total = params.get("lr_schedule", "constant"), int(params["steps"])
+    warm = int(params.get("lr_warmup_steps", 0))
+    if kind not in LR_SCHEDULES:
+        raise ValueError(f"diffusion.lr_schedule must be one of {list(LR_SCHEDULES)}, got {kind!r}")
+    if warm >= total:
+        log.warning("diffusion.lr_warmup_steps %d >= steps %d: the learning rate never reaches lr", warm, total)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total - warm)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - progress if kind == "linear" else 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, log_table: str | Path,
@@ -244,16 +299,18 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
              ", ".join(f"{k} {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M" for k, m in modules.items()),
              tuple(mean.shape[1:]))
     sched = noise_scheduler(params)
-    objective = Objective(modules, conditioning, sched, float(params["cond_dropout"]), params.get("loss", "mse"))
+    gamma = params.get("snr_gamma")
+    objective = Objective(modules, conditioning, sched, float(params["cond_dropout"]), params.get("loss", "mse"),
+                          None if gamma is None else float(gamma))
     speed = Speed.from_params(params).enable(device)
     for m in modules.values():
         speed.prepare(m)
     model = processes.prepare(objective)
     trainable = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=float(params["lr"]))  # constant learning rate (CLUE Table 3)
-    states: dict[str, Any] = {"opt": opt}
+    opt = torch.optim.AdamW(trainable, lr=float(params["lr"]))
+    states: dict[str, Any] = {"opt": opt, "lr": learning_rate_schedule(opt, params)}
     if params.get("ema_decay"):
-        states["ema"] = EMAModel(trainable, decay=float(params["ema_decay"]))
+        states["ema"] = EMAModel(trainable, decay=float(params["ema_decay"]), foreach=True)  # one fused update
     fp = fingerprint(mean, std, y, *conditioning.per_image)  # latents, conditions, per-image inputs
     ckpt = Checkpoint(Path(model_dir).with_name(Path(model_dir).name + ".resume.pt"), {**params, "data": fp})
     start, rows = ckpt.load(modules, states, gen)
@@ -264,6 +321,7 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
                      disable=not processes.main):
         processes.seed_step(gen, seed, step)
         means = optimiser_step(model, opt, mean, std, y, conditioning.per_image, bs, accum, gen, speed)
+        states["lr"].step()
         if "ema" in states:
             states["ema"].step(trainable)
         rows.append({"step": step + 1, **{k: processes.mean(v).item() for k, v in means.items()}})

@@ -1,4 +1,6 @@
 """Diffusion training and sampling options: EMA, gradient accumulation, precision, DDPM / DDIM samplers."""
+import math
+
 import pandas as pd
 import pytest
 import torch
@@ -96,3 +98,109 @@ def test_unet_from_a_local_stable_diffusion_folder_adapts_conv_in_and_out(tmp_pa
     assert load_diffusion(tmp_path / "m", CPU).prompt_encoder.config.dim == 24
     with pytest.raises(FileNotFoundError, match="diffusion.pretrained: .*nowhere/unet is not a local diffusers"):
         build_unet(8, 8, {"pretrained": str(tmp_path / "nowhere")})
+
+
+def _schedule(**kw) -> DDPMScheduler:
+    return diffusion.noise_scheduler({**{k: None for k in diffusion.BUILT_IN_SCHEDULE}, **kw})
+
+
+@pytest.mark.parametrize("prediction", ["v_prediction", "epsilon"])
+def test_min_snr_weights_by_hand(prediction):
+    """Hang et al. 2023: min(SNR, gamma) / SNR for epsilon, min(SNR, gamma) / (SNR + 1) for v, SNR = abar / (1 -
+    abar) of the linear 1e-4 .. 0.02 schedule, computed here in float64 from the betas."""
+    sched = _schedule(prediction_type=prediction)
+    t = torch.tensor([0, 10, 100, 500, 999])
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)[t]
+    snr = abar / (1 - abar)
+    want = torch.clamp(snr, max=5.0) / (snr + 1 if prediction == "v_prediction" else snr)
+    got = diffusion.min_snr_weights(sched, t, 5.0)
+    # the scheduler's alphas_cumprod are float32: relative error a few float32 epsilons, amplified at t = 0
+    # where 1 - abar ~ 1e-4 loses 4 digits (2e-3 relative there, 1e-5 elsewhere)
+    torch.testing.assert_close(got.double(), want, rtol=2e-3, atol=0)
+    assert diffusion.min_snr_weights(sched, t, None) is None
+    assert float(got[-1]) == pytest.approx(float(snr[-1] / (snr[-1] + 1)) if prediction == "v_prediction" else 1.0,
+                                           rel=1e-3)  # low SNR: unclipped
+
+
+def test_min_snr_weights_at_zero_terminal_snr():
+    sched = _schedule(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    assert float(sched.alphas_cumprod[-1]) == 0.0
+    t = torch.tensor([999])
+    assert float(diffusion.min_snr_weights(sched, t, 5.0)[0]) == 0.0  # v at SNR 0: min(0, 5) / 1
+    eps = _schedule(rescale_betas_zero_snr=True, prediction_type="epsilon")
+    assert float(diffusion.min_snr_weights(eps, t, 5.0)[0]) == 1.0  # the limit of min(SNR, 5) / SNR
+
+
+def test_weighted_loss_is_the_weighted_mean_of_per_image_errors(monkeypatch):
+    """With snr_gamma the denoising term is mean_i w(t_i) * mean((pred_i - target_i)^2); with weights 1 it equals
+    the plain MSE."""
+    sched = _schedule()
+    monkeypatch.setattr(diffusion, "min_snr_weights", lambda s, t, g: None if g is None else torch.ones(len(t)))
+
+    class Unet(torch.nn.Module):
+        def forward(self, x, t, encoder_hidden_states=None, cross_attention_kwargs=None):
+            return type("O", (), {"sample": x * 0.5})()
+
+    class Ctx(torch.nn.Module):
+        null_index = 3
+
+        def forward(self, c):
+            return torch.zeros(len(c), 1, 4)
+
+    class Cond:
+        def loss_inputs(self, *a):
+            return {}, {}
+
+    lat = torch.randn(6, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    args = ({"unet": Unet(), "prompt_encoder": Ctx()}, Cond(), sched, lat, torch.zeros(6, dtype=torch.long), 0.1)
+    plain = diffusion.diffusion_loss(*args, torch.Generator().manual_seed(0))["denoise"]
+    ones = diffusion.diffusion_loss(*args, torch.Generator().manual_seed(0), snr_gamma=5.0)["denoise"]
+    torch.testing.assert_close(ones, plain)  # float32 means of the same squares, summed in another order
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("constant", [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),
+    # after the 4 warm-up steps, steps s = 4 .. 9 at progress (s - 4) / 6 of the remaining 6 steps
+    ("linear", [0.25, 0.5, 0.75, 1.0, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6]),
+    ("cosine", [0.25, 0.5, 0.75, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)]),
+])
+def test_learning_rate_schedules_by_hand(kind, expected):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = diffusion.learning_rate_schedule(opt, {"lr_schedule": kind, "lr_warmup_steps": 4, "steps": 10})
+    rates = []
+    for _ in range(10):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates == pytest.approx([0.1 * e for e in expected], abs=1e-12)
+    with pytest.raises(ValueError, match="diffusion.lr_schedule must be one of"):
+        diffusion.learning_rate_schedule(opt, {"lr_schedule": "step", "steps": 10})
+
+
+def test_schedule_options_train_and_resume_the_same(tiny_manifest, setup, tmp_path):
+    """Warm-up, cosine decay, min-SNR weights and a zero-terminal-SNR schedule train; a run killed after a
+    checkpoint ends with the same log as an uninterrupted one (the learning-rate state is checkpointed)."""
+    out, ae, params = setup
+    kw = {**params, "steps": 6, "checkpoint_every": 3, "lr_schedule": "cosine", "lr_warmup_steps": 2,
+          "snr_gamma": 5.0, "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+    train_diffusion(tiny_manifest, ae, tmp_path / "a" / "model", tmp_path / "a" / "log.parquet", kw)
+    whole = pd.read_parquet(tmp_path / "a" / "log.parquet")
+    assert whole["loss"].notna().all()
+    model = load_diffusion(tmp_path / "a" / "model", CPU)
+    assert model.scheduler.config.rescale_betas_zero_snr and model.scheduler.config.timestep_spacing == "trailing"
+
+    calls = {"n": 0}
+    real = diffusion.optimiser_step
+
+    def dies_after_four(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 4:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(diffusion, "optimiser_step", dies_after_four)
+        with pytest.raises(KeyboardInterrupt):
+            train_diffusion(tiny_manifest, ae, tmp_path / "b" / "model", tmp_path / "b" / "log.parquet", kw)
+    train_diffusion(tiny_manifest, ae, tmp_path / "b" / "model", tmp_path / "b" / "log.parquet", kw)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "b" / "log.parquet"), whole)

@@ -1,0 +1,315 @@
+"""Quality at equal CPU time: which autoencoder, denoiser, noise schedule and training set-up give synthetic images
+closest to the real ones for the same diffusion training time on this machine.
+
+    .venv/bin/python benchmarks/quality_budget.py --list                     # the set-ups and what each changes
+    .venv/bin/python benchmarks/quality_budget.py                            # all of them, 150 s of diffusion each
+    .venv/bin/python benchmarks/quality_budget.py --setups baseline lat8 --budget 150
+    .venv/bin/python benchmarks/quality_budget.py --speed                    # CPU speed switches only
+
+Every set-up is the default config (config/config.yaml) with a few keys changed (``SETUPS``). The embedded data,
+its preprocessing and the feature network are the default's and shared by all; the autoencoder is trained once
+per distinct autoencoder section. The diffusion model of each set-up trains for as many steps as fit in
+``--budget`` seconds on this machine (its steps/s measured first on a short probe, then the steps fixed, so the
+learning-rate schedule knows its length), generates seed 0 of the first setting, and is judged as the pipeline
+judges it: FID, k-NN recall and coverage in the domain network's space against test (all classes), and the
+macro-F1 on test and external of the small CNN trained on 100 % synthetic images (``replace_100``). One seed:
+the study ranks set-ups; the default run's two seeds give the spread. Each set-up's grid of synthetic images
+(one row per class, real row above) is written to ``<workdir>/<setup>/grid.png``.
+
+The pipeline's own functions run each stage (no Snakemake); results go to ``--workdir`` (default
+results/quality_study, outside the pipeline's experiments) and the table to benchmarks/results/quality_budget.parquet.
+A set-up's results are reused when rerun with the same budget (delete its folder to redo it).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import machine, save  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline_lib.autoencoder import reconstruction_metrics, train_autoencoder  # noqa: E402
+from pipeline_lib.classify import classify  # noqa: E402
+from pipeline_lib.config import Plan  # noqa: E402
+from pipeline_lib.data import ingest  # noqa: E402
+from pipeline_lib.diffusion import train_diffusion  # noqa: E402
+from pipeline_lib.evaluate import evaluate_synthetic  # noqa: E402
+from pipeline_lib.feature_net import train_feature_net  # noqa: E402
+from pipeline_lib.generate import generate  # noqa: E402
+from pipeline_lib.io import read_parquet, read_rgb, resolve_path  # noqa: E402
+from pipeline_lib.preprocess import preprocess  # noqa: E402
+
+# What the set-ups change from the default config, dotted keys, in three groups: (a) the autoencoder's latent
+# space under the default denoiser; (b) the denoiser's recipe, each factor alone on BASE (the autoencoder (a)
+# found best), then together; (c) sampling only, on the model of (b)'s best set-up (``SAMPLING_MODEL``).
+AE_LONG = {"autoencoder.kl8.steps": 1000}  # 300 steps leave the reconstructions blurred (PSNR 28.7 dB)
+AE_DOWN4 = {"autoencoder.kl8.block_out_channels": [16, 32, 64]}  # three levels: 8 x 8 x 8 latents of 32 px
+BASE = {**AE_LONG, **AE_DOWN4}  # (a)'s best: lat8_ae1000
+RECIPE = {"diffusion.ema_decay": 0.995, "diffusion.lr_schedule": "cosine", "diffusion.lr_warmup_steps": 50,
+          "diffusion.snr_gamma": 5.0}
+LR_SNR = {"diffusion.lr_schedule": "cosine", "diffusion.lr_warmup_steps": 50, "diffusion.snr_gamma": 5.0}
+SETUPS: dict[str, dict] = {
+    # (a) the latent space
+    "baseline": {},
+    "lat8": dict(AE_DOWN4),
+    "lat8_wide": {**AE_DOWN4, "diffusion.block_out_channels": [64, 128], "diffusion.attention_levels": [True, True],
+                  "diffusion.norm_num_groups": 32},
+    "lat8_recipe": {**AE_DOWN4, **RECIPE},
+    "lat8_wide_recipe": {**AE_DOWN4, "diffusion.block_out_channels": [64, 128],
+                         "diffusion.attention_levels": [True, True], "diffusion.norm_num_groups": 32, **RECIPE},
+    "ae1000": dict(AE_LONG),
+    "lat8_ae1000": {**AE_LONG, **AE_DOWN4},
+    "kl1e-4": {**BASE, "autoencoder.kl8.loss.kl_weight": 1.0e-4},
+    "lat8_ae1000_wide": {**BASE, "diffusion.block_out_channels": [64, 128],
+                         "diffusion.attention_levels": [True, True], "diffusion.norm_num_groups": 32},
+    # (b) the denoiser's recipe on BASE
+    "ema": {**BASE, "diffusion.ema_decay": 0.995},
+    "cosine_lr": {**BASE, "diffusion.lr_schedule": "cosine", "diffusion.lr_warmup_steps": 50},
+    "min_snr": {**BASE, "diffusion.snr_gamma": 5.0},
+    "recipe": {**BASE, **RECIPE},
+    "lr_snr": {**BASE, **LR_SNR},  # RECIPE without the EMA, which costs steps
+    "zero_snr": {**BASE, **LR_SNR, "diffusion.rescale_betas_zero_snr": True, "diffusion.timestep_spacing": "trailing"},
+    "sched_cosine": {**BASE, **LR_SNR, "diffusion.beta_schedule": "squaredcos_cap_v2"},  # the default config
+    "sched_scaled": {**BASE, **LR_SNR, "diffusion.beta_schedule": "scaled_linear", "diffusion.beta_start": 0.00085,
+                     "diffusion.beta_end": 0.012},
+    "attn_both": {**BASE, **LR_SNR, "diffusion.attention_levels": [True, True]},
+    "batch32": {**BASE, **LR_SNR, "diffusion.batch_size": 32},
+    "unet3": {**BASE, **LR_SNR, "diffusion.block_out_channels": [32, 64, 64],
+              "diffusion.attention_levels": [False, True, True]},
+    # (c) sampling only
+    "ddim50": {"generate.num_inference_steps": 50},
+    "guidance4": {"generate.settings.cfg2.guidance_scale": 4.0},
+    "guidance1": {"generate.settings.cfg2.guidance_scale": 1.0},
+}
+SAMPLING_MODEL = "lr_snr"  # whose trained model the sampling-only set-ups sample
+
+
+def set_key(cfg: dict, dotted: str, value) -> None:
+    *path, last = dotted.split(".")
+    node = cfg
+    for key in path:
+        if key not in node:
+            raise KeyError(f"set-up key {dotted}: {key!r} is not in the config")
+        node = node[key]
+    node[last] = copy.deepcopy(value)
+
+
+def study_config(overrides: dict) -> dict:
+    """The default config with ``overrides``, one seed, the first setting, no trajectory or interpolation."""
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["experiment"] = "quality_study"
+    for key in ("trajectory", "interpolation"):
+        cfg.pop(key, None)
+    cfg["generate"]["seeds"] = [0]
+    first = next(iter(cfg["generate"]["settings"]))
+    cfg["generate"]["settings"] = {first: cfg["generate"]["settings"][first]}
+    for dotted, value in overrides.items():
+        set_key(cfg, dotted, value)
+    return cfg
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def shared_stages(plan: Plan, work: Path) -> dict[str, Path]:
+    """Ingest, preprocessing and the feature network, once per data / preprocessing / feature-network config."""
+    base = work / "shared" / digest([plan.data_params(), plan.preprocess_params(), plan.feature_net_params()])
+    p = {"raw": base / "data" / "manifest.parquet", "manifest": base / "preprocess" / "manifest.parquet",
+         "feature_net": base / "feature_net" / "model.pt", "real_features": base / "feature_net" / "features.parquet"}
+    if not p["raw"].exists():
+        ingest(p["raw"], base / "data" / "images", plan.data_params())
+    if not p["manifest"].exists():
+        preprocess(p["raw"], p["manifest"], base / "preprocess" / "qc.parquet", plan.preprocess_params(), threads=2)
+    if not p["feature_net"].exists():
+        train_feature_net(p["manifest"], p["feature_net"], base / "feature_net" / "train_log.parquet",
+                          plan.feature_net_params(), features_out=p["real_features"], threads=2)
+    return p
+
+
+def autoencoder_stage(plan: Plan, work: Path, manifest: Path, feature_net: Path) -> tuple[Path, dict, float]:
+    name = plan.variant_autoencoder(next(iter(plan.variants)))
+    params = plan.autoencoder_params(name)
+    base = work / "autoencoder" / digest(params)
+    model = base / "model"
+    seconds = float("nan")
+    if not model.exists():
+        t = time.perf_counter()
+        train_autoencoder(manifest, model, base / "train_log.parquet", params, threads=2)
+        seconds = time.perf_counter() - t
+        (base / "seconds.txt").write_text(f"{seconds:.1f}")
+    if not (base / "recon.parquet").exists():
+        reconstruction_metrics(manifest, model, base / "recon.parquet", base / "recon_per_image.parquet",
+                               plan.autoencoder_metrics_params(name), feature_net=feature_net)
+    seconds = float((base / "seconds.txt").read_text())
+    recon = read_parquet(base / "recon.parquet")
+    row = recon[recon["class"] == "all"].iloc[0] if "class" in recon else recon.iloc[0]
+    return model, {"ae_psnr": float(row.get("psnr", np.nan)), "ae_ssim": float(row.get("ssim", np.nan))}, seconds
+
+
+def steps_for_budget(plan: Plan, variant: str, manifest: Path, ae: Path, work: Path, budget: float) -> tuple[int, float]:
+    """Steps that fit in ``budget`` seconds: two probes (5 and 45 steps), their difference timing 40 steps
+    without the set-up cost both share. The probes run from fresh weights; a long run's steps were measured up to
+    1.7x slower than the probe's on this machine (``diffusion_s`` is the real time)."""
+    params = plan.diffusion_params(variant)
+    times = {}
+    for n in (5, 45):
+        out = work / f"probe{n}"
+        t = time.perf_counter()
+        train_diffusion(manifest, ae, out / "model", out / "log.parquet",
+                        {**params, "steps": n, "checkpoint_every": 10_000, "lr_warmup_steps": 0}, threads=2)
+        times[n] = time.perf_counter() - t
+    rate = 40 / max(1e-3, times[45] - times[5])
+    return max(50, int(round(budget * rate / 10)) * 10), rate
+
+
+def grid(real_manifest: Path, gen_manifest: Path, classes: list[str], path: Path, n: int = 8) -> None:
+    """Real test images (upper row) over synthetic images (lower row), per class."""
+    real, gen = read_parquet(real_manifest), read_parquet(gen_manifest)
+    rows = []
+    for c in classes:
+        for table, split, m in ((real, "test", real_manifest), (gen, "synthetic", gen_manifest)):
+            paths = table[(table["label"] == c) & (table["split"] == split)]["path"].head(n)
+            rows.append(np.concatenate([read_rgb(resolve_path(m, p)) for p in paths], axis=1))
+    Image.fromarray(np.concatenate(rows, axis=0)).resize((rows[0].shape[1] * 3, len(rows) * rows[0].shape[0] * 3),
+                                                          Image.NEAREST).save(path)
+
+
+def sampling_only(overrides: dict) -> bool:
+    return bool(overrides) and all(k.startswith("generate.") for k in overrides)
+
+
+def run_setup(name: str, overrides: dict, work: Path, budget: float) -> dict:
+    if sampling_only(overrides):
+        overrides = {**SETUPS[SAMPLING_MODEL], **overrides}
+    plan = Plan.from_config(study_config(overrides), check_timm=False)
+    shared = shared_stages(plan, work)
+    ae, ae_row, ae_seconds = autoencoder_stage(plan, work, shared["manifest"], shared["feature_net"])
+    variant = next(iter(plan.variants))
+    setting = next(iter(plan.config["generate"]["settings"]))
+    out = work / name
+    done = out / f"row_budget{budget:g}.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    diff_params = plan.diffusion_params(variant)
+    if sampling_only(SETUPS[name]):  # SAMPLING_MODEL's model, sampled otherwise
+        model = work / SAMPLING_MODEL / f"budget{budget:g}" / "model"
+        base_row = json.loads((work / SAMPLING_MODEL / f"row_budget{budget:g}.json").read_text())
+        steps, rate, train_s = base_row["steps"], base_row["steps_per_s"], base_row["diffusion_s"]
+    else:
+        steps, rate = steps_for_budget(plan, variant, shared["manifest"], ae, out / "probe", budget)
+        model = out / f"budget{budget:g}" / "model"
+        t = time.perf_counter()
+        if not model.exists():
+            train_diffusion(shared["manifest"], ae, model, model.parent / "train_log.parquet",
+                            {**diff_params, "steps": steps}, threads=2)
+        train_s = time.perf_counter() - t
+    gen_dir = out / "generate"
+    t = time.perf_counter()
+    generate(shared["manifest"], ae, model, gen_dir / "images", gen_dir / "manifest.parquet",
+             plan.generate_params(variant, setting, 0), threads=2)
+    gen_s = time.perf_counter() - t
+    quality = evaluate_synthetic(shared["manifest"], shared["feature_net"], gen_dir / "manifest.parquet",
+                                 out / "quality.parquet", plan.evaluate_params(variant, setting, 0),
+                                 real_features=shared["real_features"], threads=2)
+    q = quality[(quality["reference"] == "test") & (quality["class"] == "all")].set_index("metric")["value"]
+    point = "replace_100"
+    scores = classify(shared["manifest"], gen_dir / "manifest.parquet", out / "scores.parquet",
+                      out / "classify_log.parquet", out / "training_set.parquet",
+                      plan.classify_params(variant, setting, 0, "small_cnn", point), threads=2)
+    f1 = scores[scores["class"] == "all"].set_index("test_set")["f1"]
+    grid(shared["manifest"], gen_dir / "manifest.parquet", plan.classes, out / "grid.png")
+    row = {"setup": name, "changes": json.dumps(overrides), "budget_s": budget, "steps": steps,
+           "steps_per_s": round(rate, 2), "diffusion_s": round(train_s, 1), "generate_s": round(gen_s, 1),
+           "autoencoder_s": round(ae_seconds, 1), **ae_row, "fid": float(q["fid"]), "recall": float(q["recall"]),
+           "coverage": float(q["coverage"]), "precision": float(q["precision"]),
+           "f1_test": float(f1.get("test", np.nan)), "f1_external": float(f1.get("external", np.nan))}
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(row))
+    return row
+
+
+def speed_switches(threads: int = 2, repeats: int = 6) -> pd.DataFrame:
+    """Diffusion training steps/s of the default's UNet (16 x 16 x 8) and of the 8 x 8 x 8 one under the CPU
+    switches: FP32, bf16 autocast, channels_last, both. The best of ``repeats`` steps after one warm-up."""
+    from diffusion_speed import model_parts, plain_train_step
+
+    torch.set_num_threads(threads)
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    rows = []
+    for latent in (16, 8):
+        unet, penc, sched = model_parts(cfg, latent, 8)
+        opt = torch.optim.AdamW(list(unet.parameters()) + list(penc.parameters()), lr=1e-4)
+        lat, lab = torch.randn(64, 8, latent, latent), torch.randint(0, 3, (64,))
+        gen = torch.Generator().manual_seed(0)
+        for mode in ("fp32", "bf16", "channels_last", "bf16+channels_last"):
+            layout = torch.channels_last if "channels_last" in mode else torch.contiguous_format
+            unet.to(memory_format=layout)
+            x = lat.contiguous(memory_format=layout)
+            times = []
+            for _ in range(repeats + 1):
+                t = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in mode):
+                    plain_train_step(unet, penc, sched, opt, x, lab, gen)
+                times.append(time.perf_counter() - t)
+            rows.append({"latent": f"{latent}x{latent}x8", "switch": mode, "steps_per_s": 1 / min(times[1:])})
+    table = pd.DataFrame(rows)
+    fp32 = table[table["switch"] == "fp32"].set_index("latent")["steps_per_s"]
+    table["vs_fp32"] = table["steps_per_s"] / table["latent"].map(fp32)
+    return table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--setups", nargs="+", default=list(SETUPS), help="set-ups to run (default: all)")
+    ap.add_argument("--budget", type=float, default=150.0, help="seconds of diffusion training per set-up")
+    ap.add_argument("--workdir", default=str(ROOT / "results" / "quality_study"))
+    ap.add_argument("--list", action="store_true", help="print the set-ups and exit")
+    ap.add_argument("--speed", action="store_true", help="only the CPU speed switches' table")
+    ap.add_argument("--table", action="store_true",
+                    help="no training: the table of every set-up already run in --workdir at --budget")
+    args = ap.parse_args()
+    if args.list:
+        for name, changes in SETUPS.items():
+            print(f"{name:18s} {changes or '(the default config)'}")
+        return
+    print(machine())
+    if args.speed:
+        print(speed_switches().round(2).to_string(index=False))
+        return
+    unknown = sorted(set(args.setups) - set(SETUPS))
+    if unknown:
+        raise SystemExit(f"unknown set-ups {unknown}; --list shows them")
+    setups = args.setups
+    if any(sampling_only(SETUPS[s]) for s in setups) and SAMPLING_MODEL not in setups:
+        setups = [SAMPLING_MODEL, *setups]  # the sampling-only set-ups sample its model
+    work = Path(args.workdir)
+    rows = []
+    if args.table:
+        found = {p.parent.name: json.loads(p.read_text()) for p in work.glob(f"*/row_budget{args.budget:g}.json")}
+        rows = [found[name] for name in SETUPS if name in found and name in setups]
+    for name in [] if args.table else setups:
+        rows.append(run_setup(name, SETUPS[name], work, args.budget))
+        print(pd.DataFrame(rows).drop(columns=["changes"]).round(3).to_string(index=False), flush=True)
+    table = save("quality_budget", rows)
+    cols = ["setup", "steps", "steps_per_s", "diffusion_s", "ae_psnr", "fid", "recall", "coverage", "f1_test",
+            "f1_external"]
+    print(table[cols].round(3).to_markdown(index=False))
+
+
+if __name__ == "__main__":
+    main()
