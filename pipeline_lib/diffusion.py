@@ -133,7 +133,8 @@ LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
 
 
 def min_snr_weights(scheduler, t: torch.Tensor, gamma: float | None) -> torch.Tensor | None:
-    """Min-SNR-gamma loss weights of timesteps ``t`` (Hang et al. 2023, eq. 12 and section 3.4): with
+    """Min-SNR-gamma loss weights of timesteps ``t`` (Hang et al. 2023, "Efficient diffusion training via min-SNR
+    weighting strategy"; not in the source papers, the default config's choice, docs/quality-study.md): with
     SNR(t) = abar_t / (1 - abar_t), the weight min(SNR, gamma) / SNR of the epsilon loss is, for the v target
     (whose loss is the epsilon loss times SNR + 1), min(SNR, gamma) / (SNR + 1). ``gamma`` None: no weights.
     At a zero terminal SNR (``rescale_betas_zero_snr``) the last step's weight is 0 under v and 1 under epsilon
