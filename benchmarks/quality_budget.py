@@ -146,19 +146,17 @@ def autoencoder_stage(plan: Plan, work: Path, manifest: Path, feature_net: Path)
     params = plan.autoencoder_params(name)
     base = work / "autoencoder" / digest(params)
     model = base / "model"
-    seconds = float("nan")
     if not model.exists():
         t = time.perf_counter()
         train_autoencoder(manifest, model, base / "train_log.parquet", params, threads=2)
-        seconds = time.perf_counter() - t
-        (base / "seconds.txt").write_text(f"{seconds:.1f}")
+        (base / "seconds.txt").write_text(f"{time.perf_counter() - t:.1f}")
     if not (base / "recon.parquet").exists():
         reconstruction_metrics(manifest, model, base / "recon.parquet", base / "recon_per_image.parquet",
                                plan.autoencoder_metrics_params(name), feature_net=feature_net)
     seconds = float((base / "seconds.txt").read_text())
     recon = read_parquet(base / "recon.parquet")
-    row = recon[recon["class"] == "all"].iloc[0] if "class" in recon else recon.iloc[0]
-    return model, {"ae_psnr": float(row.get("psnr", np.nan)), "ae_ssim": float(row.get("ssim", np.nan))}, seconds
+    row = recon[recon["class"] == "all"].iloc[0]
+    return model, {"ae_psnr": float(row["psnr"]), "ae_ssim": float(row["ssim"])}, seconds
 
 
 def steps_for_budget(plan: Plan, variant: str, manifest: Path, ae: Path, work: Path, budget: float) -> tuple[int, float]:
