@@ -1,7 +1,7 @@
 # medaug: from a small set of medical images to a validated synthetic data set.
 # Stages, in the order they run: ingest -> preprocess (+ leakage checks) -> feature_net (the domain network) ->
-# autoencoder -> cluster -> diffusion -> generate -> evaluate, classify, cluster_quality, trajectory,
-# interpolation -> report.
+# autoencoder -> cluster -> diffusion -> generate -> evaluate (-> memorization), classify, cluster_quality,
+# trajectory, interpolation -> report.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -20,6 +20,7 @@ include: "workflow/rules/cluster.smk"
 include: "workflow/rules/diffusion.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/memorization.smk"
 include: "workflow/rules/classify.smk"
 include: "workflow/rules/trajectory.smk"
 include: "workflow/rules/interpolation.smk"

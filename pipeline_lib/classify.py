@@ -17,7 +17,11 @@ image ids, label, origin). train_b is the validation set; test (CLUE's Dataset 2
 institution) are only tested on. The synthetic set of seed N is paired with classifier seed N, as the paper's
 independent experiments are. ``scores.parquet`` holds, per test set, a row ``class = all`` (macro-F1,
 one-vs-rest macro AUC, accuracy) and a row per class (F1, one-vs-rest AUC and that ROC curve's points);
-``synthetic_scale`` is the number of synthetic images as a multiple of train_a's size (the ratio or scale).
+``synthetic_scale`` is the number of synthetic images as a multiple of train_a's size (the ratio or scale);
+``predictions.parquet`` each test image's class probabilities, from which the statistics (``pipeline_lib.stats``)
+draw their confidence intervals and paired tests. With ``memorization.exclude_copies`` the synthetic images the
+memorization audit flags are left out of the pool before any is drawn, and listed in ``training_set.parquet``
+with origin ``excluded_copy``.
 """
 from __future__ import annotations
 
@@ -29,12 +33,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .io import log, write_parquet
+from .io import log, read_parquet, write_parquet
 from .leakage import check_training_set
 from .metrics import classification_scores, per_class_scores
 from .nets import predict, train_classifier
 from .torchutils import load_images, seed_everything, select_device, set_threads
 
+PREDICTION_COLUMNS = ("variant", "setting", "seed", "arch", "point", "test_set", "image_id", "y_true")
 PROTOCOLS = ("replace", "hybrid", "scale", "scale_hybrid", "count")
 SCORE_COLUMNS = ("variant", "setting", "seed", "arch", "point", "protocol", "synthetic_scale", "n_real", "n_synthetic",
                  "test_set", "class", "f1", "auc", "accuracy", "epochs", "fpr", "tpr")
@@ -108,11 +113,33 @@ def score_rows(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> lis
     return rows
 
 
+def prediction_frame(run: Mapping[str, Any], test_set: str, rows: pd.DataFrame, y_true: np.ndarray,
+                     proba: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """One row per test image: the run's keys, image id, true class index and ``p_<class>`` probabilities."""
+    df = pd.DataFrame({**{k: run[k] for k in PREDICTION_COLUMNS[:5]}, "test_set": test_set,
+                       "image_id": rows["image_id"].to_numpy(), "y_true": np.asarray(y_true, np.int64)})
+    return pd.concat([df, pd.DataFrame(np.asarray(proba, np.float64), columns=[f"p_{c}" for c in classes])], axis=1)
+
+
+def drop_copies(syn_rows: pd.DataFrame, copies: str | Path) -> tuple[np.ndarray, pd.DataFrame]:
+    """Positions of the synthetic images the memorization audit did not flag, and the rows of those it did."""
+    audit = read_parquet(copies, required=("set", "image_id", "is_copy"))
+    flagged = set(audit.loc[(audit["set"] == "synthetic") & audit["is_copy"], "image_id"])
+    missing = sorted(set(syn_rows["image_id"]) - set(audit.loc[audit["set"] == "synthetic", "image_id"]))[:3]
+    if missing:
+        raise ValueError(f"{copies}: no audit rows for synthetic images {missing} (rerun the memorization stage)")
+    is_copy = syn_rows["image_id"].isin(flagged).to_numpy()
+    return np.flatnonzero(~is_copy), syn_rows[is_copy]
+
+
 def classify(manifest: str | Path, gen_manifest: str | Path, out_table: str | Path, log_table: str | Path,
              training_set_out: str | Path, params: Mapping[str, Any], hashes: str | Path | None = None,
-             threads: int | None = None) -> pd.DataFrame:
+             threads: int | None = None, predictions_out: str | Path | None = None,
+             copies: str | Path | None = None) -> pd.DataFrame:
     """Entry point of the classify rule for one (variant, setting, seed, arch, point). ``hashes``: the leakage
-    stage's image hashes; with them the training set is checked before training (``check_training_set``)."""
+    stage's image hashes; with them the training set is checked before training (``check_training_set``).
+    ``copies``: the memorization audit of the synthetic set, whose flagged images are left out when
+    ``params["exclude_copies"]``; ``predictions_out``: the test images' probabilities."""
     set_threads(threads)
     seed = int(params["seed"])
     seed_everything(seed)
@@ -122,6 +149,13 @@ def classify(manifest: str | Path, gen_manifest: str | Path, out_table: str | Pa
     xr, yr, real_rows = load_images(manifest, ["train_a"], classes)
     xv, yv, _ = load_images(manifest, ["train_b"], classes)
     xs, ys, syn_rows = load_images(gen_manifest, ["synthetic"], classes)
+    excluded = syn_rows.iloc[:0]
+    if params.get("exclude_copies"):
+        if copies is None:
+            raise ValueError("classify: exclude_copies is set but no memorization audit was given")
+        kept, excluded = drop_copies(syn_rows, copies)
+        xs, ys, syn_rows = xs[kept], ys[kept], syn_rows.iloc[kept].reset_index(drop=True)
+        log.info("%d synthetic images flagged as copies left out of the pool", len(excluded))
     rng = np.random.default_rng([seed, zlib.crc32(point.encode())])
     keep, add = training_indices(protocol, value, yr.numpy(), ys.numpy(), rng, params.get("counts"))
     used = pd.concat([real_rows.iloc[keep][["image_id", "label"]].assign(origin="real"),
@@ -134,19 +168,26 @@ def classify(manifest: str | Path, gen_manifest: str | Path, out_table: str | Pa
     run = {"variant": params["variant"], "setting": params["setting"], "seed": seed, "arch": params["arch"],
            "point": point, "protocol": protocol, "n_real": len(keep), "n_synthetic": len(add),
            "synthetic_scale": float(value) if protocol != "count" else len(add) / len(yr)}
-    rows = []
+    rows, predictions = [], []
     for split in params["test_sets"]:
         try:
-            xt, yt, _ = load_images(manifest, [split], classes)
+            xt, yt, test_rows = load_images(manifest, [split], classes)
         except ValueError:
             log.info("no images in test set %s; skipped", split)
             continue
-        scores = score_rows(yt.numpy(), predict(model, xt, device), classes)
+        proba = predict(model, xt, device)
+        scores = score_rows(yt.numpy(), proba, classes)
+        predictions.append(prediction_frame(run, split, test_rows, yt.numpy(), proba, classes))
         rows += [{**run, "test_set": split, **r, "epochs": len(hist)} for r in scores]
         log.info("%s (%d real, %d synthetic) on %s: macro-F1 %.3f AUC %.3f", point, len(keep), len(add), split,
                  scores[0]["f1"], scores[0]["auc"])
     table = pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
+    if len(excluded):  # recorded, never used: after the leakage check of what is used
+        used = pd.concat([used, excluded[["image_id", "label"]].assign(origin="excluded_copy")], ignore_index=True)
     write_parquet(used, training_set_out)
+    if predictions_out is not None:
+        write_parquet(pd.concat(predictions, ignore_index=True) if predictions else
+                      pd.DataFrame(columns=[*PREDICTION_COLUMNS, *(f"p_{c}" for c in classes)]), predictions_out)
     write_parquet(pd.DataFrame(hist).assign(point=point), log_table)
     write_parquet(table, out_table)
     resume.unlink(missing_ok=True)

@@ -26,14 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 # Sections and named entries a --configfile may set to null to remove what config/config.yaml gives.
-OPTIONAL_SECTIONS = ("cluster", "trajectory", "interpolation")
+OPTIONAL_SECTIONS = ("cluster", "trajectory", "interpolation", "memorization")
 NAMED_ENTRIES = (("autoencoder",), ("diffusion", "variants"), ("diffusion", "prompts"), ("generate", "settings"),
                  ("classify", "count_sets"))
 
 
 def drop_nulls(cfg: dict) -> dict:
     """A file given with --configfile is merged into config/config.yaml; setting an entry to null there removes
-    what config/config.yaml gives: an optional section (cluster, trajectory, interpolation) or a named entry
+    what config/config.yaml gives: an optional section (cluster, trajectory, interpolation, memorization) or a named entry
     (autoencoder, diffusion variant, class prompt, generation setting, classifier count set). Edits ``cfg`` and
     returns it."""
     for section in OPTIONAL_SECTIONS:
@@ -310,6 +310,10 @@ class Plan:
         check_counts(cfg)
         variants, members = expand_variants(cfg)
         points = classify_points(cfg)
+        baseline = cfg["statistics"]["baseline"]
+        if baseline not in (None, "auto") and baseline not in points:
+            raise ValueError(f"statistics.baseline: {baseline!r} is not a classifier grid point; expected auto, "
+                             f"null or one of {sorted(points)} (replace_0 needs 0.0 in classify.ratios)")
         if check_timm:
             check_archs(cfg)
         plan = cls(cfg, variants, members, points, [])
@@ -463,8 +467,34 @@ class Plan:
         chosen = {"point": point, "protocol": protocol, "value": value}
         if protocol == "count":
             chosen["counts"] = self.config["classify"]["count_sets"][value]
+        if self.exclude_copies:
+            chosen["exclude_copies"] = True
         return {**c, **chosen, "arch": arch, "variant": variant, "setting": setting, **self.speed(), **self.shared(),
                 "seed": int(seed)}
+
+    @property
+    def exclude_copies(self) -> bool:
+        """Whether the classifiers' synthetic pools leave out the images the memorization audit flags."""
+        return bool((self.config.get("memorization") or {}).get("exclude_copies"))
+
+    def memorization_params(self, variant: str, setting: str, seed: int | str) -> dict:
+        m = {k: v for k, v in self.config["memorization"].items() if k != "exclude_copies"}
+        return {**m, "variant": variant, "setting": setting, **self.shared(), "seed": int(seed)}
+
+    @property
+    def statistics_baseline(self) -> str | None:
+        """The real-only arm of the paired comparisons: ``auto`` is replace_0, else the first count set without
+        synthetic images, else none (intervals only)."""
+        baseline = self.config["statistics"]["baseline"]
+        if baseline != "auto":
+            return baseline
+        real_only = [p for p, (protocol, value) in self.points.items()
+                     if (protocol, value) == ("replace", 0.0)
+                     or (protocol == "count" and self.config["classify"]["count_sets"][value]["synthetic"] == 0)]
+        return real_only[0] if real_only else None
+
+    def statistics_params(self) -> dict:
+        return {**self.config["statistics"], "baseline": self.statistics_baseline, **self.shared()}
 
     def trajectory_params(self, variant: str, setting: str, seed: int | str) -> dict:
         """The traversal settings with the sampling settings of the generation setting (steps, guidance, sigma)."""
@@ -502,6 +532,8 @@ STAGE_MODULES = {
     "generate": ["generate"],
     "evaluate": ["evaluate"],
     "classify": ["classify"],
+    "memorization": ["memorization"],
+    "statistics": ["stats"],
     "cluster_quality": ["cluster/quality"],
     "trajectory": ["trajectory"],
     "interpolation": ["interpolation"],

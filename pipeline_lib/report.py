@@ -2,6 +2,7 @@
 an F1-vs-ratio plot."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -67,24 +68,39 @@ def pca_scatter(real_features: str | Path, gen_features: str | Path, path: str |
     save_figure(fig, path)
 
 
-def f1_curve(summary: pd.DataFrame, path: str | Path, n_classes: int, protocol: str, xlabel: str) -> None:
-    """Macro-F1 (mean ± std over seeds) against the synthetic share (``replace``, CLUE Fig. 8-9) or scale
-    (``scale``, Fig. 10-11) in %, one line per variant / setting / arch / test set; the matching "+ all real"
-    point is a star; the dotted line is chance (1 / n_classes)."""
+def f1_curve(summary: pd.DataFrame, path: str | Path, n_classes: int, protocol: str, xlabel: str,
+             intervals: pd.DataFrame | None = None) -> None:
+    """Macro-F1 against the synthetic share (``replace``, CLUE Fig. 8-9) or scale (``scale``, Fig. 10-11) in %,
+    one line per variant / setting / arch / test set, the bars the bootstrap confidence intervals of
+    ``intervals`` (``pipeline_lib.stats``; without them ± std over seeds); the matching "+ all real" point is a
+    star; the dotted line is chance (1 / n_classes)."""
     plt = pyplot()
     hybrid = {"replace": "hybrid", "scale": "scale_hybrid"}[protocol]
     f1 = summary[summary["metric"] == "f1_macro"]
+    if intervals is not None and len(intervals):
+        ci = intervals.loc[intervals["metric"] == "f1_macro", ["variant", "setting", "arch", "point", "test_set",
+                                                               "low", "high"]]
+        f1 = f1.merge(ci, on=["variant", "setting", "arch", "point", "test_set"], how="left")
+        confidence = f"{100 * intervals['confidence'].iloc[0]:g} % bootstrap intervals"
+    else:
+        f1 = f1.assign(low=f1["mean"] - f1["std"].fillna(0), high=f1["mean"] + f1["std"].fillna(0))
+        confidence = "± std over seeds"
+
+    def bars(df: pd.DataFrame) -> np.ndarray:
+        return np.vstack([df["mean"] - df["low"], df["high"] - df["mean"]]).clip(0)
+
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for (variant, setting, arch, test_set), g in f1.groupby(["variant", "setting", "arch", "test_set"]):
         pts = g[g["protocol"] == protocol].sort_values("synthetic_scale")
         if pts.empty:
             continue
-        line = ax.errorbar(pts["synthetic_scale"] * 100, pts["mean"], yerr=pts["std"].fillna(0), marker="o", capsize=3,
+        line = ax.errorbar(pts["synthetic_scale"] * 100, pts["mean"], yerr=bars(pts), marker="o", capsize=3,
                            label=f"{variant}/{setting}/{arch} on {test_set}")
         hyb = g[g["protocol"] == hybrid]
         if len(hyb):
-            ax.errorbar(hyb["synthetic_scale"] * 100, hyb["mean"], yerr=hyb["std"].fillna(0), marker="*", markersize=11,
+            ax.errorbar(hyb["synthetic_scale"] * 100, hyb["mean"], yerr=bars(hyb), marker="*", markersize=11,
                         color=line[0].get_color(), linestyle="none", capsize=3)
+    ax.set_title(f"bars: {confidence}", fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("macro-F1")
     ax.set_ylim(0, 1)
@@ -134,14 +150,40 @@ def point_order(points: Sequence[str]) -> list[str]:
     return sorted(set(points), key=key)
 
 
-def classify_tables(overall: pd.DataFrame) -> pd.DataFrame:
+def interval_cells(intervals: pd.DataFrame, differences: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """Per arm and metric the cells "mean [low, high]" (``ci``) and, against the baseline, "difference [low,
+    high] p = Holm-adjusted p" (``diff``)."""
+    keys = ["variant", "setting", "arch", "point", "test_set", "metric"]
+    f = f"{{:.{digits}f}}"
+    ci = intervals.assign(ci=[f"{f.format(m)} [{f.format(lo)}, {f.format(hi)}]"
+                              for m, lo, hi in zip(intervals["mean"], intervals["low"], intervals["high"])])[keys + ["ci"]]
+    if differences is None or differences.empty:
+        return ci.assign(diff="")
+    diff = differences.assign(diff=[f"{d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}] p = {p:.3g}"
+                                    for d, lo, hi, p in zip(differences["difference"], differences["low"],
+                                                            differences["high"], differences["p_holm"])])
+    return ci.merge(diff[keys + ["diff"]], on=keys, how="left").fillna({"diff": ""})
+
+
+def classify_tables(overall: pd.DataFrame, intervals: pd.DataFrame | None = None,
+                    differences: pd.DataFrame | None = None) -> pd.DataFrame:
     """CLUE Tables 8-15 and the multi-level paper's Table I in one: a row per (arch, test set, metric, grid
-    point), a column per variant / setting, cells "mean (± std)" over seeds."""
+    point), a column per variant / setting, cells "mean (± std)" over seeds; with the statistics
+    (``pipeline_lib.stats``) for each column also "<column> CI" ("mean [low, high]", macro-F1 and AUC) and
+    "<column> vs <baseline>" (the paired difference, its interval and Holm-adjusted p)."""
     metrics = ["f1_macro", "auc_ovr", "accuracy"]
     cells = mean_std_cells(overall, ["arch", "test_set", "point", "variant", "setting"], metrics)
     long = cells.melt(id_vars=["arch", "test_set", "point", "variant", "setting"], value_vars=metrics,
                       var_name="metric", value_name="cell")
     long["column"] = long["variant"] + "/" + long["setting"]
+    if intervals is not None and len(intervals):
+        stats = interval_cells(intervals, differences)
+        long = long.merge(stats, on=["variant", "setting", "arch", "point", "test_set", "metric"], how="left")
+        baseline = differences["baseline"].iloc[0] if differences is not None and len(differences) else None
+        extra = [long.assign(column=long["column"] + " CI", cell=long["ci"].fillna(""))]
+        if baseline:
+            extra.append(long.assign(column=long["column"] + f" vs {baseline}", cell=long["diff"].fillna("")))
+        long = pd.concat([long, *extra], ignore_index=True)
     table = long.pivot(index=["arch", "test_set", "metric", "point"], columns="column", values="cell").reset_index()
     order = {p: i for i, p in enumerate(point_order(table["point"]))}
     table = table.sort_values(["arch", "test_set", "metric", "point"],
@@ -240,8 +282,12 @@ def report(inputs: Mapping[str, Sequence[str]], outputs: Mapping[str, Any], para
         ev = pd.concat([read_parquet(p) for p in inputs["evaluate"]], ignore_index=True)
         cls_summary = summarise(overall, ["variant", "setting", "arch", "point", "protocol", "synthetic_scale",
                                           "test_set"], ["f1_macro", "auc_ovr", "accuracy"])
-        tables = classify_tables(overall)
+        stats = {k: read_parquet(inputs[k][0]) if inputs.get(k) else None
+                 for k in ("intervals", "differences")}
+        tables = classify_tables(overall, stats["intervals"], stats["differences"])
         emit("classify_tables", tables)
+        if "classify_differences" in outputs:
+            emit("classify_differences", stats["differences"] if stats["differences"] is not None else pd.DataFrame())
         per_class = cls[cls["class"] != "all"]
         emit("classify_per_class", mean_std_cells(per_class, ["variant", "setting", "arch", "point", "test_set",
                                                               "class"], ["f1", "auc"]))
@@ -251,17 +297,17 @@ def report(inputs: Mapping[str, Sequence[str]], outputs: Mapping[str, Any], para
         emit("evaluate_summary", ev_summary)
         n = len(params["classes"])
         f1_curve(cls_summary, outputs["f1_plot"], n, "replace",
-                 "synthetic share of the training set (%)  (star: 100 % synthetic + all real)")
+                 "synthetic share of the training set (%)  (star: 100 % synthetic + all real)", stats["intervals"])
         if "f1_scale_plot" in outputs:
             f1_curve(cls_summary, outputs["f1_scale_plot"], n, "scale",
-                     "synthetic images, % of the real training set  (star: + all real)")
+                     "synthetic images, % of the real training set  (star: + all real)", stats["intervals"])
         if "roc_plot" in outputs:
             roc_figure(cls, outputs["roc_plot"], params["roc_point"])
         for label, path in zip(params["classes"], outputs["grids"]):
             image_grid(inputs["manifest"], inputs["generated"][0], label, path, seed=int(params["seed"]))
         for (variant, setting, gen_features), path in zip(params["pca"], outputs["pca"]):
             pca_scatter(inputs["real_features"], gen_features, path, f"{variant} / {setting}")
-        log.info("classification, macro-F1, mean (± std) over seeds:\n%s",
+        log.info("classification, macro-F1, mean (± std) over seeds, bootstrap intervals, paired differences:\n%s",
                  tables[tables["metric"] == "f1_macro"].drop(columns="metric").to_string(index=False))
         log.info("image quality, mean ± std over seeds:\n%s", ev_summary.to_string(index=False))
     if inputs.get("trajectory"):
@@ -277,6 +323,17 @@ def report(inputs: Mapping[str, Sequence[str]], outputs: Mapping[str, Any], para
         cells = [c for c in table if not c.endswith(("_mean", "_std", "_full"))]
         log.info("semantic variance of A and AI (multi-level paper Table 6), mean (± std) over seeds:\n%s",
                  table[cells].to_string(index=False))
+    if inputs.get("memorization"):
+        table = pd.concat([read_parquet(p) for p in inputs["memorization"]], ignore_index=True)
+        emit("memorization", table)
+        for src, dst in zip(inputs["memorization_figures"], outputs["memorization_figures"]):
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
+        cells = ["variant", "setting", "seed", "class", "n_synthetic", "pixel_synthetic_flagged",
+                 "pixel_heldout_flagged", "pixel_threshold", "pixel_synthetic_authenticity",
+                 "pixel_heldout_authenticity"]
+        log.info("memorization audit, share of synthetic images flagged as copies:\n%s",
+                 table[[c for c in cells if c in table]].to_string(index=False))
     if inputs["cluster_quality"]:
         table = cluster_generation_table(inputs["cluster_quality"])
         emit("cluster_generation", table)

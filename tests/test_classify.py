@@ -77,7 +77,8 @@ def test_classify_run_table_and_recorded_training_set(tiny_manifest, tiny_config
 
     def run(name):
         out = tmp_path / name
-        table = classify(tiny_manifest, gen, out / "scores.parquet", out / "log.parquet", out / "set.parquet", params)
+        table = classify(tiny_manifest, gen, out / "scores.parquet", out / "log.parquet", out / "set.parquet", params,
+                         predictions_out=out / "pred.parquet")
         return table, pd.read_parquet(out / "set.parquet")
 
     table, used = run("a")
@@ -93,6 +94,17 @@ def test_classify_run_table_and_recorded_training_set(tiny_manifest, tiny_config
     assert set(used.loc[used["origin"] == "real", "image_id"]) <= set(train_a["image_id"])
     assert used.groupby("origin").size().to_dict() == {"real": len(train_a) // 2, "synthetic": len(train_a) // 2}
     assert (table["n_real"] == len(train_a) // 2).all()
+    pred = pd.read_parquet(tmp_path / "a" / "pred.parquet")
+    for split, g in pred.groupby("test_set"):
+        want = real[real["split"] == split]
+        assert g["image_id"].tolist() == want["image_id"].tolist()
+        assert g["y_true"].tolist() == [classes.index(c) for c in want["label"]]
+        probs = g[[f"p_{c}" for c in classes]].to_numpy()
+        # the table's scores are those of these probabilities
+        from pipeline_lib.metrics import classification_scores
+        s = classification_scores(g["y_true"].to_numpy(), probs, len(classes))
+        row = table[(table["test_set"] == split) & (table["class"] == "all")].iloc[0]
+        assert s["f1_macro"] == row["f1"] and s["auc_ovr"] == row["auc"]
     again, used_again = run("b")
     assert used.equals(used_again)
     pd.testing.assert_frame_equal(table.drop(columns=["fpr", "tpr"]), again.drop(columns=["fpr", "tpr"]))
@@ -110,6 +122,26 @@ def test_paper_tables_rows_are_points_and_columns_settings():
     assert f1.iloc[0]["class/s"] == "0.750 (± 0.071)"
     assert point_order(["count_b", "scale_1000_plus_real", "scale_100", "replace_50", "count_a"]) == \
         ["replace_50", "scale_100", "scale_1000_plus_real", "count_a", "count_b"]
+
+
+def test_paper_tables_gain_intervals_and_paired_differences():
+    keys = {"arch": "a", "test_set": "test", "variant": "class", "setting": "s"}
+    rows = [{**keys, "point": p, "seed": seed, "f1_macro": f + d, "auc_ovr": 0.9, "accuracy": 0.8}
+            for p, f in (("replace_0", 0.7), ("replace_100", 0.5)) for seed, d in ((0, 0.0), (1, 0.1))]
+    intervals = pd.DataFrame([{**keys, "point": p, "metric": m, "mean": mean, "low": mean - 0.1, "high": mean + 0.1,
+                               "confidence": 0.95}
+                              for p, mean in (("replace_0", 0.75), ("replace_100", 0.55))
+                              for m in ("f1_macro", "auc_ovr")])
+    differences = pd.DataFrame([{**keys, "point": "replace_100", "metric": m, "baseline": "replace_0",
+                                 "difference": -0.2, "low": -0.3, "high": -0.1, "p": 0.001, "p_holm": 0.002}
+                                for m in ("f1_macro", "auc_ovr")])
+    t = classify_tables(pd.DataFrame(rows), intervals, differences)
+    f1 = t[t["metric"] == "f1_macro"].set_index("point")
+    assert f1.loc["replace_0", "class/s"] == "0.750 (± 0.071)" and f1.loc["replace_0", "class/s CI"] == \
+        "0.750 [0.650, 0.850]"
+    assert f1.loc["replace_100", "class/s vs replace_0"] == "-0.200 [-0.300, -0.100] p = 0.002"
+    assert f1.loc["replace_0", "class/s vs replace_0"] == ""
+    assert t.loc[t["metric"] == "accuracy", "class/s CI"].eq("").all()  # no interval for accuracy
 
 
 def test_mean_roc_by_hand():

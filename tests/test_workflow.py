@@ -103,6 +103,36 @@ def test_tables_have_the_promised_columns_and_ranges(run, tiny_config):
     run_dir = res / "classify" / "class" / "cfg2" / f"seed{seeds[0]}" / "small_cnn" / "count_mixed"
     used = pd.read_parquet(run_dir / "training_set.parquet")
     assert used.groupby("origin").size().to_dict() == {"real": 6, "synthetic": 6}
+    # the memorization audit: a row per synthetic and per held-out image, a summary per class, a figure
+    audit = pd.read_parquet(res / "memorization" / "class" / "cfg2" / f"seed{seeds[0]}" / "images.parquet")
+    gen = pd.read_parquet(res / "generate" / "class" / "cfg2" / f"seed{seeds[0]}" / "manifest.parquet")
+    real = pd.read_parquet(res / "preprocess" / "manifest.parquet")
+    assert sorted(audit.loc[audit["set"] == "synthetic", "image_id"]) == sorted(gen["image_id"])
+    assert (audit["set"] == "heldout").sum() == (real["split"] == "test").sum()
+    train_ids = set(real.loc[real["split"].isin(["train_a", "train_b"]), "image_id"])
+    assert set(audit["nearest_train_id"]) <= train_ids and set(audit["feature_nearest_train_id"]) <= train_ids
+    assert audit["similarity"].between(-1, 1 + 1e-9).all() and (audit["is_copy"] == (audit["similarity"] >
+                                                                                      audit["threshold"])).all()
+    mem = pd.read_parquet(res / "report" / "memorization.parquet")
+    assert set(mem["variant"]) == {"class", "clue", "ml"} and set(mem["seed"]) == set(seeds)
+    assert set(mem["class"]) == {*tiny_config["data"]["classes"], "all"}
+    assert mem[["pixel_synthetic_flagged", "pixel_heldout_flagged", "pixel_synthetic_authenticity"]].stack().between(
+        0, 1).all()
+    for variant, setting in (("class", "cfg2"), ("clue", "sigma05"), ("ml", "cfg2")):
+        png = res / "report" / "figures" / f"memorization_{variant}_{setting}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the classifier statistics: an interval per arm, a paired difference per synthetic arm against replace_0
+    pred = pd.read_parquet(res / "classify" / "class" / "cfg2" / f"seed{seeds[0]}" / "small_cnn" / "replace_0" /
+                           "predictions.parquet")
+    assert set(pred["test_set"]) == {"test", "external"}
+    assert np.allclose(pred[[f"p_{c}" for c in tiny_config["data"]["classes"]]].sum(1), 1, atol=1e-5)  # float32
+    diffs = pd.read_parquet(res / "report" / "classify_differences.parquet")
+    assert set(diffs["point"]) == {"replace_100", "replace_100_plus_real", "scale_100", "count_mixed"}
+    assert (diffs["low"] <= diffs["difference"] + 1e-12).all() and (diffs["difference"] <= diffs["high"] + 1e-12).all()
+    assert diffs["p_holm"].between(0, 1).all() and (diffs["p_holm"] >= diffs["p"]).all()
+    assert (diffs["n_seeds"] == len(seeds)).all()
+    assert {"class/cfg2 CI", "class/cfg2 vs replace_0"} <= set(tables.columns)
+    assert tables.loc[tables["point"] == "replace_0", "class/cfg2 vs replace_0"].eq("").all()
     leak = pd.read_parquet(res / "preprocess" / "leakage.parquet")
     assert len(leak) == 4 and (leak["n_violations"] == 0).all()
     for png in ["f1_vs_ratio.png", "f1_vs_scale.png", "roc_replace_100.png"] + \
@@ -198,11 +228,31 @@ def test_classifier_edit_reruns_only_classifier_and_report(run, tiny_config):
     work, _ = run
     _edited(work, tiny_config, "classify", "epochs", tiny_config["classify"]["epochs"] + 1)
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
-    assert set(jobs) == {"classify", "report", "all"}
+    assert set(jobs) == {"classify", "classify_statistics", "report", "all"}
     pairs = 3  # (class, cfg2), (ml, cfg2) and (clue, sigma05): each setting names its variants
     points = len(tiny_config["classify"]["ratios"]) + 1 + len(tiny_config["classify"]["scales"]) + 1  # hybrid, count
     assert jobs["classify"] == pairs * len(tiny_config["generate"]["seeds"]) * len(tiny_config["classify"]["archs"]) \
         * points
+
+
+def test_memorization_edits_rerun_the_audit_and_with_exclusion_the_classifiers(run, tiny_config):
+    work, _ = run
+    seeds = len(tiny_config["generate"]["seeds"])
+    _edited(work, tiny_config, "memorization", {"percentile": 95.0})
+    jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
+    assert jobs == {"memorization": 3 * seeds, "report": 1, "all": 1}  # the classifiers do not read the audit
+    _edited(work, tiny_config, "memorization", {"exclude_copies": True})
+    proc = snakemake(work, "-n", "--configfile", "edited.yaml")
+    jobs = planned_jobs(proc)
+    assert set(jobs) == {"classify", "classify_statistics", "report", "all"}  # now they do: same audit, no rerun
+    assert re.search(r"rule classify:\n\s+input: [^\n]*memorization/class/cfg2/seed\d+/images.parquet", proc.stdout)
+
+
+def test_statistics_edit_reruns_only_the_statistics_and_the_report(run, tiny_config):
+    work, _ = run
+    _edited(work, tiny_config, "statistics", {"bootstrap": 500})
+    jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
+    assert jobs == {"classify_statistics": 1, "report": 1, "all": 1}
 
 
 def test_trajectory_edit_reruns_only_the_traversals_and_the_report(run, tiny_config):
@@ -223,8 +273,9 @@ def test_generation_edit_reruns_generation_and_what_follows_but_no_training(run,
     work, _ = run
     _edited(work, tiny_config, "generate", "num_inference_steps", tiny_config["generate"]["num_inference_steps"] + 1)
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
-    assert set(jobs) == {"generate", "evaluate", "classify", "interpolation", "cluster_quality", "trajectory",
-                         "report", "all"}  # no autoencoder, diffusion, cluster or feature network
+    assert set(jobs) == {"generate", "evaluate", "memorization", "classify", "classify_statistics", "interpolation",
+                         "cluster_quality", "trajectory", "report", "all"}  # no autoencoder, diffusion, cluster or
+    # feature network
     assert jobs["generate"] == 4 * len(tiny_config["generate"]["seeds"])
 
 
@@ -269,8 +320,8 @@ def test_diffusion_edit_keeps_autoencoder_and_feature_network(run, tiny_config):
     work, _ = run
     _edited(work, tiny_config, "diffusion", "steps", tiny_config["diffusion"]["steps"] + 1)
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
-    assert set(jobs) == {"diffusion", "generate", "evaluate", "classify", "cluster_quality", "trajectory",
-                         "interpolation", "report", "all"}
+    assert set(jobs) == {"diffusion", "generate", "evaluate", "memorization", "classify", "classify_statistics",
+                         "cluster_quality", "trajectory", "interpolation", "report", "all"}
 
 
 def test_conditioning_specific_diffusion_keys_retrain_only_the_variants_that_read_them(run, tiny_config):
@@ -312,7 +363,8 @@ def test_autoencoder_edit_reruns_only_that_autoencoder_and_what_uses_it(run, tin
     _edited(work, tiny_config, "autoencoder", "kl8", "lr", 0.002)
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
     assert set(jobs) == {"autoencoder", "autoencoder_metrics", "cluster", "diffusion", "generate", "evaluate",
-                         "classify", "cluster_quality", "trajectory", "interpolation", "report", "all"}
+                         "memorization", "classify", "classify_statistics", "cluster_quality", "trajectory",
+                         "interpolation", "report", "all"}
     assert jobs["autoencoder"] == 1
 
 

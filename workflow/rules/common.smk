@@ -120,9 +120,16 @@ def generated(kind, clusters=False):
     return _over_grid(f"{GENERATED}/{kind}", clusters)
 
 
-def classify_tables():
-    return _over_grid(f"{R}/classify/{{variant}}/{{setting}}/seed{{seed}}/{{arch}}/{{point}}/scores.parquet",
+def classify_tables(kind="scores.parquet"):
+    return _over_grid(f"{R}/classify/{{variant}}/{{setting}}/seed{{seed}}/{{arch}}/{{point}}/{kind}",
                       arch=ARCHS, point=list(PLAN.points))
+
+
+def classify_statistics_tables():
+    """The classifier statistics' tables when there are class-conditioned classifiers."""
+    if not classify_tables():
+        return {}
+    return {k: f"{R}/classify/statistics/{k}.parquet" for k in ("intervals", "differences", "delong")}
 
 
 def evaluate_tables():
@@ -144,6 +151,26 @@ def interpolation_tables():
     if "interpolation" not in config:
         return []
     return _over_grid(f"{R}/interpolation/{{variant}}/{{setting}}/seed{{seed}}/semantic_variance.parquet")
+
+
+def memorization_tables(kind="summary"):
+    if "memorization" not in config:
+        return []
+    return _over_grid(f"{R}/memorization/{{variant}}/{{setting}}/seed{{seed}}/{kind}.parquet")
+
+
+def memorization_figures():
+    """The first seed's audit figure of each class-conditioned (variant, setting), in report_outputs' order."""
+    if "memorization" not in config:
+        return []
+    return [f"{R}/memorization/{v}/{s}/seed{SEEDS[0]}/pairs.png" for v, s in GRID if v not in CLUSTER_VARIANTS]
+
+
+def classify_copies(wildcards):
+    """With memorization.exclude_copies the classifier reads the audit of its synthetic set."""
+    if not PLAN.exclude_copies:
+        return {}
+    return {"copies": f"{R}/memorization/{wildcards.variant}/{wildcards.setting}/seed{wildcards.seed}/images.parquet"}
 
 
 def trajectory_tables():
@@ -174,6 +201,7 @@ def report_outputs(flagged=False):
         o |= {"classify_summary": f"{R}/report/classify_summary.parquet",
               "classify_tables": f"{R}/report/classify_tables.parquet",
               "classify_per_class": f"{R}/report/classify_per_class.parquet",
+              "classify_differences": f"{R}/report/classify_differences.parquet",
               "evaluate_summary": f"{R}/report/evaluate_summary.parquet",
               "f1_plot": f"{R}/report/figures/f1_vs_ratio.png",
               "grids": [f"{R}/report/figures/grid_{c}.png" for c in CLASSES],
@@ -189,6 +217,10 @@ def report_outputs(flagged=False):
         o["trajectory_detail"] = f"{R}/report/trajectory_detail.parquet"
     if interpolation_tables():
         o["semantic_variance"] = f"{R}/report/semantic_variance.parquet"
+    if memorization_tables():
+        o["memorization"] = f"{R}/report/memorization.parquet"
+        o["memorization_figures"] = [f"{R}/report/figures/memorization_{v}_{s}.png" for v, s in GRID
+                                     if v not in CLUSTER_VARIANTS]
     o |= {f"{key}_csv": f"{R}/report/tables/{key}.csv" for key in REPORT_TABLES if key in o}
     if not flagged:
         return o

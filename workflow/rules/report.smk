@@ -16,19 +16,24 @@ REPORT_ITEMS = {
     "trajectory_summary": ("Trajectory traversal", "trajectory_summary.rst"),
     "trajectory_detail": ("Trajectory traversal", "trajectory_detail.rst"),
     "semantic_variance": ("Interpolation", "semantic_variance.rst"),
+    "memorization": ("Memorization", "memorization.rst"),
+    "memorization_figures": ("Memorization", "memorization_figures.rst"),
 }
 REPORT_TABLES = ("autoencoder_comparison", "evaluate_summary", "classify_tables", "cluster_generation",
-                 "trajectory_summary", "trajectory_detail", "semantic_variance")
+                 "trajectory_summary", "trajectory_detail", "semantic_variance", "memorization")
 
 
 rule report:
     input:
         recon=recon_tables(),
         classify=classify_tables(),
+        **classify_statistics_tables(),
         evaluate=evaluate_tables(),
         cluster_quality=cluster_quality_tables(),
         trajectory=trajectory_tables(),
         interpolation=interpolation_tables(),
+        memorization=memorization_tables(),
+        memorization_figures=memorization_figures(),
         manifest=rules.preprocess.output.manifest,
         real_features=real_features_input(),
         gen_features=[f for _, _, f in pca_inputs()],
