@@ -23,6 +23,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/memorization.smk"
 include: "workflow/rules/classify.smk"
 include: "workflow/rules/trajectory.smk"
+include: "workflow/rules/style_sweep.smk"
 include: "workflow/rules/interpolation.smk"
 include: "workflow/rules/report.smk"
 

@@ -187,6 +187,12 @@ def _patch_output_size(size: int, n_layers: int) -> int:
 
 # --- training -----------------------------------------------------------------------------------------------------
 
+def mirror_batch(batch: torch.Tensor, hflip: bool, gen: torch.Generator) -> torch.Tensor:
+    """``autoencoder.<name>.hflip``: the whole batch mirrored horizontally with probability 1/2 (no random number
+    is drawn when off)."""
+    return batch.flip(-1) if hflip and torch.rand((), generator=gen) < 0.5 else batch
+
+
 def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: str | Path,
                       params: Mapping[str, Any], feature_net: str | Path | None = None,
                       threads: int | None = None) -> None:
@@ -232,6 +238,7 @@ def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: st
                       {**params, "data": fingerprint(x)})
     start, rows = ckpt.load(modules, optimizers, gen)
     steps, bs = int(params["steps"]), int(params["batch_size"])
+    hflip = bool(params.get("hflip", True))
     speed = Speed.from_params(params).enable(device)
     for m in modules.values():
         speed.prepare(m)
@@ -239,8 +246,7 @@ def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: st
     for step in tqdm(range(start, steps), initial=start, total=steps, desc=f"autoencoder {name}", mininterval=10):
         idx = torch.randint(0, len(x), (bs,), generator=gen)
         batch = to_device(x[idx], device)
-        if torch.rand((), generator=gen) < 0.5:
-            batch = batch.flip(-1)
+        batch = mirror_batch(batch, hflip, gen)
         batch = speed.batch(batch)
         if kind == "vq":
             row = vqgan_step(ae, disc, perceptual, batch, weights, optimizers, step >= start_adv, d["gan_loss"],

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 # Sections and named entries a --configfile may set to null to remove what config/config.yaml gives.
-OPTIONAL_SECTIONS = ("cluster", "trajectory", "interpolation", "memorization")
+OPTIONAL_SECTIONS = ("cluster", "trajectory", "interpolation", "memorization", "style_sweep")
 NAMED_ENTRIES = (("autoencoder",), ("diffusion", "variants"), ("diffusion", "prompts"), ("generate", "settings"),
                  ("classify", "count_sets"))
 
@@ -180,6 +180,9 @@ def check_class_names(cfg: dict) -> None:
     unknown = [c for c in (cfg.get("interpolation") or {}).get("classes") or [] if c not in classes]
     if unknown:
         raise ValueError(f"interpolation.classes: {unknown} not in data.classes {classes}")
+    sweep = (cfg.get("style_sweep") or {}).get("class")
+    if sweep is not None and sweep not in classes:
+        raise ValueError(f"style_sweep.class: {sweep!r} is not one of data.classes {classes}")
 
 
 def check_counts(cfg: dict) -> None:
@@ -473,6 +476,17 @@ class Plan:
                 "seed": int(seed)}
 
     @property
+    def clue_variants(self) -> list[str]:
+        """The variants with CLUE's style latent: the style sweep's (CLUE Fig. 4)."""
+        return [v for v in self.variants if self.conditioning(v) == "clue"] if "style_sweep" in self.config else []
+
+    def style_sweep_params(self, variant: str) -> dict:
+        s = self.config["style_sweep"]
+        return {**s, "class": s["class"] or self.classes[-1],
+                "num_inference_steps": self.config["generate"]["num_inference_steps"], "variant": variant,
+                **self.speed(), **self.shared()}
+
+    @property
     def exclude_copies(self) -> bool:
         """Whether the classifiers' synthetic pools leave out the images the memorization audit flags."""
         return bool((self.config.get("memorization") or {}).get("exclude_copies"))
@@ -533,6 +547,7 @@ STAGE_MODULES = {
     "evaluate": ["evaluate"],
     "classify": ["classify"],
     "memorization": ["memorization"],
+    "style_sweep": ["style_sweep"],
     "statistics": ["stats"],
     "cluster_quality": ["cluster/quality"],
     "trajectory": ["trajectory"],

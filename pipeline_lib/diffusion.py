@@ -31,7 +31,8 @@ from .conditioning import Conditioning, TrainingData, kind_of, load_conditioning
 from .io import atomic_path, log, write_parquet
 from .speed import Speed
 from .text import text_encoder_folder
-from .torchutils import Checkpoint, fingerprint, load_adapted, load_images, seed_everything, select_device, set_threads
+from .torchutils import (Checkpoint, fingerprint, load_adapted, load_images, seed_everything, select_device,
+                         set_threads, with_mirrors)
 
 
 def build_unet(sample_size: int, channels: int, params: Mapping[str, Any], gated: bool = False
@@ -284,7 +285,8 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
     x, y, images = load_images(manifest, params["train_splits"], list(params["classes"]))
     n_images = len(images)
     y = conditioning.condition_index(images, y)
-    x, y = torch.cat([x, x.flip(-1)]), torch.cat([y, y])  # horizontal flips, encoded once up front
+    hflip = bool(params.get("hflip", True))  # mirror images encoded once, up front, drawn from like the others
+    x, y = with_mirrors(x, hflip), with_mirrors(y, hflip)
     ae = load_autoencoder(ae_dir, device)
     mean, std = encode_latents(ae, x, device)  # KL: posterior mean and std; VQ: pre-quantisation latents, std 0
     del ae

@@ -34,7 +34,8 @@ from .torchutils import select_device, set_threads, to_uint8
 def sample_latents(model: DiffusionModel, class_index: int, n: int, shape: tuple[int, int, int], steps: int,
                    guidance_scale: float, generator: torch.Generator, device: torch.device,
                    style_sigma: float | None = None,
-                   cond_at: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                   cond_at: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+                   init: torch.Tensor | None = None, style: torch.Tensor | None = None) -> torch.Tensor:
     """DDIM (eta = 0) or DDPM from x_T ~ N(0, I); guidance: pred = uncond + w (cond - uncond) when w != 1, the two
     passes batched in one forward. The conditioning's own inputs are drawn after x_T from the same generator, so
     the settings of one seed share their initial noise: a CLUE model's style latent s ~ N(0, style_sigma^2 I)
@@ -42,12 +43,13 @@ def sample_latents(model: DiffusionModel, class_index: int, n: int, shape: tuple
     sample, whose embeddings condition it (the unconditional pass gets GLIGEN's null feature).
 
     ``cond_at(i, cond)`` replaces the conditional embedding at step i (trajectory traversal: the prompt
-    embedding swapped at a timestep); by default the class's own embedding throughout."""
+    embedding swapped at a timestep); by default the class's own embedding throughout. ``init``: x_T itself
+    (n, *shape) instead of a draw; ``style``: a CLUE model's style vectors (n, d) instead of a draw (CLUE Fig. 4)."""
     unet, penc, scheduler = model.unet, model.prompt_encoder, model.scheduler
-    latents = torch.randn((n, *shape), generator=generator).to(device)
+    latents = (torch.randn((n, *shape), generator=generator) if init is None else init.clone()).to(device)
     guided = guidance_scale != 1.0
     extra = model.conditioning.sampler_inputs(class_index, n, guided, generator, device,
-                                              {"style_sigma": style_sigma})
+                                              {"style_sigma": style_sigma, "style": style})
     kwargs = {"cross_attention_kwargs": extra} if extra else {}
     scheduler.set_timesteps(steps)
     labels = torch.full((n,), class_index, dtype=torch.long, device=device)

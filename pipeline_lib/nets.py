@@ -146,10 +146,14 @@ def check_input_size(model: nn.Module, x: torch.Tensor, params: Mapping[str, Any
                          f"larger side (CLUE: 299 for inception_v3) [{err}]") from err
 
 
-def augment(xb: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips and translations of up to ``shift`` pixels (the border is filled with black)."""
-    flip = torch.rand(len(xb), generator=gen) < 0.5
-    xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+def augment(xb: torch.Tensor, shift: int, gen: torch.Generator, hflip: bool = True) -> torch.Tensor:
+    """Random horizontal flips (each image with probability 1/2, when ``hflip``) and translations of up to
+    ``shift`` pixels (the border is filled with black): the trainer's ``hflip`` and ``shift_pixels``. Neither
+    paper states an augmentation (CLUE Table 5, the multi-level paper's protocol); the paper configs turn both
+    off."""
+    if hflip:
+        flip = torch.rand(len(xb), generator=gen) < 0.5
+        xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
     if shift > 0:
         h, w = xb.shape[-2:]
         padded = F.pad(xb, (shift, shift, shift, shift), value=-1.0)
@@ -199,7 +203,8 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_va
             idx = perm[i:i + bs]
             if len(idx) < 2:  # batch norm needs two samples
                 continue
-            xb = speed.batch(to_device(augment(x[idx], int(params["shift_pixels"]), gen), device))
+            xb = speed.batch(to_device(augment(x[idx], int(params["shift_pixels"]), gen,
+                                               bool(params.get("hflip", True))), device))
             with speed.autocast(device):
                 loss = F.cross_entropy(model(xb), to_device(y[idx], device))
             opt.zero_grad(set_to_none=True)

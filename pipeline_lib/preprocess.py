@@ -200,8 +200,7 @@ def _preprocess_row(task: tuple[dict, str, str, Mapping[str, Any]]) -> tuple[dic
     if params.get("lesion_masks"):
         mask_path = find_lesion_mask(params["lesion_masks"], source, row["image_id"])
         if mask_path is not None:
-            crop = lesion_crop(frame, load_mask(mask_path, image.shape[:2]), float(params["lesion_margin"]),
-                               int(params["image_size"]))
+            crop = lesion_input(frame, load_mask(mask_path, image.shape[:2]), record, params)
             if crop is not None:
                 lesion = f"lesion_crops/{row['image_id']}.png"
                 write_png(crop, Path(out_dir) / lesion)
@@ -263,6 +262,26 @@ def lesion_crop(image: np.ndarray, mask: np.ndarray, margin: float, size: int) -
     h, w = mask.shape
     crop = image[max(0, y0 - dy):min(h, y1 + dy), max(0, x0 - dx):min(w, x1 + dx)]
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+LESION_INPUTS = ("masked", "box_crop")
+
+
+def lesion_input(frame: np.ndarray, mask: np.ndarray, record: Mapping[str, Any], params: Mapping[str, Any]
+                 ) -> np.ndarray | None:
+    """The lesion image the multi-level embeddings see (``preprocess.lesion_input``): ``masked`` is the
+    multi-level paper's eq. 1, x_l = x_i * m_i, the image with every pixel outside the lesion mask set to 0,
+    cropped and resized as the image itself; ``box_crop`` the mask's bounding box widened by ``lesion_margin``
+    and resized (the lesion with its surroundings, at full resolution). None for an empty mask."""
+    kind = params.get("lesion_input", "box_crop")
+    if kind not in LESION_INPUTS:
+        raise ValueError(f"preprocess.lesion_input must be one of {list(LESION_INPUTS)}, got {kind!r}")
+    if kind == "box_crop":
+        return lesion_crop(frame, mask, float(params["lesion_margin"]), int(params["image_size"]))
+    if not mask.any():
+        return None
+    masked = frame * (mask > 0)[..., None].astype(frame.dtype) if frame.ndim == 3 else frame * (mask > 0)
+    return crop_resize(masked, record, params)[0]
 
 
 def preprocess(manifest_in: str | Path, manifest_out: str | Path, qc_out: str | Path,

@@ -69,6 +69,15 @@ def load_images(manifest_path: str | Path, splits: Sequence[str], classes: Seque
     return x, y, df
 
 
+def with_mirrors(x: torch.Tensor, hflip: bool) -> torch.Tensor:
+    """``diffusion.hflip``: the rows of ``x`` followed by their horizontal mirror images (images (N, C, H, W); any
+    other tensor, e.g. labels, repeated), else ``x`` as it is. Neither CLUE (Table 3) nor the multi-level paper
+    states an augmentation of the generative training; their configs turn it off."""
+    if not hflip:
+        return x
+    return torch.cat([x, x.flip(-1) if x.ndim == 4 else x])
+
+
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1] (the papers' normalisation)."""
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)

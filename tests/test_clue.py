@@ -174,3 +174,50 @@ def test_l1_denoising_loss_is_the_mean_absolute_error():
     torch.testing.assert_close(loss("mse"), noise.pow(2).mean())
     with pytest.raises(ValueError, match=r"diffusion.loss must be one of \['l1', 'mse'\], got 'huber'"):
         loss("huber")
+
+
+def test_sweep_vectors_differ_only_in_the_swept_components():
+    from pipeline_lib.style_sweep import sweep_vectors
+
+    s = sweep_vectors(6, [4, 1], [-3, 0, 3])
+    assert s.shape == (9, 6)
+    others = [0, 2, 3, 5]
+    assert (s[:, others] == 0).all()  # every other component held at the prior's mean
+    assert s[:, 4].tolist() == [-3, -3, -3, 0, 0, 0, 3, 3, 3] and s[:, 1].tolist() == [-3, 0, 3] * 3
+    row = s[3:6]  # one row of the grid: only the second component moves
+    assert (row[:, 4] == row[0, 4]).all() and len(set(row[:, 1].tolist())) == 3
+    with pytest.raises(ValueError, match=r"style_sweep.components: \[6\] outside the style vector's 6 components"):
+        sweep_vectors(6, [0, 6], [0, 1])
+    with pytest.raises(ValueError, match=r"expected two different components, got \[2, 2\]"):
+        sweep_vectors(6, [2, 2], [0, 1])
+
+
+def test_style_sweep_keeps_x_t_and_changes_only_with_the_style(clue_model, tiny_ae, tmp_path):
+    """CLUE Fig. 4 on the tiny model: the sweep's images at equal style vectors are equal (the same x_T), its
+    neighbours along a component differ; the style panel has one row per class."""
+    from PIL import Image
+
+    from pipeline_lib.style_sweep import style_sweep
+
+    params = {"class": CLASSES[-1], "components": [0, 3], "values": [-3.0, 0.0, 3.0], "styles": 2,
+              "guidance_scale": 2.0, "num_inference_steps": 3, "seed": 0, "device": "cpu", "classes": list(CLASSES)}
+    table = style_sweep(tiny_ae, clue_model / "model", tmp_path / "sweep.png", tmp_path / "sweep.parquet", params)
+    sweep = table[table["panel"] == "sweep"]
+    assert len(sweep) == 9 and sweep["s0"].tolist() == [-3, -3, -3, 0, 0, 0, 3, 3, 3]
+    assert table.loc[table["panel"] == "styles", "class"].value_counts().to_dict() == {c: 2 for c in CLASSES}
+    assert Image.open(tmp_path / "sweep.png").size[0] > 0
+    model = load_diffusion(clue_model / "model", CPU)
+    x_t = torch.randn((1, 8, 8, 8), generator=torch.Generator().manual_seed(1)).expand(3, 8, 8, 8)
+    style = torch.zeros(3, 8)
+    style[1, 0] = 3.0  # only component 0 moves, and only for the second sample
+
+    def run(s):
+        return sample_latents(model, 2, 3, (8, 8, 8), 3, 2.0, torch.Generator().manual_seed(2), CPU, init=x_t, style=s)
+
+    out = run(style)
+    # same x_T, same style: the same latent up to float32 rounding, which differs between batch positions (about
+    # 1e-6 on values of order 1 after three UNet passes); the moved style changes it by far more
+    torch.testing.assert_close(out[0], out[2], rtol=0, atol=1e-5)
+    assert (out[0] - out[1]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"expected style vectors of shape \(3, 8\), got \(3, 5\)"):
+        run(torch.zeros(3, 5))

@@ -239,6 +239,26 @@ def test_lesion_crop_hand_case():
     assert lesion_crop(img, np.zeros((100, 100), bool), 0.1, 16) is None
 
 
+def test_lesion_input_masked_is_eq_1_by_hand():
+    """Multi-level paper eq. 1, x_l = x_i * m_i: on a 6 x 6 image with a 2 x 3 mask and no resize, the lesion
+    input keeps those six pixels and is 0 everywhere else; box_crop keeps the box only."""
+    from pipeline_lib.preprocess import lesion_input
+
+    img = (np.arange(6 * 6 * 3) % 251 + 1).astype(np.uint8).reshape(6, 6, 3)  # no zero pixel
+    mask = np.zeros((6, 6), bool)
+    mask[2:4, 1:4] = True
+    params = {"aperture": "none", "image_size": 6, "lesion_margin": 0.0, "lesion_input": "masked"}
+    x_l = lesion_input(img, mask, {}, params)
+    want = np.zeros_like(img)
+    want[2:4, 1:4] = img[2:4, 1:4]
+    assert np.array_equal(x_l, want)
+    assert lesion_input(img, np.zeros((6, 6), bool), {}, params) is None
+    box = lesion_input(img, mask, {}, {**params, "lesion_input": "box_crop", "image_size": 3})
+    assert box.shape == (3, 3, 3) and np.array_equal(box[0], cv2.resize(img[2:4, 1:4], (3, 3))[0])
+    with pytest.raises(ValueError, match=r"preprocess.lesion_input must be one of \['masked', 'box_crop'\], got 'crop'"):
+        lesion_input(img, mask, {}, {**params, "lesion_input": "crop"})
+
+
 def test_preprocess_writes_lesion_crops_where_masks_exist(tmp_path):
     from PIL import Image
 

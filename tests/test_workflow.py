@@ -133,6 +133,9 @@ def test_tables_have_the_promised_columns_and_ranges(run, tiny_config):
     assert (diffs["n_seeds"] == len(seeds)).all()
     assert {"class/cfg2 CI", "class/cfg2 vs replace_0"} <= set(tables.columns)
     assert tables.loc[tables["point"] == "replace_0", "class/cfg2 vs replace_0"].eq("").all()
+    sweep = pd.read_parquet(res / "style_sweep" / "clue" / "sweep.parquet")  # CLUE Fig. 4, the CLUE variant only
+    assert (res / "style_sweep" / "clue" / "sweep.png").exists() and not (res / "style_sweep" / "class").exists()
+    assert set(sweep["panel"]) == {"sweep", "styles"}
     leak = pd.read_parquet(res / "preprocess" / "leakage.parquet")
     assert len(leak) == 4 and (leak["n_violations"] == 0).all()
     for png in ["f1_vs_ratio.png", "f1_vs_scale.png", "roc_replace_100.png"] + \
@@ -274,8 +277,8 @@ def test_generation_edit_reruns_generation_and_what_follows_but_no_training(run,
     _edited(work, tiny_config, "generate", "num_inference_steps", tiny_config["generate"]["num_inference_steps"] + 1)
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
     assert set(jobs) == {"generate", "evaluate", "memorization", "classify", "classify_statistics", "interpolation",
-                         "cluster_quality", "trajectory", "report", "all"}  # no autoencoder, diffusion, cluster or
-    # feature network
+                         "cluster_quality", "trajectory", "style_sweep", "report", "all"}  # no autoencoder, diffusion,
+    # cluster or feature network
     assert jobs["generate"] == 4 * len(tiny_config["generate"]["seeds"])
 
 
@@ -321,7 +324,7 @@ def test_diffusion_edit_keeps_autoencoder_and_feature_network(run, tiny_config):
     _edited(work, tiny_config, "diffusion", "steps", tiny_config["diffusion"]["steps"] + 1)
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
     assert set(jobs) == {"diffusion", "generate", "evaluate", "memorization", "classify", "classify_statistics",
-                         "cluster_quality", "trajectory", "interpolation", "report", "all"}
+                         "cluster_quality", "trajectory", "interpolation", "style_sweep", "report", "all"}
 
 
 def test_conditioning_specific_diffusion_keys_retrain_only_the_variants_that_read_them(run, tiny_config):
@@ -364,7 +367,7 @@ def test_autoencoder_edit_reruns_only_that_autoencoder_and_what_uses_it(run, tin
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
     assert set(jobs) == {"autoencoder", "autoencoder_metrics", "cluster", "diffusion", "generate", "evaluate",
                          "memorization", "classify", "classify_statistics", "cluster_quality", "trajectory",
-                         "interpolation", "report", "all"}
+                         "interpolation", "style_sweep", "report", "all"}
     assert jobs["autoencoder"] == 1
 
 

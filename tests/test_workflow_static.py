@@ -45,6 +45,8 @@ def test_paper_clue_plans_ten_seeds_five_settings_and_the_full_classifier_grids(
     assert jobs["generate"] == 10 * 5 and jobs["evaluate"] == 10 * 5  # Vanilla + sigma 0, 0.1, 0.3, 0.5
     # Tables 8-15: 11 replacement shares + "100 % + 1A", 4 scales + "1000 % + 1A", one InceptionV3 each.
     assert jobs["classify"] == 10 * 5 * (11 + 1 + 4 + 1)
+    assert jobs["style_sweep"] == 1  # Fig. 4, the CLUE variant's
+    assert jobs["memorization"] == 10 * 5 and jobs["classify_statistics"] == 1
     assert "cluster" not in jobs and "trajectory" not in jobs and "interpolation" not in jobs
 
 

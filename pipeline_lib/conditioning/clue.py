@@ -38,10 +38,19 @@ class ClueStyle(ClassPrompt):
         return cond, context
 
     def sampler_inputs(self, class_index, n, guided, generator, device, settings):
+        """s ~ N(0, style_sigma^2 I), or the given style vectors ``settings["style"]`` (n, style_dim) (the style
+        sweep of CLUE Fig. 4)."""
+        adapter = self.modules["style_adapter"]
+        s = settings.get("style")
+        if s is not None:
+            if tuple(s.shape) != (n, adapter.config.style_dim):
+                raise ValueError(f"expected style vectors of shape ({n}, {adapter.config.style_dim}), got "
+                                 f"{tuple(s.shape)}")
+            tokens = adapter.tokens(s.to(device))
+            return {"style": torch.cat([tokens, tokens]) if guided else tokens}
         sigma = settings.get("style_sigma")
         if sigma is None:
             raise ValueError("a CLUE model needs the setting's `style_sigma` (the paper's grid: 0, 0.1, 0.3, 0.5)")
-        adapter = self.modules["style_adapter"]
         s = float(sigma) * torch.randn((n, adapter.config.style_dim), generator=generator)
         tokens = adapter.tokens(s.to(device))
         return {"style": torch.cat([tokens, tokens]) if guided else tokens}

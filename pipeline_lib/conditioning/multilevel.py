@@ -15,7 +15,7 @@ import torch
 from ..io import log, read_rgb, resolve_path
 from ..multilevel import MULTILEVEL_DEFAULTS, MultiLevelEmbedder, OpenClipLevels, install_adapters, level_tokens
 from ..nets import load_feature_net
-from ..torchutils import to_tensor
+from ..torchutils import to_tensor, with_mirrors
 from .prompt import ClassPrompt
 
 REFERENCES = "multilevel_references.pt"  # in the model folder: the training images' level tokens and labels
@@ -40,7 +40,8 @@ class MultiLevel(ClassPrompt):
         n = len(data.rows)
         crops = load_lesion_crops(data.manifest, data.rows, data.images)
         encoder = image_encoder(data.params, data.feature_net, device)
-        levels = embed_levels(encoder, torch.cat([crops, crops.flip(-1)]), grid, device)  # as the latents: flips
+        hflip = bool(data.params.get("hflip", True))
+        levels = embed_levels(encoder, with_mirrors(crops, hflip), grid, device)  # aligned with the latents
         self.per_image = levels
         self.references = {"levels": [t[:n].cpu() for t in levels], "labels": data.labels.cpu()}
         embedder = MultiLevelEmbedder([t.shape[-1] for t in levels], int(unet.config.cross_attention_dim), grid,

@@ -238,5 +238,11 @@ def report_outputs(flagged=False):
     return out
 
 
+def style_sweep_outputs():
+    """CLUE Fig. 4 of every CLUE variant, when `style_sweep:` is configured."""
+    return [f"{R}/style_sweep/{v}/sweep.png" for v in PLAN.clue_variants]
+
+
 def final_outputs():
-    return [*cluster_outputs(), *(p for v in report_outputs().values() for p in ([v] if isinstance(v, str) else v))]
+    return [*cluster_outputs(), *style_sweep_outputs(),
+            *(p for v in report_outputs().values() for p in ([v] if isinstance(v, str) else v))]
