@@ -125,7 +125,7 @@ def test_tables_have_the_promised_columns_and_ranges(run, tiny_config):
     pred = pd.read_parquet(res / "classify" / "class" / "cfg2" / f"seed{seeds[0]}" / "small_cnn" / "replace_0" /
                            "predictions.parquet")
     assert set(pred["test_set"]) == {"test", "external"}
-    assert np.allclose(pred[[f"p_{c}" for c in tiny_config["data"]["classes"]]].sum(1), 1, atol=1e-5)  # float32
+    assert np.allclose(pred[[f"p_{c}" for c in tiny_config["data"]["classes"]]].sum(axis=1), 1, atol=1e-5)  # float32
     diffs = pd.read_parquet(res / "report" / "classify_differences.parquet")
     assert set(diffs["point"]) == {"replace_100", "replace_100_plus_real", "scale_100", "count_mixed"}
     assert (diffs["low"] <= diffs["difference"] + 1e-12).all() and (diffs["difference"] <= diffs["high"] + 1e-12).all()
