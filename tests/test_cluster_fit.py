@@ -6,8 +6,8 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from pipeline_lib.cluster.fit import (INDICES, cluster_stage, fit_partition, imsat, index_table, latent_features,
-                                      predict_partition, select_k)
+from pipeline_lib.cluster.fit import (INDICES, affine, cluster_stage, fit_partition, imsat, index_table,
+                                      latent_features, predict_partition, random_affine, select_k)
 
 IMSAT = {"hidden": 32, "epochs": 60, "batch_size": 64, "lr": 0.003, "lambda": 0.1, "mu": 4.0, "noise": 0.1}
 
@@ -35,6 +35,33 @@ def test_imsat_recovers_separated_blobs_and_is_deterministic():
     a, _ = imsat(x, 3, IMSAT, seed=0)
     assert adjusted_rand_score(y, a) > 0.95
     np.testing.assert_array_equal(a, imsat(x, 3, IMSAT, seed=0)[0])
+
+
+def test_affine_rotates_shifts_and_scales_as_stated():
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).reshape(2, 1, 6, 6)
+    one, none = torch.ones(2), torch.zeros(2, 2)
+    # 90 degrees maps pixel centres onto pixel centres: torch.rot90 (counter-clockwise as displayed); the float32
+    # sampling grid's rounding (about 1e-6 of a pixel) times the image's steps of 1 to 6 per pixel stays below 1e-4
+    torch.testing.assert_close(affine(x, torch.full((2,), 90.0), one, none), torch.rot90(x, 1, dims=(2, 3)),
+                               rtol=0, atol=1e-4)
+    moved = affine(x, torch.zeros(2), one, torch.tensor([[1 / 6, 0.0]] * 2))  # one pixel to the right
+    torch.testing.assert_close(moved[..., 1:], x[..., :-1], rtol=0, atol=1e-4)
+    # empty ranges: the identity (up to the float32 grid's rounding times the image's steps of 1 to 6)
+    torch.testing.assert_close(random_affine(x, 0, 0, 0, torch.Generator().manual_seed(0)), x, rtol=0, atol=1e-4)
+    views = random_affine(x, 15, 0.05, 0.1, torch.Generator().manual_seed(0))
+    assert views.shape == x.shape and not torch.allclose(views, x)
+
+
+def test_imsat_takes_transformed_views_as_its_self_augmentation():
+    """T(x) drawn from given views: views equal to the data (a transformation that changes nothing) recover the
+    blobs as the noise version does; views of the wrong shape are an error."""
+    x, y = _blobs()
+    views = np.stack([x + np.random.default_rng(i).normal(scale=0.3, size=x.shape) for i in range(3)])
+    a, _ = imsat(x, 3, IMSAT, seed=0, views=views)
+    assert adjusted_rand_score(y, a) > 0.95
+    np.testing.assert_array_equal(a, imsat(x, 3, IMSAT, seed=0, views=views)[0])
+    with pytest.raises(ValueError, match=r"imsat: expected views of shape \(V, 180, 4\), got \(3, 180, 2\)"):
+        imsat(x, 3, IMSAT, seed=0, views=views[..., :2])
 
 
 def test_selection_picks_the_true_k_on_blobs_and_votes():
@@ -74,6 +101,13 @@ def test_cluster_stage_tables(tiny_manifest, tiny_ae, tmp_path, tiny_config):
     assign = pd.read_parquet(tmp_path / "a.parquet")
     n = pd.read_parquet(tiny_manifest)["split"].isin(["train_a", "train_b"]).sum()
     assert len(assign) == 2 * 2 * n and set(sel["index"]) == {*INDICES, "majority"}
+    # the paper's image-level self-augmentation: rotated, translated, scaled copies encoded
+    image = {**params, "methods": ["imsat"], "k_values": [2],
+             "imsat": {**params["imsat"], "augmentation": "image", "views": 2, "rotation": 15, "translation": 0.05,
+                       "scaling": 0.1}}
+    cluster_stage(tiny_manifest, tiny_ae, tmp_path / "i2.parquet", tmp_path / "s2.parquet", tmp_path / "a2.parquet",
+                  image)
+    assert len(pd.read_parquet(tmp_path / "a2.parquet")) == n
 
 
 def test_index_table_marks_degenerate_partitions():

@@ -6,10 +6,12 @@ indices of each partition, and the choice of k.
 - k-means (scikit-learn, ``n_init`` restarts) and information-maximising clustering (IMSAT, Hu et al. 2017,
   the method of the paper): a small network p(y | x) trained to maximise the mutual information
   H(Y) - H(Y | X) (the marginal entropy keeps clusters balanced, the conditional entropy makes each
-  assignment confident) with a self-augmentation term, KL(p(y | x) || p(y | T(x))) for a random perturbation
-  T(x) = x + noise * std(x) * eps (the latent vectors are not images, so rotations and crops do not apply):
-  loss = R_sat - lambda (mu H(Y) - H(Y | X)), mu weighting the marginal entropy (4 in Hu et al.'s setting; with
-  the weight on the conditional entropy instead, training collapses into one cluster).
+  assignment confident) with a self-augmentation term, KL(p(y | x) || p(y | T(x))), T a random perturbation:
+  ``imsat.augmentation: image`` (the cLDM paper, section 3.5: "rotation, translation, and scaling"), the features
+  of one of ``views`` randomly rotated, translated and scaled copies of the image, encoded by the autoencoder and
+  pooled and standardised as the image's own; ``noise`` (the default, cheaper), T(x) = x + noise * std(x) * eps
+  on the features themselves. loss = R_sat - lambda (mu H(Y) - H(Y | X)), mu weighting the marginal entropy (4 in
+  Hu et al.'s setting; with the weight on the conditional entropy instead, training collapses into one cluster).
 - Selection: each index's best k (largest Calinski-Harabasz, Dunn, Hartigan; smallest C and McClain-Rao) and a
   majority vote over the five; a tie in votes goes to the smaller k (the more parsimonious partition).
 - ``hartigan: nbclust`` replaces the paper's log(SSB / SSW) by R NbClust's Hartigan index,
@@ -71,22 +73,55 @@ def imsat_network(in_dim: int, hidden: int, k: int) -> nn.Sequential:
                          nn.Linear(hidden, k))
 
 
-def imsat(x: np.ndarray, k: int, params: Mapping[str, Any], seed: int) -> tuple[np.ndarray, nn.Sequential]:
+def random_affine(images: torch.Tensor, rotation: float, translation: float, scaling: float,
+                  generator: torch.Generator) -> torch.Tensor:
+    """Each image (N, C, H, W) rotated by a uniform angle in [-rotation, rotation] degrees, translated by up to
+    ``translation`` of its side in x and y and scaled by a factor in [1 - scaling, 1 + scaling], about its centre
+    (bilinear; the border reflected, as a tissue tile continues beyond its edge)."""
+    u = torch.rand((len(images), 4), generator=generator, dtype=torch.float64) * 2 - 1  # uniform in [-1, 1]
+    return affine(images, u[:, 0] * float(rotation), 1 + u[:, 1] * float(scaling), u[:, 2:] * float(translation))
+
+
+def affine(images: torch.Tensor, degrees: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Images (N, C, H, W) rotated by ``degrees`` (N,) (counter-clockwise as displayed, y pointing down), scaled
+    by ``scale`` (N,) and moved by ``shift`` (N, 2) (x, y) in fractions of the side, about the centre."""
+    angle = torch.deg2rad(degrees.double())
+    scale, shift = scale.double(), shift.double() * 2  # affine_grid's coordinates span 2 per side
+    # the grid maps each output pixel to where it is read from: the inverse rotation, scale and shift
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    tx = -(cos * shift[:, 0] - sin * shift[:, 1])
+    ty = -(sin * shift[:, 0] + cos * shift[:, 1])
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def imsat(x: np.ndarray, k: int, params: Mapping[str, Any], seed: int, views: np.ndarray | None = None
+          ) -> tuple[np.ndarray, nn.Sequential]:
     """IMSAT cluster assignments (N,) of features ``x`` (N, D) and the trained network that predicts them;
-    deterministic for a seed on the CPU."""
+    deterministic for a seed on the CPU. ``views`` (V, N, D): the features of V transformed copies of each image,
+    one drawn for each row of a batch as its T(x); without them T(x) is Gaussian noise on the features."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     data = torch.from_numpy(x).float()
     std = data.std(0, keepdim=True)
+    augmented = None if views is None else torch.from_numpy(np.asarray(views)).float()
+    if augmented is not None and augmented.shape[1:] != data.shape:
+        raise ValueError(f"imsat: expected views of shape (V, {len(data)}, {data.shape[1]}), got {tuple(augmented.shape)}")
     net = imsat_network(data.shape[1], int(params["hidden"]), k)
     opt = torch.optim.Adam(net.parameters(), lr=float(params["lr"]))
     lam, mu, noise, bs = float(params["lambda"]), float(params["mu"]), float(params["noise"]), int(params["batch_size"])
     for _ in range(int(params["epochs"])):
         perm = torch.randperm(len(data), generator=g)
         for i in range(0, len(data), bs):
-            xb = data[perm[i:i + bs]]
+            idx = perm[i:i + bs]
+            xb = data[idx]
             p = F.softmax(net(xb), 1)
-            p_aug = F.log_softmax(net(xb + noise * std * torch.randn(xb.shape, generator=g)), 1)
+            if augmented is None:
+                tx = xb + noise * std * torch.randn(xb.shape, generator=g)
+            else:
+                tx = augmented[torch.randint(0, len(augmented), (len(idx),), generator=g), idx]
+            p_aug = F.log_softmax(net(tx), 1)
             r_sat = F.kl_div(p_aug, p.detach(), reduction="batchmean")  # KL(p(y|x) || p(y|T(x)))
             h_y, h_y_x = _entropy(p.mean(0)), _entropy(p).mean()
             loss = r_sat - lam * (mu * h_y - h_y_x)
@@ -98,15 +133,15 @@ def imsat(x: np.ndarray, k: int, params: Mapping[str, Any], seed: int) -> tuple[
         return net(data).argmax(1).numpy(), net
 
 
-def fit_partition(x: np.ndarray, k: int, method: str, params: Mapping[str, Any], seed: int
-                  ) -> tuple[np.ndarray, dict]:
+def fit_partition(x: np.ndarray, k: int, method: str, params: Mapping[str, Any], seed: int,
+                  views: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """Labels (N,) of one partition and the state that assigns new points to it (``predict_partition``):
-    k-means' centres, or IMSAT's network."""
+    k-means' centres, or IMSAT's network (``views``: its image-level self-augmentation, see ``imsat``)."""
     if method == "kmeans":
         km = KMeans(n_clusters=k, n_init=int(params["kmeans_n_init"]), random_state=seed).fit(x)
         return km.labels_, {"method": method, "k": k, "centres": torch.from_numpy(km.cluster_centers_)}
     if method == "imsat":
-        labels, net = imsat(x, k, params["imsat"], seed)
+        labels, net = imsat(x, k, params["imsat"], seed, views)
         return labels, {"method": method, "k": k, "in_dim": x.shape[1], "hidden": int(params["imsat"]["hidden"]),
                         "state_dict": net.state_dict()}
     raise ValueError(f"cluster method must be one of {METHODS}, got {method!r}")
@@ -220,11 +255,19 @@ def cluster_stage(manifest: str | Path, ae_dir: str | Path, indices_out: str | P
     x = (raw - mean) / std
     log.info("cluster features: %d images x %d (%s pooling%s)", *x.shape, f["pooling"],
              ", standardised" if f["standardize"] else "")
+    views = None
+    im = params.get("imsat") or {}
+    if "imsat" in params["methods"] and im.get("augmentation", "noise") == "image":
+        g = torch.Generator().manual_seed(int(params["seed"]))
+        views = np.stack([(pooled_features(encode_latents(ae, random_affine(
+            x_img, im["rotation"], im["translation"], im["scaling"], g), device)[0], f["pooling"],
+            int(f["pool_size"])) - mean) / std for _ in range(int(im["views"]))])
+        log.info("IMSAT self-augmentation: %d rotated, translated and scaled views of each image", len(views))
     table, assignments, states = [], [], {}
     nbclust = params.get("hartigan", "paper") == "nbclust"
     for method in params["methods"]:
         ks = sorted(int(k) for k in params["k_values"])
-        fits = {k: fit_partition(x, k, method, params, int(params["seed"]))
+        fits = {k: fit_partition(x, k, method, params, int(params["seed"]), views)
                 for k in sorted(set(ks) | ({k + 1 for k in ks} if nbclust else set()))}
         for k in ks:
             labels, states[partition_key(method, k)] = fits[k]
