@@ -37,7 +37,7 @@ from .io import log, read_parquet, write_parquet
 from .leakage import check_training_set
 from .metrics import classification_scores, per_class_scores
 from .nets import predict, train_classifier
-from .torchutils import load_images, seed_everything, select_device, set_threads
+from .torchutils import load_images, proportional_counts, seed_everything, select_device, set_threads
 
 PREDICTION_COLUMNS = ("variant", "setting", "seed", "arch", "point", "test_set", "image_id", "y_true")
 PROTOCOLS = ("replace", "hybrid", "scale", "scale_hybrid", "count")
@@ -64,15 +64,6 @@ def replacement_indices(y_real: np.ndarray, y_syn: np.ndarray, ratio: float, rng
                          f"replacement ratio {ratio}, synthetic images of class {c} (raise generate.scale)"))
         keep.append(rng.permutation(real_c)[: len(real_c) - k])
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(add))
-
-
-def proportional_counts(total: int, class_sizes: np.ndarray) -> np.ndarray:
-    """``total`` shared out over classes in proportion to ``class_sizes`` by largest remainders (sums to total)."""
-    share = total * class_sizes / class_sizes.sum()
-    counts = np.floor(share).astype(int)
-    order = np.argsort(-(share - counts), kind="stable")
-    counts[order[: total - counts.sum()]] += 1
-    return counts
 
 
 def training_indices(protocol: str, value: Any, y_real: np.ndarray, y_syn: np.ndarray, rng: np.random.Generator,

@@ -445,11 +445,13 @@ class Plan:
                 **self.speed(), **self.shared()}
 
     def generate_params(self, variant: str, setting: str, seed: int | str) -> dict:
-        """A class-conditioned variant draws `scale` x train_a per class, a cluster variant `samples_per_cluster`:
-        each gets only the key it uses."""
-        unused = "scale" if variant in self.cluster_variants else "samples_per_cluster"
+        """A class-conditioned variant draws `scale` x train_a per class, a cluster variant `samples_per_cluster`
+        per cluster or a setting's `cluster_total` in the clusters' proportions: each gets only the keys it uses."""
+        clusters = variant in self.cluster_variants
+        unused = "scale" if clusters else "samples_per_cluster"
         g = {k: v for k, v in self.config["generate"].items() if k not in ("settings", "seeds", unused)}
-        chosen = {k: v for k, v in self.config["generate"]["settings"][setting].items() if k != "variants"}
+        chosen = {k: v for k, v in self.config["generate"]["settings"][setting].items()
+                  if k != "variants" and (clusters or k != "cluster_total")}
         return {**g, **chosen, "variant": variant, "setting": setting, "preprocess": self.config["preprocess"],
                 **self.speed(), **self.shared(), "seed": int(seed)}
 

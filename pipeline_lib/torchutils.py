@@ -69,6 +69,15 @@ def load_images(manifest_path: str | Path, splits: Sequence[str], classes: Seque
     return x, y, df
 
 
+def proportional_counts(total: int, class_sizes: np.ndarray) -> np.ndarray:
+    """``total`` shared out over classes in proportion to ``class_sizes`` by largest remainders (sums to total)."""
+    share = total * class_sizes / class_sizes.sum()
+    counts = np.floor(share).astype(int)
+    order = np.argsort(-(share - counts), kind="stable")
+    counts[order[: total - counts.sum()]] += 1
+    return counts
+
+
 def with_mirrors(x: torch.Tensor, hflip: bool) -> torch.Tensor:
     """``diffusion.hflip``: the rows of ``x`` followed by their horizontal mirror images (images (N, C, H, W); any
     other tensor, e.g. labels, repeated), else ``x`` as it is. Neither CLUE (Table 3) nor the multi-level paper

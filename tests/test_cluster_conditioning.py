@@ -194,6 +194,23 @@ def test_generation_and_quality_per_cluster(cluster_model, clustered, tiny_manif
     pd.testing.assert_frame_equal(table, again)  # seeded reference pairs: the same numbers on a rerun
 
 
+def test_cluster_total_follows_the_training_clusters_proportions(cluster_model, tiny_manifest, tiny_config):
+    """cLDM section 4.4: a setting's cluster_total shares that many images over the clusters in the proportions
+    of their training images (largest remainders), instead of samples_per_cluster of each (section 4.5)."""
+    model = load_diffusion(cluster_model / "model", CPU)
+    trained = np.asarray(model.prompt_encoder.config.counts)
+    params = {"classes": tiny_config["data"]["classes"], "samples_per_cluster": 3}
+    names, counts, _ = model.conditioning.image_counts(model.prompt_encoder, tiny_manifest, params,
+                                                       cluster_model / "model")
+    assert [counts[n] for n in names] == [3 if t else 0 for t in trained]
+    total = 2 * int(trained.sum()) + 1
+    _, counts, _ = model.conditioning.image_counts(model.prompt_encoder, tiny_manifest,
+                                                   {**params, "cluster_total": total}, cluster_model / "model")
+    got = np.array([counts[n] for n in names])
+    assert got.sum() == total and (np.abs(got - total * trained / trained.sum()) < 1).all()
+    assert (got[trained == 0] == 0).all()
+
+
 def test_cluster_generation_table_is_mean_and_std_over_seeds(tmp_path):
     paths = []
     for seed, acc in ((0, 0.5), (1, 0.7)):

@@ -62,7 +62,7 @@ def test_paper_multilevel_plans_the_ablation_the_five_classifiers_and_the_interp
 def test_paper_cldm_plans_one_cluster_conditioned_model_per_k_and_no_class_stages(work):
     jobs = dry_run(work, "config/paper_cldm.yaml")
     assert jobs["cluster"] == 1 and jobs["diffusion"] == 7  # k = 10..16 (Table 4)
-    assert jobs["generate"] == jobs["cluster_quality"] == 7 * 3
+    assert jobs["generate"] == jobs["cluster_quality"] == 7 * 3 * 2  # 100 per cluster (4.5), 10,000 in all (4.4)
     assert not {"feature_net", "evaluate", "classify"} & set(jobs)  # unlabelled: no class-based stages
 
 

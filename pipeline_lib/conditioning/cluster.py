@@ -1,13 +1,16 @@
 """Cluster conditioning (cLDM paper section 3.4): with no labels, the cluster of each training image's latents
 under the cluster stage's (method, k) partition is the condition, embedded by ``cluster.condition
 .ClusterEmbedding`` (no prompts, no text encoder). Generation draws ``samples_per_cluster`` per cluster
-(section 4.5: 100), none for a cluster that had no training image."""
+(section 4.5: 100), none for a cluster that had no training image; a setting's ``cluster_total`` instead shares
+that many images over the clusters in the proportions of their training images (section 4.4: about 10,000)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..cluster.condition import CLUSTER_DEFAULTS, ClusterEmbedding, cluster_labels, resolve_k
 from ..io import log
+from ..torchutils import proportional_counts
 from .base import Conditioning, saved_options
 
 
@@ -53,6 +56,10 @@ class ClusterIds(Conditioning):
         empty = [c for c, n in zip(names, trained) if n == 0]
         if empty:
             log.info("no images for %s: no training image was in these clusters", empty)
-        counts = {c: int(params["samples_per_cluster"]) if n else 0 for c, n in zip(names, trained)}
+        total = params.get("cluster_total")
+        if total is None:  # section 4.5: the same number of every cluster (its accuracy table: 100)
+            counts = {c: int(params["samples_per_cluster"]) if n else 0 for c, n in zip(names, trained)}
+        else:  # section 4.4: about 10,000 in the training clusters' proportions (its similarity table)
+            counts = dict(zip(names, proportional_counts(int(total), np.asarray(trained, np.float64)).tolist()))
         return names, counts, lambda i: {"cluster": i, "cluster_method": context.config.method,
                                          "cluster_k": int(context.config.k)}
