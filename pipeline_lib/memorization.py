@@ -261,7 +261,7 @@ def audit_figure(images: pd.DataFrame, synthetic: np.ndarray, train: np.ndarray,
                                            (match[:, ::-1] if r["flipped"] else match, "train"))):
             ax = fig.add_subplot(grid[row, i])
             ax.imshow(im.squeeze(), cmap="gray" if im.shape[-1] == 1 else None)
-            ax.set_title(label + (" (copy)" if row == 0 and r["is_copy"] else ""), fontsize=7)
+            ax.set_title(label + (" flagged" if row == 0 and r["is_copy"] else ""), fontsize=7)
             ax.axis("off")
     ax = fig.add_subplot(grid[2, :])
     bins = np.linspace(min(syn["similarity"].min(), held["similarity"].min()), 1.0, 40)
