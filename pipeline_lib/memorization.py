@@ -114,9 +114,10 @@ def pixel_nearest(reference: np.ndarray, query: np.ndarray, max_shift: int = 2, 
     return Nearest(index, best, flipped.astype(bool), dx_best, dy_best)
 
 
-def feature_nearest(reference: np.ndarray, query: np.ndarray, exclude_self: bool = False) -> tuple[Nearest, Nearest]:
-    """Nearest ``reference`` feature vector of every ``query`` one by cosine similarity, and by Euclidean distance
-    (its ``similarity`` field holding the distance: Alaa et al.'s authenticity is defined on distances)."""
+def feature_nearest(reference: np.ndarray, query: np.ndarray, exclude_self: bool = False
+                    ) -> tuple[Nearest, np.ndarray, np.ndarray]:
+    """Nearest ``reference`` feature vector of every ``query`` one by cosine similarity, and the index of and
+    distance to the nearest by Euclidean distance (Alaa et al.'s authenticity is defined on distances)."""
     reference, query = np.asarray(reference, np.float64), np.asarray(query, np.float64)
     if reference.ndim != 2 or query.ndim != 2 or reference.shape[1] != query.shape[1]:
         raise ValueError(f"expected feature arrays (N, D) of one width, got {reference.shape} and {query.shape}")
@@ -127,7 +128,7 @@ def feature_nearest(reference: np.ndarray, query: np.ndarray, exclude_self: bool
     if exclude_self:
         sim[rows, rows], d2[rows, rows] = -np.inf, np.inf
     j, k = sim.argmax(1), d2.argmin(1)
-    return Nearest(j, sim[rows, j]), Nearest(k, np.sqrt(np.maximum(d2[rows, k], 0.0)))
+    return Nearest(j, sim[rows, j]), k, np.sqrt(np.maximum(d2[rows, k], 0.0))
 
 
 def _closer_than_neighbour(query_distance: np.ndarray, nearest: np.ndarray, train_distance: np.ndarray) -> np.ndarray:
@@ -168,7 +169,7 @@ def audit_sets(train: np.ndarray, synthetic: np.ndarray, heldout: np.ndarray, *,
     train_self = pixel_nearest(px["train"], px["train"], max_shift, flips, exclude_self=True, centre=mean)
     train_distance = 1.0 - train_self.similarity
     if given:
-        f_train_distance = feature_nearest(feats["train"], feats["train"], exclude_self=True)[1].similarity
+        f_train_distance = feature_nearest(feats["train"], feats["train"], exclude_self=True)[2]
     tables = {}
     for name in ("synthetic", "heldout"):
         near = pixel_nearest(px["train"], px[name], max_shift, flips, centre=mean)
@@ -177,10 +178,10 @@ def audit_sets(train: np.ndarray, synthetic: np.ndarray, heldout: np.ndarray, *,
                           "closer_than_neighbour": _closer_than_neighbour(1.0 - near.similarity, near.index,
                                                                           train_distance)})
         if given:
-            cosine, euclid = feature_nearest(feats["train"], feats[name])
+            cosine, euclid_index, euclid_distance = feature_nearest(feats["train"], feats[name])
             t["feature_nearest_train_index"] = cosine.index
             t["feature_similarity"] = cosine.similarity
-            t["feature_closer_than_neighbour"] = _closer_than_neighbour(euclid.similarity, euclid.index,
+            t["feature_closer_than_neighbour"] = _closer_than_neighbour(euclid_distance, euclid_index,
                                                                         f_train_distance)
         tables[name] = t
     threshold = float(np.percentile(tables["heldout"]["similarity"], percentile))
