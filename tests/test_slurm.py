@@ -73,6 +73,6 @@ def test_tiny_workflow_through_the_slurm_profile(cluster, tmp_path, tiny_config)
     scores = pd.read_parquet(res / "report" / "classify_summary.parquet")
     assert set(scores["point"]) == {"replace_100"} and scores["mean"].notna().all()
     assert (res / "report" / "cluster_generation.parquet").exists()
-    assert submitted == 15  # every job but `all` went through sbatch
+    assert submitted == 17  # every job but `all` went through sbatch (with the memorization audit and statistics)
     diffusion_log = (work / "logs" / tiny_config["experiment"] / "diffusion" / "class.log").read_text()
     assert "CUDA_VISIBLE_DEVICES=0, assigned by the scheduler" in diffusion_log
