@@ -33,9 +33,9 @@ NAMED_ENTRIES = (("autoencoder",), ("diffusion", "variants"), ("diffusion", "pro
 
 def drop_nulls(cfg: dict) -> dict:
     """A file given with --configfile is merged into config/config.yaml; setting an entry to null there removes
-    what config/config.yaml gives: an optional section (cluster, trajectory, interpolation, memorization) or a named entry
-    (autoencoder, diffusion variant, class prompt, generation setting, classifier count set). Edits ``cfg`` and
-    returns it."""
+    what config/config.yaml gives: an optional section (cluster, trajectory, interpolation, memorization,
+    style_sweep) or a named entry (autoencoder, diffusion variant, class prompt, generation setting, classifier
+    count set). Edits ``cfg`` and returns it."""
     for section in OPTIONAL_SECTIONS:
         if section in cfg and cfg[section] is None:
             del cfg[section]
@@ -478,8 +478,9 @@ class Plan:
                 "seed": int(seed)}
 
     @property
-    def clue_variants(self) -> list[str]:
-        """The variants with CLUE's style latent: the style sweep's (CLUE Fig. 4)."""
+    def style_sweep_variants(self) -> list[str]:
+        """The variants the style sweep (CLUE Fig. 4) draws for: those with CLUE's style latent, when
+        `style_sweep:` is configured."""
         return [v for v in self.variants if self.conditioning(v) == "clue"] if "style_sweep" in self.config else []
 
     def style_sweep_params(self, variant: str) -> dict:

@@ -201,11 +201,12 @@ def audit(train: np.ndarray, synthetic: np.ndarray, heldout: np.ndarray, *,
           heldout_features: np.ndarray | None = None, percentile: float = 99.0, max_shift: int = 2,
           flips: bool = True, pixel_size: int = 64, centre: bool = True) -> pd.DataFrame:
     """One row per synthetic image: ``nearest_train_index`` and ``similarity`` (pixel space), ``flipped``,
-    ``dx``, ``dy`` of the best match (``centre``: both images centred on the training images' mean first), ``closer_than_neighbour`` (Alaa et al.), ``threshold`` (the
-    ``percentile`` of the held-out images' own nearest-training similarities) and ``is_copy`` = similarity >
-    threshold; with features, also ``feature_nearest_train_index``, ``feature_similarity``,
-    ``feature_closer_than_neighbour``, ``feature_threshold`` and ``feature_flag``. Images: uint8 (N, H, W, C)
-    of one size; features: (N, D) rows in the images' order."""
+    ``dx``, ``dy`` of the best match (``centre``: both images centred on the training images' mean first),
+    ``closer_than_neighbour`` (Alaa et al.), ``threshold`` (the ``percentile`` of the held-out images' own
+    nearest-training similarities) and ``is_copy`` = similarity > threshold; with features, also
+    ``feature_nearest_train_index``, ``feature_similarity``, ``feature_closer_than_neighbour``,
+    ``feature_threshold`` and ``feature_flag``. Images: uint8 (N, H, W, C) of one size; features: (N, D) rows in
+    the images' order."""
     return audit_sets(train, synthetic, heldout, train_features=train_features,
                       synthetic_features=synthetic_features, heldout_features=heldout_features,
                       percentile=percentile, max_shift=max_shift, flips=flips, pixel_size=pixel_size,

@@ -155,8 +155,9 @@ def interval_cells(intervals: pd.DataFrame, differences: pd.DataFrame, digits: i
     high] p = Holm-adjusted p" (``diff``)."""
     keys = ["variant", "setting", "arch", "point", "test_set", "metric"]
     f = f"{{:.{digits}f}}"
-    ci = intervals.assign(ci=[f"{f.format(m)} [{f.format(lo)}, {f.format(hi)}]"
-                              for m, lo, hi in zip(intervals["mean"], intervals["low"], intervals["high"])])[keys + ["ci"]]
+    cells = [f"{f.format(m)} [{f.format(lo)}, {f.format(hi)}]"
+             for m, lo, hi in zip(intervals["mean"], intervals["low"], intervals["high"])]
+    ci = intervals.assign(ci=cells)[keys + ["ci"]]
     if differences is None or differences.empty:
         return ci.assign(diff="")
     diff = differences.assign(diff=[f"{d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}] p = {p:.3g}"

@@ -240,7 +240,7 @@ def report_outputs(flagged=False):
 
 def style_sweep_outputs():
     """CLUE Fig. 4 of every CLUE variant, when `style_sweep:` is configured."""
-    return [f"{R}/style_sweep/{v}/sweep.png" for v in PLAN.clue_variants]
+    return [f"{R}/style_sweep/{v}/sweep.png" for v in PLAN.style_sweep_variants]
 
 
 def final_outputs():
