@@ -107,7 +107,8 @@ def imsat(x: np.ndarray, k: int, params: Mapping[str, Any], seed: int, views: np
     std = data.std(0, keepdim=True)
     augmented = None if views is None else torch.from_numpy(np.asarray(views)).float()
     if augmented is not None and augmented.shape[1:] != data.shape:
-        raise ValueError(f"imsat: expected views of shape (V, {len(data)}, {data.shape[1]}), got {tuple(augmented.shape)}")
+        raise ValueError(f"imsat: expected views of shape (V, {len(data)}, {data.shape[1]}), got "
+                         f"{tuple(augmented.shape)}")
     net = imsat_network(data.shape[1], int(params["hidden"]), k)
     opt = torch.optim.Adam(net.parameters(), lr=float(params["lr"]))
     lam, mu, noise, bs = float(params["lambda"]), float(params["mu"]), float(params["noise"]), int(params["batch_size"])
@@ -248,9 +249,12 @@ def cluster_stage(manifest: str | Path, ae_dir: str | Path, indices_out: str | P
         raise ValueError(f"cluster.k_values: {top} clusters need more than {top} images, the splits "
                          f"{list(params['splits'])} of {manifest} hold {len(x_img)}")
     ae = load_autoencoder(ae_dir, device)
-    latents, _ = encode_latents(ae, x_img, device)
     f = params["features"]
-    raw = pooled_features(latents, f["pooling"], int(f["pool_size"]))
+
+    def pooled(images: torch.Tensor) -> np.ndarray:  # images -> their latents' pooled features
+        return pooled_features(encode_latents(ae, images, device)[0], f["pooling"], int(f["pool_size"]))
+
+    raw = pooled(x_img)
     mean, std = standardisation(raw, bool(f["standardize"]))
     x = (raw - mean) / std
     log.info("cluster features: %d images x %d (%s pooling%s)", *x.shape, f["pooling"],
@@ -259,9 +263,8 @@ def cluster_stage(manifest: str | Path, ae_dir: str | Path, indices_out: str | P
     im = params.get("imsat") or {}
     if "imsat" in params["methods"] and im.get("augmentation", "noise") == "image":
         g = torch.Generator().manual_seed(int(params["seed"]))
-        views = np.stack([(pooled_features(encode_latents(ae, random_affine(
-            x_img, im["rotation"], im["translation"], im["scaling"], g), device)[0], f["pooling"],
-            int(f["pool_size"])) - mean) / std for _ in range(int(im["views"]))])
+        views = np.stack([(pooled(random_affine(x_img, im["rotation"], im["translation"], im["scaling"], g)) - mean)
+                          / std for _ in range(int(im["views"]))])  # standardised as the images' own
         log.info("IMSAT self-augmentation: %d rotated, translated and scaled views of each image", len(views))
     table, assignments, states = [], [], {}
     nbclust = params.get("hartigan", "paper") == "nbclust"

@@ -42,15 +42,13 @@ class ClueStyle(ClassPrompt):
         sweep of CLUE Fig. 4)."""
         adapter = self.modules["style_adapter"]
         s = settings.get("style")
-        if s is not None:
-            if tuple(s.shape) != (n, adapter.config.style_dim):
-                raise ValueError(f"expected style vectors of shape ({n}, {adapter.config.style_dim}), got "
-                                 f"{tuple(s.shape)}")
-            tokens = adapter.tokens(s.to(device))
-            return {"style": torch.cat([tokens, tokens]) if guided else tokens}
-        sigma = settings.get("style_sigma")
-        if sigma is None:
-            raise ValueError("a CLUE model needs the setting's `style_sigma` (the paper's grid: 0, 0.1, 0.3, 0.5)")
-        s = float(sigma) * torch.randn((n, adapter.config.style_dim), generator=generator)
+        if s is not None and tuple(s.shape) != (n, adapter.config.style_dim):
+            raise ValueError(f"expected style vectors of shape ({n}, {adapter.config.style_dim}), got "
+                             f"{tuple(s.shape)}")
+        if s is None:
+            sigma = settings.get("style_sigma")
+            if sigma is None:
+                raise ValueError("a CLUE model needs the setting's `style_sigma` (the paper's grid: 0, 0.1, 0.3, 0.5)")
+            s = float(sigma) * torch.randn((n, adapter.config.style_dim), generator=generator)
         tokens = adapter.tokens(s.to(device))
         return {"style": torch.cat([tokens, tokens]) if guided else tokens}
