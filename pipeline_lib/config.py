@@ -216,6 +216,15 @@ def expand_variants(cfg: dict) -> tuple[dict[str, dict], dict[str, list[str]]]:
             if method not in methods:
                 raise ValueError(f"diffusion.variants.{name}.cluster_method: {method!r} is not one of "
                                  f"cluster.methods {methods}")
+            if v.get("cluster_training") == "joint":
+                if method != "imsat":
+                    raise ValueError(f"diffusion.variants.{name}.cluster_training: joint trains the cluster stage's "
+                                     f"IMSAT network; cluster_method is {method!r}")
+                ae = v.get("autoencoder", cfg["diffusion"].get("autoencoder"))
+                if ae is not None and ae != cfg["cluster"]["autoencoder"]:
+                    raise ValueError(f"diffusion.variants.{name}.cluster_training: joint clusters this variant's "
+                                     f"latents ({ae}) with the cluster stage's network, trained on "
+                                     f"cluster.autoencoder {cfg['cluster']['autoencoder']!r}: make them the same")
             ks = ks if ks is not None else "selected"
             for k in ks if isinstance(ks, list) else [ks]:
                 if k != "selected" and k not in cfg["cluster"]["k_values"]:
@@ -441,8 +450,14 @@ class Plan:
         unused = {"variants", "attribute_phrases"} | ({"image_encoder"} if conditioning != "multilevel" else set()) \
             | ({"prompts", "text_encoder", "max_prompt_length"} if conditioning == "cluster" else set())
         d = {k: v for k, v in self.config["diffusion"].items() if k not in unused}
+        if self.joint_clusters(variant):  # its IMSAT loss: the cluster stage's settings
+            d["cluster_imsat"] = self.config["cluster"]["imsat"]
         return {**d, **self.variants[variant], "variant": variant, "autoencoder": self.variant_autoencoder(variant),
                 **self.speed(), **self.shared()}
+
+    def joint_clusters(self, variant: str) -> bool:
+        """A cluster variant whose clustering network is trained with it (cLDM paper's stages)."""
+        return self.variants[variant].get("cluster_training") == "joint"
 
     def generate_params(self, variant: str, setting: str, seed: int | str) -> dict:
         """A class-conditioned variant draws `scale` x train_a per class, a cluster variant `samples_per_cluster`

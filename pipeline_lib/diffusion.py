@@ -173,7 +173,7 @@ def diffusion_loss(modules: Mapping[str, torch.nn.Module], conditioning: Conditi
         target = scheduler.get_velocity(latents, noise, t)  # v_t of eq. (4)
     else:
         target = noise
-    context = context_encoder(cond)
+    context = conditioning.training_context(modules, latents, cond, drop, list(batch), gen)
     extra, aux = conditioning.loss_inputs(modules, latents, context, drop, list(batch), gen)
     pred = unet(noisy, t, encoder_hidden_states=context, cross_attention_kwargs=extra or None).sample
     if loss not in LOSSES:
@@ -224,6 +224,10 @@ def optimiser_step(model: torch.nn.Module, opt: torch.optim.Optimizer, mean: tor
             terms = model(speed.batch(lat), y[idx].to(device), gen, [t[idx] for t in per_image])
         (terms["loss"] / accum).backward()  # under DDP: gradients averaged over the processes here
         parts.append({k: v.detach() for k, v in terms.items()})
+    for group in opt.param_groups:  # a parameter frozen for this step (a stage of the schedule) is not stepped,
+        for p in group["params"]:   # not even by Adam's momentum (DDP may have given it a zero gradient)
+            if not p.requires_grad:
+                p.grad = None
     opt.step()
     return {k: torch.stack([p[k] for p in parts]).mean() for k in parts[0]}
 
@@ -277,10 +281,9 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
     set_threads(threads)
     seed = int(params["seed"])
     gen = seed_everything(seed)
-    kind = kind_of(params)
-    processes = distributed.Processes.start(select_device(params["device"]), kind.unused_parameters)
+    conditioning = kind_of(params).for_training(params, feature_net, clusters)
+    processes = distributed.Processes.start(select_device(params["device"]), conditioning.unused_parameters)
     device = processes.device(select_device(params["device"]))
-    conditioning = kind.for_training(params, feature_net, clusters)
     check_generative_splits(params["train_splits"], "diffusion.train_splits")
     x, y, images = load_images(manifest, params["train_splits"], list(params["classes"]))
     n_images = len(images)
@@ -295,7 +298,7 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
                       gated=conditioning.gated_unet).to(device)
     modules: dict[str, torch.nn.Module] = {"unet": unet,
                                            "prompt_encoder": conditioning.context_encoder(unet, frozen, params).to(device)}
-    data = TrainingData(manifest, images, x[:n_images], y[:n_images], feature_net, params)
+    data = TrainingData(manifest, images, x[:n_images], y[:n_images], feature_net, params, mean[:n_images], ae_dir)
     modules |= conditioning.extra_modules(unet, data, device)
     start_from = f"UNet from {params['pretrained']}" if params.get("pretrained") else "from scratch (no pretrained weights)"
     log.info("%s conditioning, %s: %s; latents %s", conditioning.name, start_from,
@@ -323,16 +326,18 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
     for step in tqdm(range(start, steps), initial=start, total=steps, desc="diffusion", mininterval=10,
                      disable=not processes.main):
         processes.seed_step(gen, seed, step)
+        stage = conditioning.begin_step(step, modules)
         means = optimiser_step(model, opt, mean, std, y, conditioning.per_image, bs, accum, gen, speed)
         states["lr"].step()
         if "ema" in states:
             states["ema"].step(trainable)
-        rows.append({"step": step + 1, **{k: processes.mean(v).item() for k, v in means.items()}})
+        rows.append({"step": step + 1, **stage, **{k: processes.mean(v).item() for k, v in means.items()}})
         if (step + 1) % int(params["checkpoint_every"]) == 0 and step + 1 < steps and processes.main:
             ckpt.save(modules, states, gen, step + 1, rows)
     if "ema" in states:
         states["ema"].copy_to(trainable)  # the saved model is the exponential moving average
         log.info("saved the EMA weights (decay %s)", params["ema_decay"])
+    conditioning.finish(modules)
     if processes.main:
         write_parquet(pd.DataFrame(rows), log_table)
         with atomic_path(model_dir) as tmp:

@@ -226,3 +226,203 @@ def test_cluster_generation_table_is_mean_and_std_over_seeds(tmp_path):
     assert row["accuracy_mean"] == pytest.approx(0.6) and row["accuracy_std"] == pytest.approx(np.std([.5, .7], ddof=1))
     assert row["accuracy"] == "0.600 (± 0.141)" and row["n_seeds"] == 2
     assert out.iloc[0]["ssim"] == "0.450 (± 0.071)"
+
+
+# --- the cLDM paper's joint training of the clustering network (sections 3.6 and 5) ----------------------------------
+
+def test_stage_bounds_share_the_steps_as_the_papers_epochs():
+    from pipeline_lib.conditioning.cluster import stage_bounds
+
+    # 8 steps in proportions 600 : 130 : 70 are 6, 1.3, 0.7: floors 6, 1, 0, the last step to the largest remainder
+    assert stage_bounds(8, [600, 130, 70]) == [("train", 0, 6), ("finetune_1", 6, 7), ("finetune_2", 7, 8)]
+    assert stage_bounds(800, [600, 130, 70]) == [("train", 0, 600), ("finetune_1", 600, 730),
+                                                 ("finetune_2", 730, 800)]
+    assert stage_bounds(4, [1, 0, 1]) == [("train", 0, 2), ("finetune_2", 2, 4)]  # a share of 0 skips its stage
+    for bad in ([1, 1], [1, -1, 1], [0, 0, 0]):
+        with pytest.raises(ValueError, match="cluster_stages: expected 3 non-negative shares"):
+            stage_bounds(4, bad)
+
+
+def _joint_params(diffusion_params, **overrides):
+    return diffusion_params(**{"variant": "cj", "conditioning": "cluster", "cluster_k": 3, "cluster_method": "imsat",
+                               "prompts": {}, "cluster_training": "joint", "cluster_stages": [1, 1, 1],
+                               "cluster_weight": 1.0, "cluster_init": "fitted", "steps": 6,
+                               "cluster_imsat": {**IMSAT, "augmentation": "noise"}, **overrides})
+
+
+def _joint_clusters(clustered):
+    return {"assignments": clustered / "assignments.parquet", "selection": clustered / "selection.parquet",
+            "models": clustered / "models.pt"}
+
+
+@pytest.fixture(scope="module")
+def joint_run(clustered, tiny_manifest, tiny_ae, diffusion_params, tmp_path_factory):
+    """Six steps, two per stage, recording at the start of each step which clustering-network parameters learn
+    and a copy of them and of the UNet's."""
+    from pipeline_lib.conditioning.cluster import ClusterIds
+
+    out, seen = tmp_path_factory.mktemp("joint_diffusion"), []
+    real = ClusterIds.begin_step
+
+    def spy(self, step, modules):
+        row = real(self, step, modules)
+        seen.append({"stage": row["stage"],
+                     "grad": [p.requires_grad for p in modules["clusterer"].parameters()],
+                     "clusterer": [p.detach().clone() for p in modules["clusterer"].parameters()],
+                     "unet": [p.detach().clone() for p in modules["unet"].parameters()]})
+        return row
+
+    ClusterIds.begin_step = spy
+    try:
+        train_diffusion(tiny_manifest, tiny_ae, out / "model", out / "log.parquet",
+                        _joint_params(diffusion_params, ema_decay=None), clusters=_joint_clusters(clustered))
+    finally:
+        ClusterIds.begin_step = real
+    return out, seen
+
+
+def _changed(a, b):
+    return any(not torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_joint_training_freezes_the_clustering_network_in_finetuning_1_only(joint_run):
+    out, seen = joint_run
+    assert [s["stage"] for s in seen] == ["train", "train", "finetune_1", "finetune_1", "finetune_2", "finetune_2"]
+    for s in seen:
+        assert all(g == (s["stage"] != "finetune_1") for g in s["grad"]), s["stage"]
+    final = load_diffusion(out / "model", CPU)  # the UNet after the last step
+    from pipeline_lib.cluster.condition import Clusterer
+
+    last = [p.detach() for p in Clusterer.from_pretrained(str(out / "model" / "clusterer")).parameters()]
+    after = [s["clusterer"] for s in seen[1:]] + [last]
+    for s, nxt in zip(seen, after):
+        # the clustering network moves in the steps of training and fine-tuning 2, never in fine-tuning 1
+        assert _changed(s["clusterer"], nxt) == (s["stage"] != "finetune_1"), s["stage"]
+    unet_after = [s["unet"] for s in seen[1:]] + [[p.detach() for p in final.unet.parameters()]]
+    assert all(_changed(s["unet"], nxt) for s, nxt in zip(seen, unet_after))  # the UNet learns in every stage
+    log = pd.read_parquet(out / "log.parquet")
+    assert log["stage"].tolist() == [s["stage"] for s in seen]
+    assert {"denoise", "imsat", "imsat_transformation", "loss"} <= set(log.columns)
+    frozen = log[log["stage"] == "finetune_1"]  # fine-tuning 1 minimises the denoising loss alone
+    np.testing.assert_allclose(frozen["loss"], frozen["denoise"], rtol=1e-6)
+    free = log[log["stage"] != "finetune_1"]
+    np.testing.assert_allclose(free["loss"], free["denoise"] + free["imsat"], rtol=1e-5, atol=1e-6)
+
+
+def test_joint_model_saves_its_own_clusters_and_generation_follows_them(joint_run, clustered, tiny_manifest,
+                                                                       tiny_ae, tiny_feature_net, tmp_path,
+                                                                       tiny_config):
+    from pipeline_lib.autoencoder import encode_latents, load_autoencoder
+    from pipeline_lib.torchutils import load_images
+
+    out, _ = joint_run
+    a = pd.read_parquet(out / "model" / "cluster_assignments.parquet")
+    model = load_diffusion(out / "model", CPU)
+    counts = model.prompt_encoder.config.counts
+    assert model.prompt_encoder.config.k == 3 and counts == np.bincount(a["cluster"], minlength=3).tolist()
+    x, _, rows = load_images(tiny_manifest, ["train_a", "train_b"], tiny_config["data"]["classes"])
+    latents, _ = encode_latents(load_autoencoder(tiny_ae, CPU), x, CPU)
+    fitted = FittedClusters(out / "model" / "clusters.pt")  # the cluster stage's format: the same assignments
+    np.testing.assert_array_equal(fitted.predict(latents, "imsat", 3),
+                                  a.set_index("image_id").loc[rows["image_id"], "cluster"].to_numpy())
+    params = {"seed": 1, "device": "cpu", "classes": tiny_config["data"]["classes"], "variant": "cj",
+              "setting": "cfg2", "guidance_scale": 2.0, "samples_per_cluster": 2, "num_inference_steps": 2,
+              "batch_size": 4, "preprocess": tiny_config["preprocess"]}
+    gen = generate(tiny_manifest, tiny_ae, out / "model", tmp_path / "images", tmp_path / "manifest.parquet", params)
+    assert gen.groupby("cluster").size().to_dict() == {j: 2 for j in range(3) if counts[j]}
+    q = {"seed": 1, "device": "cpu", "classes": tiny_config["data"]["classes"], "splits": ["train_a", "train_b"],
+         "references": 1, "perceptual": tiny_config["perceptual"], "variant": "cj", "setting": "cfg2"}
+    cluster_quality(tiny_manifest, tmp_path / "manifest.parquet", clustered / "assignments.parquet",
+                    clustered / "models.pt", tiny_ae, tmp_path / "q.parquet", tmp_path / "per.parquet", q,
+                    feature_net=tiny_feature_net, model_dir=out / "model")
+    per = pd.read_parquet(tmp_path / "per.parquet")
+    gen_latents, _ = encode_latents(load_autoencoder(tiny_ae, CPU), load_images(
+        tmp_path / "manifest.parquet", ["synthetic"], [f"cluster_{j}" for j in range(3)])[0], CPU)
+    np.testing.assert_array_equal(per["predicted"], fitted.predict(gen_latents, "imsat", 3))  # the model's clusters
+
+
+def test_joint_context_is_the_hard_cluster_with_a_straight_through_gradient(clustered, tiny_ae, diffusion_params):
+    from pipeline_lib.cluster.condition import Clusterer
+    from pipeline_lib.conditioning.cluster import ClusterIds
+
+    clusterer = Clusterer.from_fitted(clustered / "models.pt", "imsat", 3)
+    emb = ClusterEmbedding("imsat", 3, [1, 1, 1], dim=8)
+    cond = ClusterIds.for_training(_joint_params(diffusion_params), None, _joint_clusters(clustered))
+    cond.bounds = [("train", 0, 1), ("finetune_1", 1, 2)]
+    latents = torch.randn(5, 8, 8, 8, generator=torch.Generator().manual_seed(3))
+    drop = torch.tensor([False, False, False, False, True])
+    modules = {"clusterer": clusterer, "prompt_encoder": emb}
+    for step, learns in ((0, True), (1, False)):
+        cond.begin_step(step, modules)
+        clusterer.zero_grad()
+        ctx = cond.training_context(modules, latents, torch.zeros(5, dtype=torch.long), drop, [], None)
+        hard = clusterer.predict(latents)
+        expected = emb(torch.where(drop, torch.tensor(3), hard))  # the value: the embedding of the cluster's id
+        torch.testing.assert_close(ctx, expected, rtol=1e-6, atol=1e-6)
+        ctx.square().sum().backward()
+        grads = [p.grad for p in clusterer.parameters()]
+        assert (all(g is not None and g.abs().sum() > 0 for g in grads) if learns
+                else all(g is None for g in grads)), step
+
+
+def test_joint_image_views_are_aligned_with_the_mirrored_latents(clustered, tiny_manifest, tiny_ae, diffusion_params,
+                                                                 tmp_path):
+    from pipeline_lib.conditioning.cluster import ClusterIds
+
+    real, kept = ClusterIds.extra_modules, {}
+
+    def spy(self, unet, data, device):
+        mods = real(self, unet, data, device)
+        kept["views"], kept["n"] = self.per_image[0], len(data.rows)
+        return mods
+
+    ClusterIds.extra_modules = spy
+    try:
+        imsat = {**IMSAT, "augmentation": "image", "views": 2, "rotation": 90, "translation": 0.1, "scaling": 0.1}
+        train_diffusion(tiny_manifest, tiny_ae, tmp_path / "m", tmp_path / "l.parquet",
+                        _joint_params(diffusion_params, steps=1, hflip=True, cluster_imsat=imsat),
+                        clusters=_joint_clusters(clustered))
+    finally:
+        ClusterIds.extra_modules = real
+    views = kept["views"]
+    assert views.shape[:2] == (2 * kept["n"], 2) and torch.isfinite(views).all()
+    assert not torch.allclose(views[:, 0], views[:, 1])  # two different transformations of each image
+
+
+def test_joint_training_needs_imsat_and_its_network(clustered, tiny_manifest, tiny_ae, diffusion_params, tmp_path):
+    clusters = _joint_clusters(clustered)
+    with pytest.raises(ValueError, match="joint trains the cluster stage's IMSAT network"):
+        train_diffusion(tiny_manifest, tiny_ae, tmp_path / "m", tmp_path / "l.parquet",
+                        _joint_params(diffusion_params, cluster_method="kmeans"), clusters=clusters)
+    with pytest.raises(ValueError, match="joint trains the cluster stage's IMSAT network"):
+        train_diffusion(tiny_manifest, tiny_ae, tmp_path / "m", tmp_path / "l.parquet",
+                        _joint_params(diffusion_params), clusters={**clusters, "models": None})
+
+
+def test_joint_training_resumes_across_a_stage_boundary(clustered, tiny_manifest, tiny_ae, diffusion_params,
+                                                        tmp_path, monkeypatch):
+    from pipeline_lib import diffusion
+
+    params = _joint_params(diffusion_params, checkpoint_every=2)
+
+    def train(name):
+        train_diffusion(tiny_manifest, tiny_ae, tmp_path / name / "model", tmp_path / name / "log.parquet", params,
+                        clusters=_joint_clusters(clustered))
+        return pd.read_parquet(tmp_path / name / "log.parquet")
+
+    full = train("full")
+    real, count = diffusion.diffusion_loss, {"n": 0}
+
+    def killed(*args, **kw):
+        count["n"] += 1
+        if count["n"] == 4:  # in fine-tuning 1, after the checkpoint at the end of training
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(diffusion, "diffusion_loss", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train("killed")
+    pd.testing.assert_frame_equal(full, train("killed"))
+    assert (tmp_path / "full" / "model" / "cluster_assignments.parquet").read_bytes() == \
+        (tmp_path / "killed" / "model" / "cluster_assignments.parquet").read_bytes()

@@ -79,6 +79,16 @@ CONFIG_CASES = {  # name: ({dotted key: value}, the error expected)
                               r"autoencoder.kl8.pretrained is null"),
     "unknown cluster k of a variant": ({"diffusion.variants.cl.cluster_k": [2, 5]},
                                        r"diffusion.variants.cl.cluster_k: 5 is not one of cluster.k_values \[2, 3\]"),
+    "joint cluster training of k-means": ({"diffusion.variants.cl.cluster_training": "joint"},
+                                          r"diffusion.variants.cl.cluster_training: joint trains the cluster stage's "
+                                          r"IMSAT network; cluster_method is 'kmeans'"),
+    "joint cluster training on another autoencoder": (
+        {"diffusion.variants.cl.cluster_training": "joint", "diffusion.variants.cl.cluster_method": "imsat",
+         "diffusion.variants.cl.autoencoder": "vq4"},
+        r"diffusion.variants.cl.cluster_training: joint clusters this variant's latents \(vq4\) with the cluster "
+        r"stage's network, trained on cluster.autoencoder 'kl8'"),
+    "stages of a joint variant": ({"diffusion.variants.cl.cluster_stages": [600, 130]},
+                                  r"diffusion.variants.cl.cluster_stages: \[600, 130\] is too short"),
     "synthetic share beyond what is generated": ({"generate.scale": 0.5},
                                                  r"classify.ratios: 1 x the train_a images of a class are needed, "
                                                  r"generate.scale draws 0.5 x; raise generate.scale to at least 1"),
@@ -160,6 +170,10 @@ def test_each_rule_gets_only_the_keys_it_reads(merged, tiny_config):
     assert "samples_per_cluster" not in plan.generate_params("class", "cfg2", 0)
     assert not {"recall_k", "precision_k", "density_k", "is_splits"} & set(plan.feature_net_params())
     assert "references" not in plan.cluster_params()
+    assert "cluster_imsat" not in cl  # the cluster stage's IMSAT settings: for a joint variant only
+    joint = plan_of(merged, {"diffusion.variants.cl.cluster_training": "joint",
+                             "diffusion.variants.cl.cluster_method": "imsat"})
+    assert joint.diffusion_params("cl")["cluster_imsat"] == tiny_config["cluster"]["imsat"]
     assert set(plan.speed()["speed"]) == {"mixed_precision", "tf32", "channels_last", "attention", "compile"}
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
+from pipeline_lib.conditioning import Conditioning
 from pipeline_lib import diffusion
 from pipeline_lib.diffusion import load_diffusion, train_diffusion
 from pipeline_lib.generate import sample_latents, with_sampler
@@ -147,12 +148,11 @@ def test_weighted_loss_is_the_weighted_mean_of_per_image_errors(monkeypatch):
         def forward(self, c):
             return torch.zeros(len(c), 1, 4)
 
-    class Cond:
-        def loss_inputs(self, *a):
-            return {}, {}
+    class Cond(Conditioning):  # the base hooks: the context of the condition, no extra inputs
+        name = "plain"
 
     lat = torch.randn(6, 2, 4, 4, generator=torch.Generator().manual_seed(1))
-    args = ({"unet": Unet(), "prompt_encoder": Ctx()}, Cond(), sched, lat, torch.zeros(6, dtype=torch.long), 0.1)
+    args = ({"unet": Unet(), "prompt_encoder": Ctx()}, Cond({}), sched, lat, torch.zeros(6, dtype=torch.long), 0.1)
     plain = diffusion.diffusion_loss(*args, torch.Generator().manual_seed(0))["denoise"]
     ones = diffusion.diffusion_loss(*args, torch.Generator().manual_seed(0), snr_gamma=5.0)["denoise"]
     torch.testing.assert_close(ones, plain)  # float32 means of the same squares, summed in another order

@@ -31,12 +31,17 @@ def work(tmp_path_factory):
     return work
 
 
-def dry_run(work: Path, config: str) -> dict[str, int]:
+def dry_run(work: Path, config: str, inputs_of: str | None = None) -> dict[str, int]:
+    """The job count of each rule; with ``inputs_of`` (a rule) also, under that key, the input lines of its jobs."""
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "2", "--configfile", config],
                           cwd=work, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    table = (proc.stdout + proc.stderr).split("Job stats:", 1)[1]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
+    text = proc.stdout + proc.stderr
+    table = text.split("Job stats:", 1)[1]
+    jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
+    if inputs_of:
+        jobs[inputs_of] = re.findall(rf"^rule {inputs_of}:\n\s+input: (.*)$", text, re.M)
+    return jobs
 
 
 def test_paper_clue_plans_ten_seeds_five_settings_and_the_full_classifier_grids(work):
@@ -60,8 +65,10 @@ def test_paper_multilevel_plans_the_ablation_the_five_classifiers_and_the_interp
 
 
 def test_paper_cldm_plans_one_cluster_conditioned_model_per_k_and_no_class_stages(work):
-    jobs = dry_run(work, "config/paper_cldm.yaml")
-    assert jobs["cluster"] == 1 and jobs["diffusion"] == 7  # k = 10..16 (Table 4)
+    jobs = dry_run(work, "config/paper_cldm.yaml", inputs_of="diffusion")
+    assert jobs["cluster"] == 1 and len(jobs["diffusion"]) == 7  # k = 10..16 (Table 4)
+    # sections 3.6 and 5: each model trains the cluster stage's IMSAT network on (its fitted state is an input)
+    assert all("cluster/models.pt" in line for line in jobs["diffusion"])
     assert jobs["generate"] == jobs["cluster_quality"] == 7 * 3 * 2  # 100 per cluster (4.5), 10,000 in all (4.4)
     assert not {"feature_net", "evaluate", "classify"} & set(jobs)  # unlabelled: no class-based stages
 

@@ -67,6 +67,19 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
 
 
+def imsat_loss(logits: torch.Tensor, logits_augmented: torch.Tensor, lam: float, mu: float
+               ) -> dict[str, torch.Tensor]:
+    """IMSAT's loss on one batch (Hu et al. 2017, eq. 8 with the self-augmentation of eq. 4): ``loss`` = R_sat -
+    lambda (mu H(Y) - H(Y | X)), R_sat (``transformation``) = KL(p(y | x) || p(y | T(x))) with p(y | x) held
+    fixed, H(Y) (``marginal_entropy``) the entropy of the batch's mean assignment, H(Y | X)
+    (``conditional_entropy``) the mean entropy of each assignment; logits (B, k) of x and of T(x)."""
+    p = F.softmax(logits, 1)
+    r_sat = F.kl_div(F.log_softmax(logits_augmented, 1), p.detach(), reduction="batchmean")
+    h_y, h_y_x = _entropy(p.mean(0)), _entropy(p).mean()
+    return {"loss": r_sat - lam * (mu * h_y - h_y_x), "transformation": r_sat, "marginal_entropy": h_y,
+            "conditional_entropy": h_y_x}
+
+
 def imsat_network(in_dim: int, hidden: int, k: int) -> nn.Sequential:
     """p(y | x) of IMSAT: two hidden ReLU layers, k logits."""
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
@@ -117,15 +130,11 @@ def imsat(x: np.ndarray, k: int, params: Mapping[str, Any], seed: int, views: np
         for i in range(0, len(data), bs):
             idx = perm[i:i + bs]
             xb = data[idx]
-            p = F.softmax(net(xb), 1)
             if augmented is None:
                 tx = xb + noise * std * torch.randn(xb.shape, generator=g)
             else:
                 tx = augmented[torch.randint(0, len(augmented), (len(idx),), generator=g), idx]
-            p_aug = F.log_softmax(net(tx), 1)
-            r_sat = F.kl_div(p_aug, p.detach(), reduction="batchmean")  # KL(p(y|x) || p(y|T(x)))
-            h_y, h_y_x = _entropy(p.mean(0)), _entropy(p).mean()
-            loss = r_sat - lam * (mu * h_y - h_y_x)
+            loss = imsat_loss(net(xb), net(tx), lam, mu)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -62,9 +62,16 @@ def pair_similarity(xg: torch.Tensor, xr: torch.Tensor, pairs: np.ndarray, perce
 def cluster_quality(real_manifest: str | Path, gen_manifest: str | Path, assignments: str | Path,
                     models: str | Path, ae_dir: str | Path, table_out: str | Path, per_image_out: str | Path,
                     params: Mapping[str, Any], feature_net: str | Path | None = None,
-                    threads: int | None = None) -> pd.DataFrame:
+                    threads: int | None = None, model_dir: str | Path | None = None) -> pd.DataFrame:
     """Entry point of the cluster_quality rule for one (variant, setting, seed) of a cluster-conditioned variant.
-    ``ae_dir`` is the cluster stage's autoencoder: its latents define the clusters the samples are assigned to."""
+    ``ae_dir`` is the cluster stage's autoencoder: its latents define the clusters the samples are assigned to.
+    A diffusion model trained with its clustering network (``model_dir`` holds ``clusters.pt``, the joint
+    training of ``conditioning.cluster``) is measured against its own clusters, not the cluster stage's."""
+    from ..conditioning.cluster import JOINT_ASSIGNMENTS, JOINT_MODELS
+
+    if model_dir is not None and (Path(model_dir) / JOINT_MODELS).is_file():
+        assignments, models = Path(model_dir) / JOINT_ASSIGNMENTS, Path(model_dir) / JOINT_MODELS
+        log.info("the clusters of the model's jointly trained network: %s", models)
     set_threads(threads)
     device = select_device(params["device"])
     gen = read_parquet(gen_manifest, required=("image_id", "cluster", "cluster_method", "cluster_k"))

@@ -11,7 +11,9 @@ The life of a conditioning in training (``train_diffusion``), in this order (the
 the UNet), the UNet (``unet_overrides``, ``gated_unet``), ``context_encoder`` (the cross-attention context of a
 condition index; its ``null_index`` is the unconditional input of classifier-free guidance), ``extra_modules``
 (trained with the UNet; may fill ``per_image``, inputs drawn with each training batch), then per step
-``loss_inputs`` (the UNet's ``cross_attention_kwargs`` and extra loss terms), and ``save``. In sampling:
+``begin_step`` (a staged schedule: which parameters learn), ``training_context`` (the batch's cross-attention
+context), ``loss_inputs`` (the UNet's ``cross_attention_kwargs`` and extra loss terms), after the last step
+``finish`` and ``save``. In sampling:
 ``load`` (from the model folder), ``sampler_inputs`` (drawn after x_T from the same generator) and
 ``image_counts`` (what to generate, how many of each).
 """

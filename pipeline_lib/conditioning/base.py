@@ -21,7 +21,7 @@ class Conditioning:
     name: ClassVar[str]
     defaults: ClassVar[dict] = {}  # the variant keys this kind adds, with their defaults
     gated_unet: ClassVar[bool] = False  # the UNet is built with GLIGEN's gated self-attention blocks
-    unused_parameters: ClassVar[bool] = False  # some parameters get no gradient in some steps (DDP must know)
+    unused_parameters: bool = False  # some parameters get no gradient in some steps (DDP must know); per object
     sampling_keys: ClassVar[tuple[str, ...]] = ()  # generation-setting keys the sampler reads
     # The model folder is also a diffusers StableDiffusionPipeline folder (model_index.json): only where the saved
     # UNet and the prompt embeddings are all that sampling needs.
@@ -59,6 +59,17 @@ class Conditioning:
         """Modules trained with the UNet (saved under their names), installed in the UNet where they act."""
         return {}
 
+    def begin_step(self, step: int, modules: Mapping[str, torch.nn.Module]) -> dict:
+        """Called before each training step (counted from 0, also after a resume): a kind with stages sets which
+        of its parameters learn in this step; returns extra columns of the step's row in the training log."""
+        return {}
+
+    def training_context(self, modules: Mapping[str, torch.nn.Module], latents: torch.Tensor, cond: torch.Tensor,
+                         drop: torch.Tensor, batch: list[torch.Tensor], gen: torch.Generator) -> torch.Tensor:
+        """The cross-attention context of one training batch: the context encoder of the conditions ``cond``
+        (the null index where ``drop``); a kind whose condition depends on the latents overrides it."""
+        return modules["prompt_encoder"](cond)
+
     def loss_inputs(self, modules: Mapping[str, torch.nn.Module], latents: torch.Tensor, context: torch.Tensor,
                     drop: torch.Tensor, batch: list[torch.Tensor], gen: torch.Generator
                     ) -> tuple[dict, dict[str, tuple[torch.Tensor, float]]]:
@@ -66,6 +77,9 @@ class Conditioning:
         (value, weight)); ``drop`` (B,) marks the samples whose condition is dropped, ``batch`` the
         ``per_image`` tensors of the batch."""
         return {}, {}
+
+    def finish(self, modules: Mapping[str, torch.nn.Module]) -> None:
+        """Called once after the last training step (with the saved, e.g. EMA, weights), before saving."""
 
     def save(self, folder: Path) -> None:
         """Write the kind and its options (the modules are saved with the UNet's, by name)."""
@@ -101,13 +115,14 @@ class Conditioning:
 
 class TrainingData:
     """What ``extra_modules`` may need of the training set: the preprocessed manifest, its rows, their images
-    (the unflipped (N, 3, H, W) tensor in [-1, 1]) and condition indices (N,), the domain feature network and
-    the variant's params."""
+    (the unflipped (N, 3, H, W) tensor in [-1, 1]), condition indices (N,) and latents (the posterior means,
+    (N, C, h, w)), the autoencoder's folder, the domain feature network and the variant's params."""
 
     def __init__(self, manifest: str | Path, rows: pd.DataFrame, images: torch.Tensor, labels: torch.Tensor,
-                 feature_net: str | Path | None, params: Mapping[str, Any]):
+                 feature_net: str | Path | None, params: Mapping[str, Any], latents: torch.Tensor | None = None,
+                 ae_dir: str | Path | None = None):
         self.manifest, self.rows, self.images, self.labels = manifest, rows, images, labels
-        self.feature_net, self.params = feature_net, params
+        self.feature_net, self.params, self.latents, self.ae_dir = feature_net, params, latents, ae_dir
 
 
 def saved_options(model_dir: Path) -> dict:

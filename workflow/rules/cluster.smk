@@ -33,6 +33,7 @@ if "cluster" in config:
             images=f"{R}/generate/{{variant}}/{{setting}}/seed{{seed}}/images",
             assignments=CLUSTER["assignments"],
             models=CLUSTER["models"],
+            model=f"{R}/diffusion/{{variant}}/model",  # a jointly trained model's own clusters
             autoencoder=cluster_autoencoder_model(),
             code=code("cluster_quality"),
         output:

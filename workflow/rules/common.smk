@@ -84,6 +84,8 @@ def diffusion_inputs(wildcards):
     inputs = image_encoder_inputs() if conditioning == "multilevel" else {}
     if conditioning == "cluster":
         inputs |= {"cluster_assignments": CLUSTER["assignments"], "cluster_selection": CLUSTER["selection"]}
+        if PLAN.joint_clusters(wildcards.variant):  # the IMSAT network it goes on training
+            inputs["cluster_models"] = CLUSTER["models"]
     if d["text_encoder"]["checkpoint"]:
         inputs["text_encoder"] = d["text_encoder"]["checkpoint"]
     if d["text_encoder"]["folder"] not in (None, "pretrained"):

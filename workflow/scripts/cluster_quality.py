@@ -5,4 +5,4 @@ with stage_log(snakemake.log[0], snakemake):
     inp, out = snakemake.input, snakemake.output
     cluster_quality(inp.manifest, inp.generated, inp.assignments, inp.models, inp.autoencoder, out.table,
                     out.per_image, snakemake.params.cfg, feature_net=inp.get("feature_net"),
-                    threads=snakemake.threads)
+                    threads=snakemake.threads, model_dir=inp.model)
