@@ -224,10 +224,6 @@ def optimiser_step(model: torch.nn.Module, opt: torch.optim.Optimizer, mean: tor
             terms = model(speed.batch(lat), y[idx].to(device), gen, [t[idx] for t in per_image])
         (terms["loss"] / accum).backward()  # under DDP: gradients averaged over the processes here
         parts.append({k: v.detach() for k, v in terms.items()})
-    for group in opt.param_groups:  # a parameter frozen for this step (a stage of the schedule) is not stepped,
-        for p in group["params"]:   # not even by Adam's momentum (DDP may have given it a zero gradient)
-            if not p.requires_grad:
-                p.grad = None
     opt.step()
     return {k: torch.stack([p[k] for p in parts]).mean() for k in parts[0]}
 

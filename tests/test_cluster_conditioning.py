@@ -426,3 +426,20 @@ def test_joint_training_resumes_across_a_stage_boundary(clustered, tiny_manifest
     pd.testing.assert_frame_equal(full, train("killed"))
     assert (tmp_path / "full" / "model" / "cluster_assignments.parquet").read_bytes() == \
         (tmp_path / "killed" / "model" / "cluster_assignments.parquet").read_bytes()
+
+
+@pytest.mark.slow  # two training processes started by torch.distributed.run
+def test_joint_training_in_two_processes_keeps_the_frozen_network_as_it_was(clustered, tiny_manifest, tiny_ae,
+                                                                          diffusion_params, tmp_path):
+    """Fine-tuning 1 alone (stages 0 : 1 : 0) under DistributedDataParallel: the network, frozen after DDP wrapped
+    it, gets no gradient in any process and is not stepped (AdamW's weight decay would move it even on a zero
+    gradient)."""
+    from pipeline_lib.cluster.condition import Clusterer
+
+    params = _joint_params(diffusion_params, steps=2, gpus=2, cluster_stages=[0, 1, 0], ema_decay=None)
+    train_diffusion(tiny_manifest, tiny_ae, tmp_path / "m", tmp_path / "l.parquet", params,
+                    clusters=_joint_clusters(clustered))
+    assert pd.read_parquet(tmp_path / "l.parquet")["stage"].tolist() == ["finetune_1", "finetune_1"]
+    trained = Clusterer.from_pretrained(str(tmp_path / "m" / "clusterer")).state_dict()
+    fitted = Clusterer.from_fitted(clustered / "models.pt", "imsat", 3).state_dict()
+    assert trained.keys() == fitted.keys() and all(torch.equal(trained[k], fitted[k]) for k in fitted)
