@@ -380,6 +380,12 @@ class Plan:
                                  f"{list(self.members)}")
             chosen = {m for v in named for m in self.members[v]}
             pairs += [(v, s) for v in self.variants if v in chosen]
+        labelled = [v for v, ms in self.members.items() if any(m not in self.cluster_variants for m in ms)]
+        for section in ("trajectory", "interpolation"):
+            wrong = [v for v in (cfg.get(section) or {}).get("variants") or [] if v not in labelled]
+            if wrong:
+                raise ValueError(f"{section}.variants: {wrong} are not class-conditioned diffusion variants "
+                                 f"{labelled}")
         for v in self.variants:
             if self.conditioning(v) == "clue":
                 missing = [s for vv, s in pairs if vv == v and cfg["generate"]["settings"][s]["style_sigma"] is None]
@@ -528,10 +534,19 @@ class Plan:
     def statistics_params(self) -> dict:
         return {**self.config["statistics"], "baseline": self.statistics_baseline, **self.shared()}
 
+    def section_variants(self, section: str) -> list[str]:
+        """The class-conditioned variants a per-variant section (trajectory, interpolation) runs on: its
+        `variants` (configured names, expanded), else all of them."""
+        named = self.config[section].get("variants")
+        chosen = [m for v in named for m in self.members[v]] if named else list(self.variants)
+        return [v for v in chosen if v not in self.cluster_variants]
+
     def trajectory_params(self, variant: str, setting: str, seed: int | str) -> dict:
-        """The traversal settings with the sampling settings of the generation setting (steps, guidance, sigma)."""
+        """The traversal settings with the sampling settings of the generation setting (steps, guidance, sigma);
+        not its `variants` (which jobs exist, not what one computes)."""
         chosen = self.config["generate"]["settings"][setting]
-        return {**self.config["trajectory"], "num_inference_steps": self.config["generate"]["num_inference_steps"],
+        t = {k: v for k, v in self.config["trajectory"].items() if k != "variants"}
+        return {**t, "num_inference_steps": self.config["generate"]["num_inference_steps"],
                 "guidance_scale": chosen["guidance_scale"], "style_sigma": chosen.get("style_sigma"),
                 "perceptual": self.config["perceptual"], "variant": variant, "setting": setting, **self.speed(),
                 **self.shared(), "seed": int(seed)}
@@ -539,7 +554,8 @@ class Plan:
     def interpolation_params(self, variant: str, setting: str, seed: int | str) -> dict:
         """The interpolation slice (its `classes` as classes_interpolated), the preprocessing that finishes the
         decoded images and the image encoder of the semantic variance."""
-        i = {("classes_interpolated" if k == "classes" else k): v for k, v in self.config["interpolation"].items()}
+        i = {("classes_interpolated" if k == "classes" else k): v for k, v in self.config["interpolation"].items()
+             if k != "variants"}
         return {**i, "preprocess": self.config["preprocess"], "image_encoder": self.config["diffusion"]["image_encoder"],
                 "variant": variant, "setting": setting, **self.speed(), **self.shared(), "seed": int(seed)}
 

@@ -89,6 +89,11 @@ CONFIG_CASES = {  # name: ({dotted key: value}, the error expected)
         r"stage's network, trained on cluster.autoencoder 'kl8'"),
     "stages of a joint variant": ({"diffusion.variants.cl.cluster_stages": [600, 130]},
                                   r"diffusion.variants.cl.cluster_stages: \[600, 130\] is too short"),
+    "a cluster variant's trajectory": ({"trajectory.variants": ["cl"]},
+                                       r"trajectory.variants: \['cl'\] are not class-conditioned diffusion variants "
+                                       r"\['class', 'clue', 'ml'\]"),
+    "an unknown interpolated variant": ({"interpolation.variants": ["vanilla"]},
+                                        r"interpolation.variants: \['vanilla'\] are not class-conditioned"),
     "synthetic share beyond what is generated": ({"generate.scale": 0.5},
                                                  r"classify.ratios: 1 x the train_a images of a class are needed, "
                                                  r"generate.scale draws 0.5 x; raise generate.scale to at least 1"),
@@ -140,6 +145,7 @@ def test_null_in_a_configfile_removes_the_entry(merged):
     def edit(c):
         c["trajectory"] = None
         c["diffusion"]["variants"]["ml"] = None
+        c["interpolation"]["variants"] = None  # the ml variant's; null: every class-conditioned variant
         c["generate"]["settings"]["cfg2"]["variants"].remove("ml")
 
     cfg = merged(edit)
@@ -170,6 +176,9 @@ def test_each_rule_gets_only_the_keys_it_reads(merged, tiny_config):
     assert "samples_per_cluster" not in plan.generate_params("class", "cfg2", 0)
     assert not {"recall_k", "precision_k", "density_k", "is_splits"} & set(plan.feature_net_params())
     assert "references" not in plan.cluster_params()
+    assert plan.section_variants("trajectory") == ["clue"] and plan.section_variants("interpolation") == ["ml"]
+    assert "variants" not in plan.trajectory_params("clue", "sigma05", 0)  # which jobs, not what one computes
+    assert "variants" not in plan.interpolation_params("ml", "cfg2", 0)
     assert "cluster_imsat" not in cl  # the cluster stage's IMSAT settings: for a joint variant only
     joint = plan_of(merged, {"diffusion.variants.cl.cluster_training": "joint",
                              "diffusion.variants.cl.cluster_method": "imsat"})

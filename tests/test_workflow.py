@@ -142,7 +142,7 @@ def test_tables_have_the_promised_columns_and_ranges(run, tiny_config):
             [f"grid_{c}.png" for c in tiny_config["data"]["classes"]]:
         assert (res / "report" / "figures" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     traj = pd.read_parquet(res / "report" / "trajectory_summary.parquet")  # the poster's table shape
-    assert set(traj["attribute"]) == {"ome", "com"} and set(traj["variant"]) == {"class", "clue", "ml"}
+    assert set(traj["attribute"]) == {"ome", "com"} and set(traj["variant"]) == {"clue"}  # trajectory.variants
     cells = ["swap_cfrt", "swap_domain_perceptual"]  # the tiny config's only Bezier position is 1: no interpolations
     assert set(cells) <= set(traj.columns) and not any(c.startswith("interpolation") for c in traj.columns)
     assert (traj["n_seeds"] == len(seeds)).all() and traj["swap_cfrt_mean"].between(0, 1).all()
@@ -151,9 +151,10 @@ def test_tables_have_the_promised_columns_and_ranges(run, tiny_config):
     assert detail[["cfrt_mean", "cfrt_flip_mean"]].stack().between(0, 1).all()
     sv = pd.read_parquet(res / "report" / "semantic_variance.parquet")
     assert set(sv["class"]) == {*tiny_config["data"]["classes"], "all"} and (sv["n_seeds"] == len(seeds)).all()
-    assert set(sv["variant"]) == {"class", "clue", "ml"} and sv["ai_higher_share"].between(0, 1).all()
+    assert set(sv["variant"]) == {"ml"} and sv["ai_higher_share"].between(0, 1).all()  # interpolation.variants
     assert {"A", "AI", "A_mean", "AI_std", "A_full_mean"} <= set(sv.columns) and (sv["A_mean"] > 0).all()
-    sets = pd.read_parquet(res / "interpolation" / "class" / "cfg2" / f"seed{seeds[0]}" / "sets.parquet")
+    assert not (res / "interpolation" / "class").exists() and not (res / "trajectory" / "class").exists()
+    sets = pd.read_parquet(res / "interpolation" / "ml" / "cfg2" / f"seed{seeds[0]}" / "sets.parquet")
     assert set(sets.loc[sets["origin"] == "interpolated", "label"]) <= {"ome", "com"}
     # The cluster-conditioned variant: samples per cluster, no class-based tables, its own (Table 4) table.
     k = int(selection.loc[(selection["method"] == "kmeans") & (selection["index"] == "majority"), "best_k"].item())
@@ -262,14 +263,14 @@ def test_trajectory_edit_reruns_only_the_traversals_and_the_report(run, tiny_con
     work, _ = run
     _edited(work, tiny_config, "trajectory", "alphas", [0.5, 1.0])
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
-    assert jobs == {"trajectory": 3 * len(tiny_config["generate"]["seeds"]), "report": 1, "all": 1}
+    assert jobs == {"trajectory": len(tiny_config["generate"]["seeds"]), "report": 1, "all": 1}
 
 
 def test_interpolation_edit_reruns_only_the_interpolations_and_the_report(run, tiny_config):
     work, _ = run
     _edited(work, tiny_config, "interpolation", "alphas", [0.25, 0.75])
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
-    assert jobs == {"interpolation": 3 * len(tiny_config["generate"]["seeds"]), "report": 1, "all": 1}
+    assert jobs == {"interpolation": len(tiny_config["generate"]["seeds"]), "report": 1, "all": 1}
 
 
 def test_generation_edit_reruns_generation_and_what_follows_but_no_training(run, tiny_config):
@@ -348,6 +349,7 @@ def test_the_multilevel_ablation_is_three_variants_of_one_config(run, tiny_confi
                                     "ch8_ml": {"conditioning": "multilevel", "autoencoder": "kl8"}}
     # Dicts merge with config/config.yaml (its `class` variant stays): the setting names the three.
     cfg["generate"]["settings"] = {"cfg2": {"guidance_scale": 2.0, "variants": ["ch4", "ch8", "ch8_ml"]}}
+    cfg["trajectory"]["variants"] = cfg["interpolation"]["variants"] = None  # the tiny config's clue and ml: all
     (work / "edited.yaml").write_text(yaml.safe_dump(cfg))
     proc = snakemake(work, "-n", "--configfile", "edited.yaml")
     jobs = planned_jobs(proc)
@@ -376,7 +378,7 @@ def test_perceptual_edit_reruns_the_vq_gan_and_the_tables_not_the_kl_vae(run, ti
     _edited(work, tiny_config, "perceptual", "lpips_net", "alex")
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
     seeds = len(tiny_config["generate"]["seeds"])
-    assert jobs == {"autoencoder": 1, "autoencoder_metrics": 2, "cluster_quality": seeds, "trajectory": 3 * seeds,
+    assert jobs == {"autoencoder": 1, "autoencoder_metrics": 2, "cluster_quality": seeds, "trajectory": seeds,
                     "report": 1, "all": 1}
 
 
@@ -415,8 +417,8 @@ def test_feature_network_edit_reruns_what_uses_it_only(run, tiny_config):
     assert jobs["feature_net"] == 1 and jobs["autoencoder"] == 1 and jobs["autoencoder_metrics"] == 2
     assert jobs["diffusion"] == 1 and jobs["generate"] == seeds and jobs["evaluate"] == 3 * seeds
     assert jobs["cluster_quality"] == seeds  # its perceptual column is the domain network's
-    assert jobs["trajectory"] == 3 * seeds  # the domain classifier measures the flips
-    assert jobs["interpolation"] == 3 * seeds  # it embeds the images for the semantic variance
+    assert jobs["trajectory"] == seeds  # the domain classifier measures the flips
+    assert jobs["interpolation"] == seeds  # it embeds the images for the semantic variance
 
 
 def test_a_new_classifier_arch_adds_its_grid_only(run, tiny_config):

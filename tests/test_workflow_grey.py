@@ -34,7 +34,8 @@ def xray_config(tiny_config):
     cfg["diffusion"]["variants"] |= {"clue": None, "ml": None, "cl": None}
     cfg["autoencoder"]["vq4"] = None
     cfg["classify"] |= {"ratios": [0.0, 1.0], "hybrid": False, "scales": [], "count_sets": {"mixed": None}}
-    cfg["trajectory"] |= {"neutral": "normal", "samples": 4, "swap_fractions": [0.0, 0.5], "alphas": [0.5, 1.0]}
+    cfg["trajectory"] |= {"neutral": "normal", "samples": 4, "swap_fractions": [0.0, 0.5], "alphas": [0.5, 1.0],
+                          "variants": None}  # the tiny config's clue variant is cut
     return cfg | {"cluster": None, "interpolation": None}
 
 

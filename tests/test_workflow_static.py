@@ -60,7 +60,8 @@ def test_paper_multilevel_plans_the_ablation_the_five_classifiers_and_the_interp
     assert jobs["autoencoder"] == 2 and jobs["autoencoder_metrics"] == 2  # 4ch and 8ch (Table 1)
     assert jobs["diffusion"] == 3  # 4ch, 8ch, 8ch + ML (Table 5)
     pairs_seeds = 3 * 3 * 3  # variants x CFG scales 1, 3, 5 x seeds
-    assert jobs["generate"] == jobs["evaluate"] == jobs["interpolation"] == pairs_seeds
+    assert jobs["generate"] == jobs["evaluate"] == pairs_seeds
+    assert jobs["interpolation"] == pairs_seeds // 3  # the 8ch + ML model's images only
     assert jobs["classify"] == pairs_seeds * 5 * (1 + 4)  # VGG13/16/19, ResNet18/34 x real + Table I's four
 
 

@@ -109,11 +109,11 @@ def interpolation_inputs(wildcards):
 
 
 # --- what is made over the grid ---------------------------------------------------------------------------------
-def _over_grid(pattern, clusters=False, **extra):
+def _over_grid(pattern, clusters=False, only=None, **extra):
     """``pattern`` filled for every (variant, setting) of GRID and every seed (and the ``extra`` wildcards):
     the class-conditioned variants, or with ``clusters`` the cluster-conditioned ones (no class labels: they
-    have their own evaluation, not the class-based metrics and classifier grids)."""
-    return [p for v, s in GRID if (v in CLUSTER_VARIANTS) == clusters
+    have their own evaluation, not the class-based metrics and classifier grids); ``only``: those variants."""
+    return [p for v, s in GRID if (v in CLUSTER_VARIANTS) == clusters and (only is None or v in only)
             for p in expand(pattern, variant=v, setting=s, seed=SEEDS, **extra)]
 
 
@@ -152,7 +152,8 @@ def real_features_input():
 def interpolation_tables():
     if "interpolation" not in config:
         return []
-    return _over_grid(f"{R}/interpolation/{{variant}}/{{setting}}/seed{{seed}}/semantic_variance.parquet")
+    return _over_grid(f"{R}/interpolation/{{variant}}/{{setting}}/seed{{seed}}/semantic_variance.parquet",
+                      only=PLAN.section_variants("interpolation"))
 
 
 def memorization_tables(kind="summary"):
@@ -178,7 +179,8 @@ def classify_copies(wildcards):
 def trajectory_tables():
     if "trajectory" not in config:
         return []
-    return _over_grid(f"{R}/trajectory/{{variant}}/{{setting}}/seed{{seed}}/trajectory.parquet")
+    return _over_grid(f"{R}/trajectory/{{variant}}/{{setting}}/seed{{seed}}/trajectory.parquet",
+                      only=PLAN.section_variants("trajectory"))
 
 
 def cluster_outputs():
