@@ -373,6 +373,10 @@ class Plan:
                                  f"more (set them to null to drop the ones config/config.yaml gives)")
         pairs = []
         for s, setting in cfg["generate"]["settings"].items():
+            interval = setting.get("guidance_interval")
+            if interval is not None and not interval[0] < interval[1]:
+                raise ValueError(f"generate.settings.{s}.guidance_interval: {interval} is not an interval "
+                                 f"[low, high] of noise levels sigma with low < high")
             named = setting.get("variants", list(self.members))
             unknown = sorted(set(named) - set(self.members))
             if unknown:
@@ -472,7 +476,8 @@ class Plan:
         unused = "scale" if clusters else "samples_per_cluster"
         g = {k: v for k, v in self.config["generate"].items() if k not in ("settings", "seeds", unused)}
         chosen = {k: v for k, v in self.config["generate"]["settings"][setting].items()
-                  if k != "variants" and (clusters or k != "cluster_total")}
+                  if k != "variants" and (clusters or k != "cluster_total")
+                  and not (k == "guidance_interval" and v is None)}  # unset: the settings made before it stay
         return {**g, **chosen, "variant": variant, "setting": setting, "preprocess": self.config["preprocess"],
                 **self.speed(), **self.shared(), "seed": int(seed)}
 
@@ -546,6 +551,8 @@ class Plan:
         not its `variants` (which jobs exist, not what one computes)."""
         chosen = self.config["generate"]["settings"][setting]
         t = {k: v for k, v in self.config["trajectory"].items() if k != "variants"}
+        if chosen.get("guidance_interval") is not None:
+            t["guidance_interval"] = chosen["guidance_interval"]
         return {**t, "num_inference_steps": self.config["generate"]["num_inference_steps"],
                 "guidance_scale": chosen["guidance_scale"], "style_sigma": chosen.get("style_sigma"),
                 "perceptual": self.config["perceptual"], "variant": variant, "setting": setting, **self.speed(),

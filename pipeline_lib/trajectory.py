@@ -202,7 +202,8 @@ def _from_neutral(model, ae, classifier, perceptual, classes: Sequence[str], neu
     def run(cond_at=None) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(noise_seed)  # the same x_T (and style / references) for every edit
         with speed.autocast(device):
-            z = sample_latents(model, neutral, n, shape, steps, guidance, g, device, params.get("style_sigma"), cond_at)
+            z = sample_latents(model, neutral, n, shape, steps, guidance, g, device, params.get("style_sigma"), cond_at,
+                               guidance_interval=params.get("guidance_interval"))
             return z.float(), decode_latents(ae, z).clamp(-1, 1)
 
     def probs(x: torch.Tensor) -> np.ndarray:

@@ -94,6 +94,9 @@ CONFIG_CASES = {  # name: ({dotted key: value}, the error expected)
                                        r"\['class', 'clue', 'ml'\]"),
     "an unknown interpolated variant": ({"interpolation.variants": ["vanilla"]},
                                         r"interpolation.variants: \['vanilla'\] are not class-conditioned"),
+    "an empty guidance interval": ({"generate.settings.cfg2.guidance_interval": [3.0, 0.5]},
+                                   r"generate.settings.cfg2.guidance_interval: \[3.0, 0.5\] is not an interval "
+                                   r"\[low, high\] of noise levels sigma with low < high"),
     "synthetic share beyond what is generated": ({"generate.scale": 0.5},
                                                  r"classify.ratios: 1 x the train_a images of a class are needed, "
                                                  r"generate.scale draws 0.5 x; raise generate.scale to at least 1"),
@@ -174,6 +177,9 @@ def test_each_rule_gets_only_the_keys_it_reads(merged, tiny_config):
     assert "scale" not in plan.generate_params("cl", "cfg2", 0) and "samples_per_cluster" in \
         plan.generate_params("cl", "cfg2", 0)
     assert "samples_per_cluster" not in plan.generate_params("class", "cfg2", 0)
+    assert "guidance_interval" not in plan.generate_params("class", "cfg2", 0)  # unset: the jobs made before it stay
+    ranged = plan_of(merged, {"generate.settings.cfg2.guidance_interval": [0.5, 5.0]})
+    assert ranged.generate_params("class", "cfg2", 0)["guidance_interval"] == [0.5, 5.0]
     assert not {"recall_k", "precision_k", "density_k", "is_splits"} & set(plan.feature_net_params())
     assert "references" not in plan.cluster_params()
     assert plan.section_variants("trajectory") == ["clue"] and plan.section_variants("interpolation") == ["ml"]

@@ -71,6 +71,27 @@ def test_ddpm_and_ddim_samplers(tiny_manifest, setup):
         with_sampler(model, "euler")
 
 
+def test_guidance_interval_guides_only_the_steps_whose_noise_level_is_inside(tiny_manifest, setup):
+    """Kynkaanniemi et al. 2024: guidance where sigma_t lies in (lo, hi], the conditional prediction elsewhere."""
+    _, model = _run(tiny_manifest, setup, "interval")
+    steps = 5
+    model.scheduler.set_timesteps(steps)
+    abar = model.scheduler.alphas_cumprod[model.scheduler.timesteps]
+    sigmas = ((1 - abar) / abar).sqrt().tolist()  # of the 5 sampling steps, decreasing
+
+    def sample(w, interval=None):
+        return sample_latents(model, 1, 3, (8, 8, 8), steps, w, torch.Generator().manual_seed(4), CPU,
+                              guidance_interval=interval)
+
+    guided, unguided = sample(3.0), sample(1.0)
+    torch.testing.assert_close(sample(3.0, [0.0, sigmas[0]]), guided, rtol=0, atol=0)  # every step inside
+    # no step inside: the conditional prediction throughout, as with w = 1 (there in a batch of 3, not 6: float32
+    # sums in another order, about 1e-6 relative per step)
+    torch.testing.assert_close(sample(3.0, [sigmas[0], sigmas[0] + 1.0]), unguided, rtol=1e-4, atol=1e-4)
+    first_only = sample(3.0, [sigmas[1], sigmas[0]])  # (sigma_1, sigma_0]: the first step alone is guided
+    assert not torch.allclose(first_only, guided, atol=1e-3) and not torch.allclose(first_only, unguided, atol=1e-3)
+
+
 def test_unet_from_a_local_stable_diffusion_folder_adapts_conv_in_and_out(tmp_path, tiny_manifest, setup):
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
