@@ -180,6 +180,8 @@ def test_each_rule_gets_only_the_keys_it_reads(merged, tiny_config):
     assert "guidance_interval" not in plan.generate_params("class", "cfg2", 0)  # unset: the jobs made before it stay
     ranged = plan_of(merged, {"generate.settings.cfg2.guidance_interval": [0.5, 5.0]})
     assert ranged.generate_params("class", "cfg2", 0)["guidance_interval"] == [0.5, 5.0]
+    assert ranged.trajectory_params("class", "cfg2", 0)["guidance_interval"] == [0.5, 5.0]  # the setting's sampling
+    assert "guidance_interval" not in plan.trajectory_params("class", "cfg2", 0)
     assert not {"recall_k", "precision_k", "density_k", "is_splits"} & set(plan.feature_net_params())
     assert "references" not in plan.cluster_params()
     assert plan.section_variants("trajectory") == ["clue"] and plan.section_variants("interpolation") == ["ml"]
