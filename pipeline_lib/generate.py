@@ -43,10 +43,11 @@ def sample_latents(model: DiffusionModel, class_index: int, n: int, shape: tuple
     (Kynkaanniemi et al. 2024, "Applying guidance in a limited interval improves sample and distribution quality
     in diffusion models": guidance at high noise levels narrows the distribution, at low ones it does little; not
     in the source papers). The unconditional half is still computed outside the interval, so that each
-    conditioning's inputs are drawn once for the whole trajectory. The conditioning's own inputs are drawn after x_T from the same generator, so
-    the settings of one seed share their initial noise: a CLUE model's style latent s ~ N(0, style_sigma^2 I)
-    (CLUE section 4.5); a multi-level model's reference images, one random training image of the class per
-    sample, whose embeddings condition it (the unconditional pass gets GLIGEN's null feature).
+    conditioning's inputs are drawn once for the whole trajectory. The conditioning's own inputs are drawn after
+    x_T from the same generator, so the settings of one seed share their initial noise: a CLUE model's style
+    latent s ~ N(0, style_sigma^2 I) (CLUE section 4.5); a multi-level model's reference images, one random
+    training image of the class per sample, whose embeddings condition it (the unconditional pass gets GLIGEN's
+    null feature).
 
     ``cond_at(i, cond)`` replaces the conditional embedding at step i (trajectory traversal: the prompt
     embedding swapped at a timestep); by default the class's own embedding throughout. ``init``: x_T itself

@@ -20,16 +20,20 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from ..io import read_parquet
-from .fit import imsat_network
+from .fit import feature_spec, imsat_network, imsat_state, pool_latents
 
+
+# a jointly trained model's own clusters, in its folder (``conditioning.cluster``)
+JOINT_ASSIGNMENTS, JOINT_MODELS = "cluster_assignments.parquet", "clusters.pt"
 
 # cluster_k: an int of cluster.k_values, or "selected" (the cluster stage's majority vote for cluster_method);
 # cluster_training: fixed (the cluster stage's partition) or joint (the paper's staged training,
 # ``conditioning.cluster``) with cluster_stages (the shares of the steps: training, fine-tuning 1 with the
 # clustering network frozen, fine-tuning 2; the paper's epochs 600, 130, 70), cluster_weight (the IMSAT loss's
 # weight beside the denoising loss; the paper states none) and cluster_init (fitted: the cluster stage's network)
-CLUSTER_DEFAULTS = {"cluster_k": "selected", "cluster_method": "imsat", "cluster_tokens": 1, "cluster_training": "fixed",
-                    "cluster_stages": [600, 130, 70], "cluster_weight": 1.0, "cluster_init": "fitted"}
+CLUSTER_DEFAULTS = {"cluster_k": "selected", "cluster_method": "imsat", "cluster_tokens": 1,
+                    "cluster_training": "fixed", "cluster_stages": [600, 130, 70], "cluster_weight": 1.0,
+                    "cluster_init": "fitted"}
 
 
 def cluster_names(k: int) -> list[str]:
@@ -101,11 +105,7 @@ class Clusterer(ModelMixin, ConfigMixin):
 
     def features(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) latents -> (B, D) standardised features (float32, differentiable)."""
-        if self.config.pooling == "avg":
-            x = torch.nn.functional.adaptive_avg_pool2d(latents.float(), self.config.pool_size).flatten(1)
-        else:
-            x = latents.float().flatten(1)
-        return (x - self.mean) / self.std
+        return (pool_latents(latents.float(), self.config.pooling, self.config.pool_size) - self.mean) / self.std
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Logits (B, k) of standardised features."""
@@ -117,16 +117,11 @@ class Clusterer(ModelMixin, ConfigMixin):
             return torch.cat([self(self.features(latents[i:i + batch_size])).argmax(1)
                               for i in range(0, len(latents), batch_size)]).cpu()
 
-    def partition_state(self) -> dict:
-        """The network as a partition of ``cluster.fit.FittedClusters`` (``predict_partition``)."""
-        return {"method": "imsat", "k": int(self.config.k), "in_dim": int(self.config.in_dim),
-                "hidden": int(self.config.hidden), "state_dict": {k: v.detach().cpu().clone()
-                                                                  for k, v in self.net.state_dict().items()}}
-
-    def feature_spec(self) -> dict:
-        """The feature spec of ``FittedClusters`` (float64 mean and std, as the cluster stage writes them)."""
-        return {"pooling": self.config.pooling, "pool_size": int(self.config.pool_size), "standardize": True,
-                "mean": self.mean.detach().cpu().double(), "std": self.std.detach().cpu().double()}
+    def fitted(self) -> dict:
+        """The network in the cluster stage's ``models.pt`` format (``cluster.fit.FittedClusters``)."""
+        c = self.config
+        return {"features": feature_spec(c.pooling, c.pool_size, True, self.mean, self.std),
+                "partitions": {f"imsat/k{int(c.k)}": imsat_state(self.net, int(c.k), int(c.in_dim), int(c.hidden))}}
 
 
 def resolve_k(selection: str | Path, method: str, k: int | str) -> int:

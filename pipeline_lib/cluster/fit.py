@@ -40,13 +40,31 @@ INDICES = {"calinski_harabasz": (calinski_harabasz, "max"), "c_index": (c_index,
 METHODS = ("kmeans", "imsat")
 
 
-def pooled_features(latents: torch.Tensor, pooling: str, pool_size: int) -> np.ndarray:
-    """(N, C, h, w) latents -> (N, D) float64 features: ``flatten``, or ``avg`` pooled to pool_size x pool_size."""
+def pool_latents(latents: torch.Tensor, pooling: str, pool_size: int) -> torch.Tensor:
+    """(N, C, h, w) latents -> (N, D) features in their dtype and device: ``flatten``, or ``avg`` pooled to
+    pool_size x pool_size."""
     if pooling == "avg":
         latents = F.adaptive_avg_pool2d(latents, pool_size)
     elif pooling != "flatten":
         raise ValueError(f"cluster.features.pooling must be 'avg' or 'flatten', got {pooling!r}")
-    return latents.flatten(1).double().cpu().numpy()
+    return latents.flatten(1)
+
+
+def pooled_features(latents: torch.Tensor, pooling: str, pool_size: int) -> np.ndarray:
+    """``pool_latents`` as float64 NumPy features."""
+    return pool_latents(latents, pooling, pool_size).double().cpu().numpy()
+
+
+def feature_spec(pooling: str, pool_size: int, standardize: bool, mean: torch.Tensor, std: torch.Tensor) -> dict:
+    """How ``FittedClusters`` makes features from latents: the pooling and the float64 standardisation."""
+    return {"pooling": pooling, "pool_size": int(pool_size), "standardize": bool(standardize),
+            "mean": mean.double().cpu(), "std": std.double().cpu()}
+
+
+def imsat_state(net: nn.Module, k: int, in_dim: int, hidden: int) -> dict:
+    """An IMSAT network as a partition of ``FittedClusters`` (``predict_partition`` rebuilds it; loaded onto
+    the CPU)."""
+    return {"method": "imsat", "k": k, "in_dim": in_dim, "hidden": hidden, "state_dict": net.state_dict()}
 
 
 def standardisation(x: np.ndarray, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -152,8 +170,7 @@ def fit_partition(x: np.ndarray, k: int, method: str, params: Mapping[str, Any],
         return km.labels_, {"method": method, "k": k, "centres": torch.from_numpy(km.cluster_centers_)}
     if method == "imsat":
         labels, net = imsat(x, k, params["imsat"], seed, views)
-        return labels, {"method": method, "k": k, "in_dim": x.shape[1], "hidden": int(params["imsat"]["hidden"]),
-                        "state_dict": net.state_dict()}
+        return labels, imsat_state(net, k, x.shape[1], int(params["imsat"]["hidden"]))
     raise ValueError(f"cluster method must be one of {METHODS}, got {method!r}")
 
 
@@ -294,8 +311,8 @@ def cluster_stage(manifest: str | Path, ae_dir: str | Path, indices_out: str | P
     write_parquet(selection, selection_out)
     write_parquet(pd.concat(assignments, ignore_index=True), assignments_out)
     if models_out is not None:
-        spec = {"pooling": f["pooling"], "pool_size": int(f["pool_size"]), "standardize": bool(f["standardize"]),
-                "mean": torch.from_numpy(mean), "std": torch.from_numpy(std)}
+        spec = feature_spec(f["pooling"], f["pool_size"], f["standardize"], torch.from_numpy(mean),
+                            torch.from_numpy(std))
         with atomic_path(models_out) as tmp:
             torch.save({"features": spec, "partitions": states}, tmp)
     return selection

@@ -22,7 +22,7 @@ from ..io import log, read_parquet, write_parquet
 from ..metrics import ms_ssim, ms_ssim_scales, ssim
 from ..perceptual import load_perceptual
 from ..torchutils import load_images, select_device, set_threads
-from .condition import cluster_labels, cluster_names
+from .condition import JOINT_ASSIGNMENTS, JOINT_MODELS, cluster_labels, cluster_names
 from .fit import FittedClusters
 
 
@@ -67,8 +67,6 @@ def cluster_quality(real_manifest: str | Path, gen_manifest: str | Path, assignm
     ``ae_dir`` is the cluster stage's autoencoder: its latents define the clusters the samples are assigned to.
     A diffusion model trained with its clustering network (``model_dir`` holds ``clusters.pt``, the joint
     training of ``conditioning.cluster``) is measured against its own clusters, not the cluster stage's."""
-    from ..conditioning.cluster import JOINT_ASSIGNMENTS, JOINT_MODELS
-
     if model_dir is not None and (Path(model_dir) / JOINT_MODELS).is_file():
         assignments, models = Path(model_dir) / JOINT_ASSIGNMENTS, Path(model_dir) / JOINT_MODELS
         log.info("the clusters of the model's jointly trained network: %s", models)

@@ -30,14 +30,15 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ..cluster.condition import CLUSTER_DEFAULTS, ClusterEmbedding, Clusterer, cluster_labels, resolve_k
+from ..autoencoder import encode_latents, load_autoencoder
+from ..cluster.condition import (CLUSTER_DEFAULTS, JOINT_ASSIGNMENTS, JOINT_MODELS, ClusterEmbedding,
+                                 Clusterer, cluster_labels, resolve_k)
 from ..cluster.fit import imsat_loss, random_affine
 from ..io import atomic_path, log, write_parquet
 from ..torchutils import proportional_counts, with_mirrors
 from .base import Conditioning, saved_options
 
 STAGES = ("train", "finetune_1", "finetune_2")  # the cLDM paper's stages; the clusterer is frozen in finetune_1
-JOINT_ASSIGNMENTS, JOINT_MODELS = "cluster_assignments.parquet", "clusters.pt"  # in a joint model's folder
 
 
 def stage_bounds(steps: int, shares) -> list[tuple[str, int, int]]:
@@ -59,9 +60,10 @@ class ClusterIds(Conditioning):
     def __init__(self, options, clusters=None):
         super().__init__(options)
         self.clusters = clusters
-        self.joint = self.options.get("cluster_training", "fixed") == "joint"
-        if self.options.get("cluster_training", "fixed") not in ("fixed", "joint"):
-            raise ValueError(f"cluster_training must be 'fixed' or 'joint', got {self.options['cluster_training']!r}")
+        training = self.options.get("cluster_training", "fixed")
+        if training not in ("fixed", "joint"):
+            raise ValueError(f"cluster_training must be 'fixed' or 'joint', got {training!r}")
+        self.joint = training == "joint"
         self.unused_parameters = self.joint  # the frozen stage leaves the clustering network without gradients
         self.stage = None
 
@@ -124,8 +126,6 @@ class ClusterIds(Conditioning):
     def _views(self, data, clusterer, device) -> torch.Tensor:
         """(N, V, D): the features of V rotated, translated and scaled copies of each training image (cLDM section
         3.5), aligned with the latents (the mirror images' views are the mirrors of the views)."""
-        from ..autoencoder import encode_latents, load_autoencoder
-
         ae = load_autoencoder(data.ae_dir, device)
         g = torch.Generator().manual_seed(int(data.params["seed"]))
         hflip = bool(data.params.get("hflip", True))
@@ -189,8 +189,7 @@ class ClusterIds(Conditioning):
         kept = None if self.options["cluster_init"] != "fitted" else float(np.mean(labels == self.fitted_labels))
         log.info("joint cluster training: training images per cluster %s (were %s)%s", counts, self.counts,
                  "" if kept is None else f"; {kept:.1%} kept their cluster")
-        self.partition = {"features": clusterer.feature_spec(),
-                          "partitions": {f"imsat/k{self.k}": clusterer.partition_state()}}
+        self.partition = clusterer.fitted()
 
     def save(self, folder):
         super().save(folder)
