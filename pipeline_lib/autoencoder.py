@@ -29,8 +29,8 @@ from .io import atomic_path, log, write_parquet
 from .metrics import ms_ssim, ms_ssim_scales, mse, psnr, ssim
 from .perceptual import load_perceptual
 from .speed import Speed
-from .torchutils import (Checkpoint, fingerprint, load_adapted, load_images, seed_everything, select_device,
-                         set_threads, to_device)
+from .torchutils import (Checkpoint, fingerprint, learning_rate_schedule, load_adapted, load_images, seed_everything,
+                         select_device, set_threads, to_device)
 from .vqgan import PatchDiscriminator, discriminator_loss, generator_loss, vector_quantize
 
 GENERATIVE_SPLITS = ("train_a", "train_b")  # the only splits a generative model may see (CLUE section 4.2)
@@ -219,7 +219,9 @@ def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: st
     x, _, _ = load_images(manifest, params["train_splits"], list(params["classes"]))
     ae = build_autoencoder(params, x.shape[-1]).to(device)
     modules: dict[str, torch.nn.Module] = {"ae": ae}
-    optimizers = {"ae": torch.optim.Adam(ae.parameters(), lr=float(params["lr"]))}
+    optimizers: dict[str, Any] = {"ae": torch.optim.Adam(ae.parameters(), lr=float(params["lr"]))}
+    # the autoencoder's learning rate (the discriminator's stays constant); unset: constant, as before
+    optimizers["ae_lr"] = learning_rate_schedule(optimizers["ae"], params, f"autoencoder.{name}")
     if kind == "vq":
         d = params["discriminator"]
         if _patch_output_size(x.shape[-1], int(d["layers"])) < 1:
@@ -260,7 +262,8 @@ def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: st
             row = {k: v.item() for k, v in terms.items()}
         if not np.isfinite(row["loss"]):
             raise FloatingPointError(f"autoencoder {name}: loss is {row['loss']} at step {step + 1} ({row})")
-        rows.append({"step": step + 1, **row})
+        rows.append({"step": step + 1, **row, "lr": optimizers["ae"].param_groups[0]["lr"]})  # this step's rate
+        optimizers["ae_lr"].step()
         if (step + 1) % int(params["checkpoint_every"]) == 0 and step + 1 < steps:
             ckpt.save(modules, optimizers, gen, step + 1, rows)
     ae.eval()

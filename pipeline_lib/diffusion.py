@@ -12,7 +12,6 @@ x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps and v_t = sqrt(abar_t) eps - sqrt(
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +30,8 @@ from .conditioning import Conditioning, TrainingData, kind_of, load_conditioning
 from .io import atomic_path, log, write_parquet
 from .speed import Speed
 from .text import text_encoder_folder
-from .torchutils import (Checkpoint, fingerprint, load_adapted, load_images, seed_everything, select_device,
-                         set_threads, with_mirrors)
+from .torchutils import (Checkpoint, fingerprint, learning_rate_schedule, load_adapted, load_images, seed_everything,
+                         select_device, set_threads, with_mirrors)
 
 
 def build_unet(sample_size: int, channels: int, params: Mapping[str, Any], gated: bool = False
@@ -228,33 +227,6 @@ def optimiser_step(model: torch.nn.Module, opt: torch.optim.Optimizer, mean: tor
     return {k: torch.stack([p[k] for p in parts]).mean() for k in parts[0]}
 
 
-LR_SCHEDULES = ("constant", "cosine", "linear")
-
-
-def learning_rate_schedule(opt: torch.optim.Optimizer, params: Mapping[str, Any]
-                           ) -> torch.optim.lr_scheduler.LambdaLR:
-    """The learning rate of step s (counted from 0) as a multiple of ``lr``: a linear warm-up over
-    ``lr_warmup_steps`` (min(1, (s + 1) / warm-up)), then ``lr_schedule`` over the remaining steps: constant
-    (CLUE Table 3), cosine to 0 (Loshchilov and Hutter 2017) or linear to 0. Stepped once per optimiser step;
-    its state is checkpointed, so a resumed run has the same rates."""
-    kind, total = params.get("lr_schedule", "constant"), int(params["steps"])
-    warm = int(params.get("lr_warmup_steps", 0))
-    if kind not in LR_SCHEDULES:
-        raise ValueError(f"diffusion.lr_schedule must be one of {list(LR_SCHEDULES)}, got {kind!r}")
-    if warm >= total:
-        log.warning("diffusion.lr_warmup_steps %d >= steps %d: the learning rate never reaches lr", warm, total)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        progress = (step - warm) / max(1, total - warm)
-        if kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0 - progress if kind == "linear" else 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
 def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | Path, log_table: str | Path,
                     params: Mapping[str, Any], feature_net: str | Path | None = None,
                     clusters: Mapping[str, str | Path] | None = None, threads: int | None = None) -> None:
@@ -310,7 +282,7 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
     model = processes.prepare(objective)
     trainable = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=float(params["lr"]))
-    states: dict[str, Any] = {"opt": opt, "lr": learning_rate_schedule(opt, params)}
+    states: dict[str, Any] = {"opt": opt, "lr": learning_rate_schedule(opt, params, "diffusion")}
     if params.get("ema_decay"):
         states["ema"] = EMAModel(trainable, decay=float(params["ema_decay"]), foreach=True)  # one fused update
     fp = fingerprint(mean, std, y, *conditioning.per_image)  # latents, conditions, per-image inputs

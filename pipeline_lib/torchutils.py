@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -108,6 +109,34 @@ def fingerprint(*tensors: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def learning_rate_schedule(opt: torch.optim.Optimizer, params: Mapping[str, Any], section: str
+                           ) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate of step s (counted from 0) as a multiple of ``lr``: a linear warm-up over
+    ``lr_warmup_steps`` (min(1, (s + 1) / warm-up)), then ``lr_schedule`` over the remaining steps: constant
+    (CLUE Table 3), cosine to 0 (Loshchilov and Hutter 2017) or linear to 0. Stepped once per optimiser step;
+    its state is checkpointed, so a resumed run has the same rates. ``section`` names the config section in
+    messages (``diffusion``, ``autoencoder.kl8``)."""
+    kind, total = params.get("lr_schedule", "constant"), int(params["steps"])
+    warm = int(params.get("lr_warmup_steps", 0))
+    if kind not in LR_SCHEDULES:
+        raise ValueError(f"{section}.lr_schedule must be one of {list(LR_SCHEDULES)}, got {kind!r}")
+    if warm >= total:
+        log.warning("%s.lr_warmup_steps %d >= steps %d: the learning rate never reaches lr", section, warm, total)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total - warm)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - progress if kind == "linear" else 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
 class Checkpoint:
     """Resumable training state kept beside an output until the job finishes.
 
@@ -128,7 +157,9 @@ class Checkpoint:
         if not self.path.exists():
             return 0, []
         state = torch.load(self.path, map_location="cpu", weights_only=False)
-        if state["signature"] != self.signature:
+        if state["signature"] != self.signature or not (set(modules) <= set(state["modules"])
+                                                          and set(optimizers) <= set(state["optimizers"])):
+            # other settings, or a version of the stage that kept other states (e.g. no learning-rate schedule)
             log.info("checkpoint %s was made with other settings; starting afresh", self.path)
             return 0, []
         for name, module in modules.items():

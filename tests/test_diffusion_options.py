@@ -10,6 +10,7 @@ from pipeline_lib.conditioning import Conditioning
 from pipeline_lib import diffusion
 from pipeline_lib.diffusion import load_diffusion, train_diffusion
 from pipeline_lib.generate import sample_latents, with_sampler
+from pipeline_lib.torchutils import learning_rate_schedule
 from conftest import CPU
 
 
@@ -187,7 +188,7 @@ def test_weighted_loss_is_the_weighted_mean_of_per_image_errors(monkeypatch):
 ])
 def test_learning_rate_schedules_by_hand(kind, expected):
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    sched = diffusion.learning_rate_schedule(opt, {"lr_schedule": kind, "lr_warmup_steps": 4, "steps": 10})
+    sched = learning_rate_schedule(opt, {"lr_schedule": kind, "lr_warmup_steps": 4, "steps": 10}, "diffusion")
     rates = []
     for _ in range(10):
         rates.append(opt.param_groups[0]["lr"])
@@ -195,7 +196,7 @@ def test_learning_rate_schedules_by_hand(kind, expected):
         sched.step()
     assert rates == pytest.approx([0.1 * e for e in expected], abs=1e-12)
     with pytest.raises(ValueError, match="diffusion.lr_schedule must be one of"):
-        diffusion.learning_rate_schedule(opt, {"lr_schedule": "step", "steps": 10})
+        learning_rate_schedule(opt, {"lr_schedule": "step", "steps": 10}, "diffusion")
 
 
 def test_schedule_options_train_and_resume_the_same(tiny_manifest, setup, tmp_path):

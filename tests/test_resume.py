@@ -44,8 +44,10 @@ def _assert_same_weights(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_autoencoder_is_deterministic_and_resumes(tiny_manifest, tmp_path, monkeypatch, tiny_config):
-    params = {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED, "steps": 8, "checkpoint_every": 3}
+@pytest.mark.parametrize("schedule", [{}, {"lr_schedule": "linear", "lr_warmup_steps": 2}])
+def test_autoencoder_is_deterministic_and_resumes(tiny_manifest, tmp_path, monkeypatch, tiny_config, schedule):
+    params = {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED, "steps": 8, "checkpoint_every": 3,
+              **schedule}
     log_a, weights_a = _train_ae(tiny_manifest, tmp_path / "a", params)
     log_b, weights_b = _train_ae(tiny_manifest, tmp_path / "b", params)
     pd.testing.assert_frame_equal(log_a, log_b)
@@ -58,7 +60,10 @@ def test_autoencoder_is_deterministic_and_resumes(tiny_manifest, tmp_path, monke
     assert (tmp_path / "c" / "model.resume.pt").exists()
     assert not (tmp_path / "c" / "model").exists() and not (tmp_path / "c" / "log.parquet").exists()
     log_c, weights_c = _train_ae(tiny_manifest, tmp_path / "c", params)
-    pd.testing.assert_frame_equal(log_a, log_c)
+    pd.testing.assert_frame_equal(log_a, log_c)  # the learning rate's schedule resumed too (its column)
+    lr = params["lr"]  # by hand: constant; or warm-up lr/2, lr, then linear to 0 over the other 6 steps
+    expected = [lr] * 8 if not schedule else [lr / 2, lr] + [lr * (1 - k / 6) for k in range(6)]
+    assert log_a["lr"].tolist() == pytest.approx(expected, rel=1e-12)
     _assert_same_weights(weights_a, weights_c)
     assert not (tmp_path / "c" / "model.resume.pt").exists()
 
