@@ -29,8 +29,8 @@ from .io import atomic_path, log, write_parquet
 from .metrics import ms_ssim, ms_ssim_scales, mse, psnr, ssim
 from .perceptual import load_perceptual
 from .speed import Speed
-from .torchutils import (Checkpoint, fingerprint, learning_rate_schedule, load_adapted, load_images, seed_everything,
-                         select_device, set_threads, to_device)
+from .torchutils import (Checkpoint, adam, fingerprint, learning_rate_schedule, load_adapted, load_images,
+                         seed_everything, select_device, set_threads, to_device)
 from .vqgan import PatchDiscriminator, discriminator_loss, generator_loss, vector_quantize
 
 GENERATIVE_SPLITS = ("train_a", "train_b")  # the only splits a generative model may see (CLUE section 4.2)
@@ -219,7 +219,7 @@ def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: st
     x, _, _ = load_images(manifest, params["train_splits"], list(params["classes"]))
     ae = build_autoencoder(params, x.shape[-1]).to(device)
     modules: dict[str, torch.nn.Module] = {"ae": ae}
-    optimizers: dict[str, Any] = {"ae": torch.optim.Adam(ae.parameters(), lr=float(params["lr"]))}
+    optimizers: dict[str, Any] = {"ae": adam(ae.parameters(), float(params["lr"]))}
     # the autoencoder's learning rate (the discriminator's stays constant); unset: constant, as before
     optimizers["ae_lr"] = learning_rate_schedule(optimizers["ae"], params, f"autoencoder.{name}")
     if kind == "vq":
@@ -229,7 +229,7 @@ def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: st
                              f"{x.shape[-1]} px image; use fewer")
         disc = PatchDiscriminator(3, int(d["channels"]), int(d["layers"])).to(device)
         modules["disc"] = disc
-        optimizers["disc"] = torch.optim.Adam(disc.parameters(), lr=float(d["lr"]), betas=(0.5, 0.9))
+        optimizers["disc"] = adam(disc.parameters(), float(d["lr"]), betas=(0.5, 0.9))
         perceptual = load_perceptual(params["perceptual"], feature_net, device)
         start_adv = int(d["start_step"])
     if not params.get("pretrained"):

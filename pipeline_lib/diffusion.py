@@ -30,8 +30,8 @@ from .conditioning import Conditioning, TrainingData, kind_of, load_conditioning
 from .io import atomic_path, log, write_parquet
 from .speed import Speed
 from .text import text_encoder_folder
-from .torchutils import (Checkpoint, fingerprint, learning_rate_schedule, load_adapted, load_images, seed_everything,
-                         select_device, set_threads, with_mirrors)
+from .torchutils import (Checkpoint, adam, fingerprint, learning_rate_schedule, load_adapted, load_images,
+                         seed_everything, select_device, set_threads, with_mirrors)
 
 
 def build_unet(sample_size: int, channels: int, params: Mapping[str, Any], gated: bool = False
@@ -281,7 +281,7 @@ def train_diffusion(manifest: str | Path, ae_dir: str | Path, model_dir: str | P
         speed.prepare(m)
     model = processes.prepare(objective)
     trainable = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=float(params["lr"]))
+    opt = adam(trainable, float(params["lr"]), decoupled=True)
     states: dict[str, Any] = {"opt": opt, "lr": learning_rate_schedule(opt, params, "diffusion")}
     if params.get("ema_decay"):
         states["ema"] = EMAModel(trainable, decay=float(params["ema_decay"]), foreach=True)  # one fused update

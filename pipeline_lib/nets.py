@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .io import log
 from .metrics import classification_scores
 from .speed import Speed
-from .torchutils import Checkpoint, fingerprint, to_device
+from .torchutils import Checkpoint, adam, fingerprint, to_device
 
 
 def resize_to(x: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -180,7 +180,7 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_va
     check_input_size(model, x[:1], params)
     speed = Speed.from_params(params).enable(device)
     model = speed.prepare(model)
-    opt = torch.optim.Adam(model.parameters(), lr=float(params["lr"]))
+    opt = adam(model.parameters(), float(params["lr"]))
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=float(params["lr_factor"]),
                                                        patience=int(params["lr_patience"]))
     bs = int(params["batch_size"])

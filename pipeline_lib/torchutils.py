@@ -109,6 +109,18 @@ def fingerprint(*tensors: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+def adam(params, lr: float, decoupled: bool = False, **kwargs) -> torch.optim.Optimizer:
+    """Adam (AdamW with ``decoupled``) using PyTorch's fused kernel where the parameters' device has one (CPU and
+    CUDA, floating-point parameters): one kernel updates every parameter instead of about ten small operations
+    per tensor, which is an eighth of a small UNet's CPU training step (the default's: 1.19x the steps/s of the
+    per-tensor update on the 2-core machine, docs/performance.md). The same update rule; the rounding of its
+    last bits differs from the per-tensor implementation."""
+    params = list(params)
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    return cls(params, lr=lr, fused=fused or None, **kwargs)
+
+
 LR_SCHEDULES = ("constant", "cosine", "linear")
 
 

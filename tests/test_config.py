@@ -94,6 +94,8 @@ CONFIG_CASES = {  # name: ({dotted key: value}, the error expected)
                                        r"\['class', 'clue', 'ml'\]"),
     "an unknown interpolated variant": ({"interpolation.variants": ["vanilla"]},
                                         r"interpolation.variants: \['vanilla'\] are not class-conditioned"),
+    "an unknown autoencoder schedule": ({"autoencoder.kl8.lr_schedule": "step"},
+                                        r"autoencoder.kl8.lr_schedule: 'step' is not one of \['constant', 'cosine'"),
     "an empty guidance interval": ({"generate.settings.cfg2.guidance_interval": [3.0, 0.5]},
                                    r"generate.settings.cfg2.guidance_interval: \[3.0, 0.5\] is not an interval "
                                    r"\[low, high\] of noise levels sigma with low < high"),
@@ -178,6 +180,7 @@ def test_each_rule_gets_only_the_keys_it_reads(merged, tiny_config):
         plan.generate_params("cl", "cfg2", 0)
     assert "samples_per_cluster" not in plan.generate_params("class", "cfg2", 0)
     assert "guidance_interval" not in plan.generate_params("class", "cfg2", 0)  # unset: the jobs made before it stay
+    assert not {"lr_schedule", "lr_warmup_steps"} & set(plan.autoencoder_params("kl8"))  # likewise the autoencoder's
     ranged = plan_of(merged, {"generate.settings.cfg2.guidance_interval": [0.5, 5.0]})
     assert ranged.generate_params("class", "cfg2", 0)["guidance_interval"] == [0.5, 5.0]
     assert ranged.trajectory_params("class", "cfg2", 0)["guidance_interval"] == [0.5, 5.0]  # the setting's sampling
