@@ -21,7 +21,7 @@ dry-run: $(STAMP)
 	$(BIN)/snakemake --profile profiles/default -n
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=15
 
 # The unit tests only: no Snakemake subprocess, no training beyond a few steps (docs/development.md).
 test-fast: $(STAMP)

@@ -242,32 +242,61 @@ def run_setup(name: str, overrides: dict, work: Path, budget: float) -> dict:
 
 
 def speed_switches(threads: int = 2, repeats: int = 6) -> pd.DataFrame:
-    """Diffusion training steps/s of the default's UNet (16 x 16 x 8) and of the 8 x 8 x 8 one under the CPU
-    switches: FP32, bf16 autocast, channels_last, both. The best of ``repeats`` steps after one warm-up."""
+    """Diffusion training steps/s of the former default's UNet (16 x 16 x 8) and of the 8 x 8 x 8 one under the
+    CPU switches: FP32, bf16 autocast, channels_last, both, and the fused Adam of the pipeline (FP32) instead of
+    the per-tensor one; and, for the 8 x 8 x 8 UNet, the sampler's call (a guided batch of 128, no gradients)
+    under the inference switches. The best of ``repeats`` after one warm-up."""
     from diffusion_speed import model_parts, plain_train_step
+
+    from pipeline_lib.torchutils import adam
 
     torch.set_num_threads(threads)
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     rows = []
     for latent in (16, 8):
         unet, penc, sched = model_parts(cfg, latent, 8)
-        opt = torch.optim.AdamW(list(unet.parameters()) + list(penc.parameters()), lr=1e-4)
+        params = list(unet.parameters()) + list(penc.parameters())
+        per_tensor, fused = torch.optim.AdamW(params, lr=1e-4), adam(params, 1e-4, decoupled=True)
         lat, lab = torch.randn(64, 8, latent, latent), torch.randint(0, 3, (64,))
         gen = torch.Generator().manual_seed(0)
-        for mode in ("fp32", "bf16", "channels_last", "bf16+channels_last"):
+        for mode in ("fp32", "bf16", "channels_last", "bf16+channels_last", "fused_adam"):
             layout = torch.channels_last if "channels_last" in mode else torch.contiguous_format
             unet.to(memory_format=layout)
             x = lat.contiguous(memory_format=layout)
+            opt = fused if mode == "fused_adam" else per_tensor
             times = []
             for _ in range(repeats + 1):
                 t = time.perf_counter()
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in mode):
                     plain_train_step(unet, penc, sched, opt, x, lab, gen)
                 times.append(time.perf_counter() - t)
-            rows.append({"latent": f"{latent}x{latent}x8", "switch": mode, "steps_per_s": 1 / min(times[1:])})
+            rows.append({"what": "training step", "latent": f"{latent}x{latent}x8", "switch": mode,
+                         "per_s": 1 / min(times[1:])})
+    unet.eval().to(memory_format=torch.contiguous_format)
+    x, t = torch.randn(128, 8, 8, 8), torch.tensor(500)
+    context = penc(torch.zeros(128, dtype=torch.long)).detach()
+    with torch.no_grad():
+        frozen = torch.jit.freeze(torch.jit.trace(unet, (x, t, context), strict=False, check_trace=False).eval())
+    cl_unet, cl_x = copy.deepcopy(unet).to(memory_format=torch.channels_last), x.contiguous(
+        memory_format=torch.channels_last)
+    calls = {"fp32": lambda: unet(x, t, encoder_hidden_states=context),
+             "bf16": lambda: unet(x, t, encoder_hidden_states=context),
+             "channels_last": lambda: cl_unet(cl_x, t, encoder_hidden_states=context),
+             "inference_mode": lambda: unet(x, t, encoder_hidden_states=context),
+             "jit_trace_freeze": lambda: frozen(x, t, context)}
+    for mode, call in calls.items():
+        times = []
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            grad_off = torch.inference_mode() if mode == "inference_mode" else torch.no_grad()
+            with grad_off, torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
+                call()
+            times.append(time.perf_counter() - start)
+        rows.append({"what": "sampling call, 128 latents", "latent": "8x8x8", "switch": mode,
+                     "per_s": 1 / min(times[1:])})
     table = pd.DataFrame(rows)
-    fp32 = table[table["switch"] == "fp32"].set_index("latent")["steps_per_s"]
-    table["vs_fp32"] = table["steps_per_s"] / table["latent"].map(fp32)
+    base = table[table["switch"] == "fp32"].set_index(["what", "latent"])["per_s"]
+    table["vs_fp32"] = [r.per_s / base[(r.what, r.latent)] for r in table.itertuples()]
     return table
 
 

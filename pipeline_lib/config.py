@@ -296,7 +296,7 @@ def check_archs(cfg: dict) -> None:
 # harness reads them from the whole config, so editing them reruns nothing.
 SPEED_NUMERIC = ("mixed_precision", "tf32", "channels_last", "attention", "compile")
 EVAL_METRIC_KEYS = ("recall_k", "precision_k", "density_k", "is_splits")  # not the feature network's training
-GRID_KEYS = ("archs", "ratios", "hybrid", "scales", "scale_hybrid", "count_sets")  # the grid, not the trainer
+GRID_KEYS = ("variants", "archs", "ratios", "hybrid", "scales", "scale_hybrid", "count_sets")  # the grid, not the trainer
 ROC_POINT = "replace_100"  # the ROC figure's training set: 100 % synthetic (CLUE Fig. 8-11)
 
 
@@ -385,7 +385,7 @@ class Plan:
             chosen = {m for v in named for m in self.members[v]}
             pairs += [(v, s) for v in self.variants if v in chosen]
         labelled = [v for v, ms in self.members.items() if any(m not in self.cluster_variants for m in ms)]
-        for section in ("trajectory", "interpolation"):
+        for section in ("trajectory", "interpolation", "classify"):
             wrong = [v for v in (cfg.get(section) or {}).get("variants") or [] if v not in labelled]
             if wrong:
                 raise ValueError(f"{section}.variants: {wrong} are not class-conditioned diffusion variants "
@@ -540,7 +540,7 @@ class Plan:
         return {**self.config["statistics"], "baseline": self.statistics_baseline, **self.shared()}
 
     def section_variants(self, section: str) -> list[str]:
-        """The class-conditioned variants a per-variant section (trajectory, interpolation) runs on: its
+        """The class-conditioned variants a per-variant section (trajectory, interpolation, classify) runs on: its
         `variants` (configured names, expanded), else all of them."""
         named = self.config[section].get("variants")
         chosen = [m for v in named for m in self.members[v]] if named else list(self.variants)

@@ -94,6 +94,9 @@ CONFIG_CASES = {  # name: ({dotted key: value}, the error expected)
                                        r"\['class', 'clue', 'ml'\]"),
     "an unknown interpolated variant": ({"interpolation.variants": ["vanilla"]},
                                         r"interpolation.variants: \['vanilla'\] are not class-conditioned"),
+    "a cluster variant's classifier grid": ({"classify.variants": ["class", "cl"]},
+                                            r"classify.variants: \['cl'\] are not class-conditioned diffusion "
+                                            r"variants"),
     "an unknown autoencoder schedule": ({"autoencoder.kl8.lr_schedule": "step"},
                                         r"autoencoder.kl8.lr_schedule: 'step' is not one of \['constant', 'cosine'"),
     "an empty guidance interval": ({"generate.settings.cfg2.guidance_interval": [3.0, 0.5]},
@@ -174,7 +177,7 @@ def test_each_rule_gets_only_the_keys_it_reads(merged, tiny_config):
     assert "image_encoder" in ml and "prompts" in ml and "image_encoder" not in plan.diffusion_params("class")
     assert plan.diffusion_params("class")["autoencoder"] == "kl8"
     c = plan.classify_params("class", "cfg2", "1", "small_cnn", "count_mixed")
-    assert not {"archs", "ratios", "scales", "count_sets"} & set(c) and c["seed"] == 1
+    assert not {"variants", "archs", "ratios", "scales", "count_sets"} & set(c) and c["seed"] == 1
     assert c["protocol"] == "count" and c["counts"] == tiny_config["classify"]["count_sets"]["mixed"]
     assert "scale" not in plan.generate_params("cl", "cfg2", 0) and "samples_per_cluster" in \
         plan.generate_params("cl", "cfg2", 0)

@@ -64,7 +64,7 @@ def test_tiny_workflow_through_the_slurm_profile(cluster, tmp_path, tiny_config)
     (work / "local_slurm" / "config.yaml").write_text(yaml.safe_dump(profile))
     cmd = ["timeout", "-k", "10", "2400", sys.executable, "-m", "snakemake", "--profile", "local_slurm",
            "--configfile", "config.yaml", "--slurm-status-command", "squeue", "--slurm-no-account",
-           "--slurm-init-seconds-before-status-checks", "2"]
+           "--slurm-init-seconds-before-status-checks", "8"]
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True,
                           env={**os.environ, "SLURM_CONF": str(cluster / "slurm.conf")})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

@@ -124,7 +124,7 @@ def generated(kind, clusters=False):
 
 def classify_tables(kind="scores.parquet"):
     return _over_grid(f"{R}/classify/{{variant}}/{{setting}}/seed{{seed}}/{{arch}}/{{point}}/{kind}",
-                      arch=ARCHS, point=list(PLAN.points))
+                      only=PLAN.section_variants("classify"), arch=ARCHS, point=list(PLAN.points))
 
 
 def classify_statistics_tables():
