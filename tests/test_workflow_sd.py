@@ -41,6 +41,7 @@ def test_tiny_workflow_fine_tunes_a_stable_diffusion_folder(tiny_config, tmp_pat
                                                    "sigma05": cfg["generate"]["settings"]["sigma05"]
                                                    if "clue" in variants else None}}
     cfg |= {"cluster": None, "trajectory": None, "interpolation": None}
+    cfg["classify"]["variants"] = None  # the tiny config's `class` is removed here
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     res = f"results/{cfg['experiment']}"
     targets = [f"{res}/generate/vanilla/cfg2/seed0/manifest.parquet"]
