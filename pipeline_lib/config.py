@@ -296,7 +296,7 @@ def check_archs(cfg: dict) -> None:
 # harness reads them from the whole config, so editing them reruns nothing.
 SPEED_NUMERIC = ("mixed_precision", "tf32", "channels_last", "attention", "compile")
 EVAL_METRIC_KEYS = ("recall_k", "precision_k", "density_k", "is_splits")  # not the feature network's training
-GRID_KEYS = ("variants", "archs", "ratios", "hybrid", "scales", "scale_hybrid", "count_sets")  # the grid, not the trainer
+GRID_KEYS = ("variants", "archs", "ratios", "hybrid", "scales", "scale_hybrid", "count_sets")  # grid, not trainer
 ROC_POINT = "replace_100"  # the ROC figure's training set: 100 % synthetic (CLUE Fig. 8-11)
 
 
