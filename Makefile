@@ -20,8 +20,9 @@ run: $(STAMP)
 dry-run: $(STAMP)
 	$(BIN)/snakemake --profile profiles/default -n
 
+# Two test processes, each module whole in one of them, the longest modules first (tests/conftest.py).
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=15
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # The unit tests only: no Snakemake subprocess, no training beyond a few steps (docs/development.md).
 test-fast: $(STAMP)

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny configs and data made on the fly; nothing is downloaded and no GPU is needed."""
+import os
 import shutil
 from pathlib import Path
 from typing import Sequence
@@ -8,6 +9,20 @@ import torch
 import yaml
 
 from pipeline_lib.data import CLASSES
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two test processes share the two cores: one thread each
+    torch.set_num_threads(1)
+
+# The longest modules first (each module stays whole and in order): under `make test`'s two processes one of
+# them starts the local SLURM run, which mostly waits on the scheduler, while the other runs the tiny workflow,
+# and the short modules fill in behind them instead of leaving a long one to run alone at the end.
+LONGEST_FIRST = ("test_slurm.py", "test_workflow.py", "test_workflow_grey.py", "test_resume.py",
+                 "test_workflow_sd.py", "test_bad_input.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
