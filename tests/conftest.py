@@ -10,6 +10,13 @@ import yaml
 
 from pipeline_lib.data import CLASSES
 
+ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+SHARED = {"seed": 0, "device": "cpu", "classes": list(CLASSES)}  # the keys every stage's params carry
+# A tiny denoiser (two levels, cross-attention at the second) for the conditioning tests.
+TINY_UNET = {"block_out_channels": [16, 32], "attention_levels": [False, True], "layers_per_block": 1,
+             "cross_attention_dim": 16, "attention_head_dim": 8, "norm_num_groups": 8}
+
 if os.environ.get("PYTEST_XDIST_WORKER"):  # two test processes share the two cores: one thread each
     torch.set_num_threads(1)
 
@@ -23,13 +30,6 @@ LONGEST_FIRST = ("test_slurm.py", "test_workflow.py", "test_workflow_grey.py", "
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
-ROOT = Path(__file__).resolve().parents[1]
-CPU = torch.device("cpu")
-SHARED = {"seed": 0, "device": "cpu", "classes": list(CLASSES)}  # the keys every stage's params carry
-# A tiny denoiser (two levels, cross-attention at the second) for the conditioning tests.
-TINY_UNET = {"block_out_channels": [16, 32], "attention_levels": [False, True], "layers_per_block": 1,
-             "cross_attention_dim": 16, "attention_head_dim": 8, "norm_num_groups": 8}
 
 
 def copy_workflow(work: Path, configs: Sequence[str] | None = ("config.yaml",)) -> Path:
