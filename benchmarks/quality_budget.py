@@ -62,6 +62,7 @@ BASE = {**AE_LONG, **AE_DOWN4}  # (a)'s best: lat8_ae1000
 RECIPE = {"diffusion.ema_decay": 0.995, "diffusion.lr_schedule": "cosine", "diffusion.lr_warmup_steps": 50,
           "diffusion.snr_gamma": 5.0}
 LR_SNR = {"diffusion.lr_schedule": "cosine", "diffusion.lr_warmup_steps": 50, "diffusion.snr_gamma": 5.0}
+CHOSEN = {**BASE, **LR_SNR, "diffusion.beta_schedule": "squaredcos_cap_v2"}  # sched_cosine: the default config
 SETUPS: dict[str, dict] = {
     # (a) the latent space
     "baseline": {},
@@ -83,13 +84,19 @@ SETUPS: dict[str, dict] = {
     "recipe": {**BASE, **RECIPE},
     "lr_snr": {**BASE, **LR_SNR},  # RECIPE without the EMA, which costs steps
     "zero_snr": {**BASE, **LR_SNR, "diffusion.rescale_betas_zero_snr": True, "diffusion.timestep_spacing": "trailing"},
-    "sched_cosine": {**BASE, **LR_SNR, "diffusion.beta_schedule": "squaredcos_cap_v2"},  # the default config
+    "sched_cosine": dict(CHOSEN),  # the default config
     "sched_scaled": {**BASE, **LR_SNR, "diffusion.beta_schedule": "scaled_linear", "diffusion.beta_start": 0.00085,
                      "diffusion.beta_end": 0.012},
     "attn_both": {**BASE, **LR_SNR, "diffusion.attention_levels": [True, True]},
     "batch32": {**BASE, **LR_SNR, "diffusion.batch_size": 32},
     "unet3": {**BASE, **LR_SNR, "diffusion.block_out_channels": [32, 64, 64],
               "diffusion.attention_levels": [False, True, True]},
+    # (d) the autoencoder, on the default config (= sched_cosine, measured again beside them on one host)
+    "ae_perceptual": {**CHOSEN, "autoencoder.kl8.loss.perceptual_weight": 0.1},  # + 0.1 x the domain distance
+    "lat4": {**CHOSEN, "autoencoder.kl8.latent_channels": 4},
+    # diffusion at pixel resolution: a one-level autoencoder (no downsampling, 32 x 32 x 4, near identity) under
+    # the same denoiser, the pixel-space baseline without a second diffusion code path
+    "pixel": {**CHOSEN, "autoencoder.kl8.block_out_channels": [16], "autoencoder.kl8.latent_channels": 4},
     # (c) sampling only
     "ddim50": {"generate.num_inference_steps": 50},
     "guidance4": {"generate.settings.cfg2.guidance_scale": 4.0},
@@ -148,7 +155,7 @@ def autoencoder_stage(plan: Plan, work: Path, manifest: Path, feature_net: Path)
     model = base / "model"
     if not model.exists():
         t = time.perf_counter()
-        train_autoencoder(manifest, model, base / "train_log.parquet", params, threads=2)
+        train_autoencoder(manifest, model, base / "train_log.parquet", params, feature_net=feature_net, threads=2)
         (base / "seconds.txt").write_text(f"{time.perf_counter() - t:.1f}")
     if not (base / "recon.parquet").exists():
         reconstruction_metrics(manifest, model, base / "recon.parquet", base / "recon_per_image.parquet",

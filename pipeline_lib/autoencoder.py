@@ -1,7 +1,9 @@
 """Autoencoders of the latent diffusion models: a KL-VAE (``diffusers.AutoencoderKL``, 4 or 8 latent channels)
 and a VQ-GAN (``diffusers.VQModel`` + perceptual loss + PatchGAN discriminator).
 
-- KL (multi-level embedding paper, section III.B): loss = w_kl KL + w_l1 L1 + w_l2 L2 + w_ssim (1 - SSIM), Adam.
+- KL (multi-level embedding paper, section III.B): loss = w_kl KL + w_l1 L1 + w_l2 L2 + w_ssim (1 - SSIM), Adam;
+  optionally + w_p perceptual (``perceptual_weight``, default 0: not in the paper, which names no perceptual term
+  for its VAE; Stable Diffusion's autoencoder is trained with LPIPS, Rombach et al. 2022, section 3.1).
 - VQ (cLDM paper, section 3.2): loss = w_mse MSE + w_cb L_cb + beta L_commit + w_p perceptual
   + w_adv adversarial (from ``adversarial_start`` on), the PatchGAN discriminator updated after every step.
 
@@ -43,7 +45,7 @@ def check_generative_splits(splits, key: str) -> None:
         raise ValueError(f"{key} may only hold {GENERATIVE_SPLITS}, got {bad}")
 MODEL_CLASSES = {"kl": AutoencoderKL, "vq": VQModel}
 LOSS_DEFAULTS = {
-    "kl": {"kl_weight": 1.0e-6, "l1_weight": 1.0, "l2_weight": 1.0, "ssim_weight": 0.2},
+    "kl": {"kl_weight": 1.0e-6, "l1_weight": 1.0, "l2_weight": 1.0, "ssim_weight": 0.2, "perceptual_weight": 0.0},
     "vq": {"mse_weight": 1.0, "codebook_weight": 1.0, "commitment_beta": 0.2, "perceptual_weight": 1.0,
            "adversarial_weight": 0.1},
 }
@@ -134,13 +136,20 @@ def load_autoencoder(model_dir: str | Path, device: torch.device, speed: Speed |
 
 # --- losses -----------------------------------------------------------------------------------------------------
 
-def autoencoder_loss(ae: AutoencoderKL, x: torch.Tensor, weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
+def autoencoder_loss(ae: AutoencoderKL, x: torch.Tensor, weights: Mapping[str, float],
+                     perceptual: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
     """KL + L1 + L2 + (1 - SSIM), each weighted (multi-level paper III.B); returns every term and the total.
-    KL is that of the posterior to N(0, I), summed over latent elements and divided by the image's elements."""
+    KL is that of the posterior to N(0, I), summed over latent elements and divided by the image's elements.
+    With a ``perceptual_weight`` above 0, plus that weight times the mean ``perceptual`` distance (LPIPS or its
+    domain-network substitute, ``pipeline_lib.perceptual``) of the reconstructions to the images."""
     posterior = ae.encode(x).latent_dist
     rec = ae.decode(posterior.sample()).sample
     terms = {"kl": posterior.kl().mean() / x[0].numel(), "l1": (rec - x).abs().mean(), "l2": (rec - x).pow(2).mean(),
              "ssim": 1 - ssim(rec, x).mean()}
+    if weights.get("perceptual_weight", 0.0) > 0:
+        if perceptual is None:
+            raise ValueError("autoencoder loss: perceptual_weight is above 0 but no perceptual distance was given")
+        terms["perceptual"] = perceptual(rec, x).mean()
     terms["loss"] = sum(weights[f"{k}_weight"] * v for k, v in terms.items())
     return terms
 
@@ -230,8 +239,13 @@ def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: st
         disc = PatchDiscriminator(3, int(d["channels"]), int(d["layers"])).to(device)
         modules["disc"] = disc
         optimizers["disc"] = adam(disc.parameters(), float(d["lr"]), betas=(0.5, 0.9))
-        perceptual = load_perceptual(params["perceptual"], feature_net, device)
         start_adv = int(d["start_step"])
+    perceptual = None
+    if kind == "vq" or weights["perceptual_weight"] > 0:
+        if "perceptual" not in params:
+            raise ValueError(f"autoencoder.{name}: a perceptual term needs the config's perceptual section in the "
+                             f"job's parameters")
+        perceptual = load_perceptual(params["perceptual"], feature_net, device)
     if not params.get("pretrained"):
         log.info("%s autoencoder %s trained from scratch (no pretrained weights)", kind, name)
     log.info("%.2f M parameters, %d training images of %d px", sum(p.numel() for p in ae.parameters()) / 1e6,
@@ -255,7 +269,7 @@ def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: st
                              speed.autocast(device))
         else:
             with speed.autocast(device):
-                terms = autoencoder_loss(ae, batch, weights)
+                terms = autoencoder_loss(ae, batch, weights, perceptual)
             optimizers["ae"].zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizers["ae"].step()

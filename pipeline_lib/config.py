@@ -300,6 +300,15 @@ GRID_KEYS = ("variants", "archs", "ratios", "hybrid", "scales", "scale_hybrid", 
 ROC_POINT = "replace_100"  # the ROC figure's training set: 100 % synthetic (CLUE Fig. 8-11)
 
 
+def uses_perceptual(autoencoder: dict) -> bool:
+    """Whether an ``autoencoder.<name>`` section trains with a perceptual term: the VQ-GAN always (its default
+    weight is 1), a KL-VAE when its ``loss.perceptual_weight`` is above 0 (then LPIPS or the domain network is an
+    input of its job, and the ``perceptual`` section one of its parameters)."""
+    if autoencoder.get("type", "kl") == "vq":
+        return True
+    return float((autoencoder.get("loss") or {}).get("perceptual_weight") or 0) > 0
+
+
 @dataclass
 class Plan:
     """The checked config and what the workflow derives from it: the expanded variants, the generation grid,
@@ -435,7 +444,7 @@ class Plan:
 
     def autoencoder_params(self, ae: str) -> dict:
         a = self.config["autoencoder"][ae]
-        extra = {"perceptual": self.config["perceptual"]} if a["type"] == "vq" else {}
+        extra = {"perceptual": self.config["perceptual"]} if uses_perceptual(a) else {}
         return {**a, **extra, "name": ae, **self.speed(), **self.shared()}
 
     def autoencoder_metrics_params(self, ae: str) -> dict:

@@ -44,8 +44,9 @@ def test_build_checks_type_channels_and_loss_keys(tiny_config):
         build_autoencoder({**p, "latent_channels": 6}, 16)
     with pytest.raises(ValueError, match="autoencoder type must be one of"):
         build_autoencoder({**p, "type": "gan"}, 16)
-    with pytest.raises(ValueError, match=r"autoencoder.kl8.loss: \['perceptual_weight'\] do not apply to type 'kl'"):
-        loss_weights({**p, "loss": {"perceptual_weight": 1.0}})
+    with pytest.raises(ValueError, match=r"autoencoder.kl8.loss: \['commitment_beta'\] do not apply to type 'kl'"):
+        loss_weights({**p, "loss": {"commitment_beta": 1.0}})
+    assert loss_weights(p)["perceptual_weight"] == 0.0  # the KL-VAE's perceptual term is off unless asked for
     assert loss_weights(_params(tiny_config, "vq4"))["commitment_beta"] == 0.2  # the cLDM paper's beta
     assert isinstance(build_autoencoder(p, 16), AutoencoderKL)
     assert isinstance(build_autoencoder(_params(tiny_config, "vq4"), 16), VQModel)
@@ -59,6 +60,28 @@ def test_kl_loss_is_the_weighted_sum_of_its_terms(tiny_config):
     assert set(t) == {"kl", "l1", "l2", "ssim", "loss"}
     torch.testing.assert_close(t["loss"], 1e-6 * t["kl"] + t["l1"] + t["l2"] + 0.2 * t["ssim"])
     t["loss"].backward()
+
+
+def test_kl_loss_with_a_perceptual_term(tiny_config, tiny_feature_net):
+    torch.manual_seed(0)
+    ae = build_autoencoder(_params(tiny_config, "kl8"), 16)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    perceptual = DomainPerceptual(load_feature_net(tiny_feature_net, CPU))
+    w = {"kl_weight": 1e-6, "l1_weight": 1.0, "l2_weight": 1.0, "ssim_weight": 0.2, "perceptual_weight": 0.5}
+    torch.manual_seed(1)
+    t = autoencoder_loss(ae, x, w, perceptual)
+    assert set(t) == {"kl", "l1", "l2", "ssim", "perceptual", "loss"}
+    torch.manual_seed(1)  # the same posterior sample: the same reconstruction, whose distance is the term
+    rec = ae.decode(ae.encode(x).latent_dist.sample()).sample
+    torch.testing.assert_close(t["perceptual"], perceptual(rec, x).mean())
+    assert t["perceptual"].item() > 0
+    torch.testing.assert_close(t["loss"], 1e-6 * t["kl"] + t["l1"] + t["l2"] + 0.2 * t["ssim"] + 0.5 * t["perceptual"])
+    t["loss"].backward()  # the gradient reaches the autoencoder through the frozen network, not the network itself
+    assert ae.decoder.conv_out.weight.grad.abs().sum() > 0
+    assert all(q.grad is None for q in perceptual.parameters())
+    with pytest.raises(ValueError, match="perceptual_weight is above 0 but no perceptual distance"):
+        autoencoder_loss(ae, x, w)
+    assert set(autoencoder_loss(ae, x, {**w, "perceptual_weight": 0.0})) == {"kl", "l1", "l2", "ssim", "loss"}
 
 
 def test_vector_quantize_by_hand():
@@ -215,6 +238,19 @@ def test_finetune_from_saved_4_channel_vae_to_8_channels(tmp_path, tiny_config, 
     assert all(torch.equal(v, same.state_dict()[k]) for k, v in old.items())
     with pytest.raises(FileNotFoundError, match="autoencoder pretrained: .*missing is not a local diffusers AutoencoderKL"):
         build_autoencoder({**p, "pretrained": str(tmp_path / "missing")}, 16)
+
+
+def test_a_kl_vae_trains_with_a_perceptual_term(tmp_path, tiny_config, tiny_manifest, tiny_feature_net):
+    p = _params(tiny_config, "kl8", steps=3, loss={"perceptual_weight": 0.1}, perceptual=NO_LPIPS)
+    train_autoencoder(tiny_manifest, tmp_path / "m", tmp_path / "log.parquet", p, feature_net=tiny_feature_net)
+    log = pd.read_parquet(tmp_path / "log.parquet")
+    assert log["perceptual"].gt(0).all() and list(log["step"]) == [1, 2, 3]
+    with pytest.raises(ValueError, match="no perceptual distance: perceptual.lpips_backbone is null and no domain"):
+        train_autoencoder(tiny_manifest, tmp_path / "n", tmp_path / "n.parquet", p)  # the network not given
+    del p["perceptual"]
+    with pytest.raises(ValueError, match="autoencoder.kl8: a perceptual term needs the config's perceptual section"):
+        train_autoencoder(tiny_manifest, tmp_path / "o", tmp_path / "o.parquet", p, feature_net=tiny_feature_net)
+    assert not (tmp_path / "n").exists() and not (tmp_path / "o").exists()
 
 
 def test_zero_steps_keep_the_pretrained_vae_as_it_is(tmp_path, tiny_config, tiny_manifest):

@@ -184,6 +184,13 @@ def test_each_rule_gets_only_the_keys_it_reads(merged, tiny_config):
     assert "samples_per_cluster" not in plan.generate_params("class", "cfg2", 0)
     assert "guidance_interval" not in plan.generate_params("class", "cfg2", 0)  # unset: the jobs made before it stay
     assert not {"lr_schedule", "lr_warmup_steps"} & set(plan.autoencoder_params("kl8"))  # likewise the autoencoder's
+    # the perceptual section is a parameter of the autoencoders that train with the term only: the VQ-GAN, and a
+    # KL-VAE given a perceptual_weight above 0
+    assert "perceptual" not in plan.autoencoder_params("kl8") and "perceptual" in plan.autoencoder_params("vq4")
+    perc = plan_of(merged, {"autoencoder.kl8.loss": {"perceptual_weight": 0.1}})
+    assert perc.autoencoder_params("kl8")["perceptual"] == perc.config["perceptual"]
+    assert "perceptual" not in plan_of(merged, {"autoencoder.kl8.loss": {"perceptual_weight": 0}}
+                                       ).autoencoder_params("kl8")
     ranged = plan_of(merged, {"generate.settings.cfg2.guidance_interval": [0.5, 5.0]})
     assert ranged.generate_params("class", "cfg2", 0)["guidance_interval"] == [0.5, 5.0]
     assert ranged.trajectory_params("class", "cfg2", 0)["guidance_interval"] == [0.5, 5.0]  # the setting's sampling

@@ -86,6 +86,16 @@ def test_the_xray_config_plans_the_default_grid_without_interpolation(work):
     assert jobs["classify"] == 2 * 4 and "interpolation" not in jobs
 
 
+def test_a_perceptual_term_makes_the_domain_network_an_input_of_the_kl_autoencoder(work):
+    """The default config's autoencoder reads no feature network; given a perceptual_weight it trains against the
+    domain network (no LPIPS backbone configured), so that network's job runs first and retraining it reruns it."""
+    assert not any("feature_net/model.pt" in line for line in dry_run(work, "config/config.yaml", "autoencoder")[
+        "autoencoder"])
+    (work / "perceptual.yaml").write_text("autoencoder: {kl8: {loss: {perceptual_weight: 0.1}}}\n")
+    inputs = dry_run(work, "perceptual.yaml", inputs_of="autoencoder")["autoencoder"]
+    assert len(inputs) == 1 and "results/default/feature_net/model.pt" in inputs[0]
+
+
 def test_one_class_with_a_class_conditioned_variant_is_an_error(work):
     (work / "one_class.yaml").write_text("data: {classes: [tissue]}\n")
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", "one_class.yaml"],

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)  # this workflow's own pipeline_lib (a copied workflow uses its copy)
-from pipeline_lib.config import ROC_POINT, Plan, code_inputs  # noqa: E402  (torch-free)
+from pipeline_lib.config import ROC_POINT, Plan, code_inputs, uses_perceptual  # noqa: E402  (torch-free)
 
 
 # Drops the entries a --configfile sets to null, checks the schema (every problem at once), fills its defaults,
@@ -96,9 +96,10 @@ def diffusion_inputs(wildcards):
 
 
 def autoencoder_inputs(wildcards):
-    """Only the VQ-GAN trains with a perceptual loss; a local folder to fine-tune from is an input too."""
+    """The VQ-GAN, and a KL-VAE with a perceptual_weight, train with a perceptual loss (LPIPS' backbone or the
+    domain network an input); a local folder to fine-tune from is an input too."""
     a = config["autoencoder"][wildcards.ae]
-    inputs = perceptual_inputs() if a["type"] == "vq" else {}
+    inputs = perceptual_inputs() if uses_perceptual(a) else {}
     if a["pretrained"]:
         inputs["pretrained"] = a["pretrained"]
     return inputs
