@@ -81,8 +81,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = yaml.safe_load(Path(args.config).read_text())
-    latent = cfg["preprocess"]["image_size"] // 2 ** (len(cfg["autoencoder"]["kl8"]["block_out_channels"]) - 1)
-    channels = cfg["autoencoder"]["kl8"]["latent_channels"]
+    ae = cfg["autoencoder"][cfg["diffusion"]["autoencoder"]]  # the default's latents
+    latent = cfg["preprocess"]["image_size"] // 2 ** (len(ae["block_out_channels"]) - 1)
+    channels = ae["latent_channels"]
     shape = (channels, latent, latent)
     bs, n_train = int(cfg["diffusion"]["batch_size"]), 512
     rows = []

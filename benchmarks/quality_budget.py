@@ -53,28 +53,34 @@ from pipeline_lib.generate import generate  # noqa: E402
 from pipeline_lib.io import read_parquet, read_rgb, resolve_path  # noqa: E402
 from pipeline_lib.preprocess import preprocess  # noqa: E402
 
-# What the set-ups change from the default config, dotted keys, in three groups: (a) the autoencoder's latent
-# space under the default denoiser; (b) the denoiser's recipe, each factor alone on BASE (the autoencoder (a)
-# found best), then together; (c) sampling only, on the model of (b)'s best set-up (``SAMPLING_MODEL``).
-AE_LONG = {"autoencoder.kl8.steps": 1000}  # 300 steps leave the reconstructions blurred (PSNR 28.7 dB)
-AE_DOWN4 = {"autoencoder.kl8.block_out_channels": [16, 32, 64]}  # three levels: 8 x 8 x 8 latents of 32 px
-BASE = {**AE_LONG, **AE_DOWN4}  # (a)'s best: lat8_ae1000
+# What the set-ups change from the default config, dotted keys. Each is written out from FORMER, the default the
+# study started from, so that a row means the same set-up after the default has moved on: (a) the autoencoder's
+# latent space under the former denoiser; (b) the denoiser's recipe, each factor alone on BASE (the autoencoder (a)
+# found best), then together; (c) sampling only, on the model of (b)'s best set-up (``SAMPLING_MODEL``); (d) the
+# autoencoder again, on CHOSEN (the default of that time), where 4 latent channels (``lat4``, the default now) won.
+AE = "autoencoder." + yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["diffusion"]["autoencoder"]
+FORMER = {f"{AE}.block_out_channels": [16, 32], f"{AE}.steps": 300, f"{AE}.latent_channels": 8,  # 16 x 16 x 8
+          "diffusion.beta_schedule": None, "diffusion.snr_gamma": None,  # linear betas, plain MSE
+          "diffusion.lr_schedule": "constant", "diffusion.lr_warmup_steps": 0}
+AE_LONG = {f"{AE}.steps": 1000}  # 300 steps leave the reconstructions blurred (PSNR 28.7 dB)
+AE_DOWN4 = {f"{AE}.block_out_channels": [16, 32, 64]}  # three levels: 8 x 8 x 8 latents of 32 px
+BASE = {**FORMER, **AE_LONG, **AE_DOWN4}  # (a)'s best: lat8_ae1000
 RECIPE = {"diffusion.ema_decay": 0.995, "diffusion.lr_schedule": "cosine", "diffusion.lr_warmup_steps": 50,
           "diffusion.snr_gamma": 5.0}
 LR_SNR = {"diffusion.lr_schedule": "cosine", "diffusion.lr_warmup_steps": 50, "diffusion.snr_gamma": 5.0}
-CHOSEN = {**BASE, **LR_SNR, "diffusion.beta_schedule": "squaredcos_cap_v2"}  # sched_cosine: the default config
+CHOSEN = {**BASE, **LR_SNR, "diffusion.beta_schedule": "squaredcos_cap_v2"}  # sched_cosine: the 8-channel default
 SETUPS: dict[str, dict] = {
     # (a) the latent space
-    "baseline": {},
-    "lat8": dict(AE_DOWN4),
-    "lat8_wide": {**AE_DOWN4, "diffusion.block_out_channels": [64, 128], "diffusion.attention_levels": [True, True],
+    "baseline": dict(FORMER),
+    "lat8": {**FORMER, **AE_DOWN4},
+    "lat8_wide": {**FORMER, **AE_DOWN4, "diffusion.block_out_channels": [64, 128], "diffusion.attention_levels": [True, True],
                   "diffusion.norm_num_groups": 32},
-    "lat8_recipe": {**AE_DOWN4, **RECIPE},
-    "lat8_wide_recipe": {**AE_DOWN4, "diffusion.block_out_channels": [64, 128],
+    "lat8_recipe": {**FORMER, **AE_DOWN4, **RECIPE},
+    "lat8_wide_recipe": {**FORMER, **AE_DOWN4, "diffusion.block_out_channels": [64, 128],
                          "diffusion.attention_levels": [True, True], "diffusion.norm_num_groups": 32, **RECIPE},
-    "ae1000": dict(AE_LONG),
-    "lat8_ae1000": {**AE_LONG, **AE_DOWN4},
-    "kl1e-4": {**BASE, "autoencoder.kl8.loss.kl_weight": 1.0e-4},
+    "ae1000": {**FORMER, **AE_LONG},
+    "lat8_ae1000": dict(BASE),
+    "kl1e-4": {**BASE, f"{AE}.loss.kl_weight": 1.0e-4},
     "lat8_ae1000_wide": {**BASE, "diffusion.block_out_channels": [64, 128],
                          "diffusion.attention_levels": [True, True], "diffusion.norm_num_groups": 32},
     # (b) the denoiser's recipe on BASE
@@ -84,19 +90,19 @@ SETUPS: dict[str, dict] = {
     "recipe": {**BASE, **RECIPE},
     "lr_snr": {**BASE, **LR_SNR},  # RECIPE without the EMA, which costs steps
     "zero_snr": {**BASE, **LR_SNR, "diffusion.rescale_betas_zero_snr": True, "diffusion.timestep_spacing": "trailing"},
-    "sched_cosine": dict(CHOSEN),  # the default config
+    "sched_cosine": dict(CHOSEN),  # the default of (b) and (d): 8 latent channels
     "sched_scaled": {**BASE, **LR_SNR, "diffusion.beta_schedule": "scaled_linear", "diffusion.beta_start": 0.00085,
                      "diffusion.beta_end": 0.012},
     "attn_both": {**BASE, **LR_SNR, "diffusion.attention_levels": [True, True]},
     "batch32": {**BASE, **LR_SNR, "diffusion.batch_size": 32},
     "unet3": {**BASE, **LR_SNR, "diffusion.block_out_channels": [32, 64, 64],
               "diffusion.attention_levels": [False, True, True]},
-    # (d) the autoencoder, on the default config (= sched_cosine, measured again beside them on one host)
-    "ae_perceptual": {**CHOSEN, "autoencoder.kl8.loss.perceptual_weight": 0.1},  # + 0.1 x the domain distance
-    "lat4": {**CHOSEN, "autoencoder.kl8.latent_channels": 4},
+    # (d) the autoencoder, on CHOSEN (sched_cosine, measured again beside them on one host)
+    "ae_perceptual": {**CHOSEN, f"{AE}.loss.perceptual_weight": 0.1},  # + 0.1 x the domain distance
+    "lat4": {**CHOSEN, f"{AE}.latent_channels": 4},  # the default config since (d)
     # diffusion at pixel resolution: a one-level autoencoder (no downsampling, 32 x 32 x 4, near identity) under
     # the same denoiser, the pixel-space baseline without a second diffusion code path
-    "pixel": {**CHOSEN, "autoencoder.kl8.block_out_channels": [16], "autoencoder.kl8.latent_channels": 4},
+    "pixel": {**CHOSEN, f"{AE}.block_out_channels": [16], f"{AE}.latent_channels": 4},
     # (c) sampling only
     "ddim50": {"generate.num_inference_steps": 50},
     "guidance4": {"generate.settings.cfg2.guidance_scale": 4.0},

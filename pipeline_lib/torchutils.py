@@ -130,7 +130,7 @@ def learning_rate_schedule(opt: torch.optim.Optimizer, params: Mapping[str, Any]
     ``lr_warmup_steps`` (min(1, (s + 1) / warm-up)), then ``lr_schedule`` over the remaining steps: constant
     (CLUE Table 3), cosine to 0 (Loshchilov and Hutter 2017) or linear to 0. Stepped once per optimiser step;
     its state is checkpointed, so a resumed run has the same rates. ``section`` names the config section in
-    messages (``diffusion``, ``autoencoder.kl8``)."""
+    messages (``diffusion``, ``autoencoder.kl4``)."""
     kind, total = params.get("lr_schedule", "constant"), int(params["steps"])
     warm = int(params.get("lr_warmup_steps", 0))
     if kind not in LR_SCHEDULES:

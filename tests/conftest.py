@@ -86,13 +86,13 @@ def tiny_feature_net(tiny_manifest, tmp_path_factory, tiny_config) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_ae(tiny_manifest, tmp_path_factory, tiny_config) -> Path:
-    """The tiny config's kl8 autoencoder trained for 2 steps, once per test run: the latents the diffusion tests
+    """The tiny config's kl4 autoencoder trained for 2 steps, once per test run: the latents the diffusion tests
     train on (its quality does not matter to them). Returns the model folder."""
     from pipeline_lib.autoencoder import train_autoencoder
 
     out = tmp_path_factory.mktemp("tiny_ae")
     train_autoencoder(tiny_manifest, out / "model", out / "log.parquet",
-                      {**tiny_config["autoencoder"]["kl8"], "name": "kl8", "seed": 0, "device": "cpu",
+                      {**tiny_config["autoencoder"]["kl4"], "name": "kl4", "seed": 0, "device": "cpu",
                        "classes": tiny_config["data"]["classes"], "steps": 2})
     return out / "model"
 

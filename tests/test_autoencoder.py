@@ -39,12 +39,12 @@ def _batch(tiny_manifest, n=4):
 # --- construction and loss terms ------------------------------------------------------------------------------
 
 def test_build_checks_type_channels_and_loss_keys(tiny_config):
-    p = _params(tiny_config, "kl8")
+    p = _params(tiny_config, "kl4")
     with pytest.raises(ValueError, match="`latent_channels` must be 4 or 8, got 6"):
         build_autoencoder({**p, "latent_channels": 6}, 16)
     with pytest.raises(ValueError, match="autoencoder type must be one of"):
         build_autoencoder({**p, "type": "gan"}, 16)
-    with pytest.raises(ValueError, match=r"autoencoder.kl8.loss: \['commitment_beta'\] do not apply to type 'kl'"):
+    with pytest.raises(ValueError, match=r"autoencoder.kl4.loss: \['commitment_beta'\] do not apply to type 'kl'"):
         loss_weights({**p, "loss": {"commitment_beta": 1.0}})
     assert loss_weights(p)["perceptual_weight"] == 0.0  # the KL-VAE's perceptual term is off unless asked for
     assert loss_weights(_params(tiny_config, "vq4"))["commitment_beta"] == 0.2  # the cLDM paper's beta
@@ -53,7 +53,7 @@ def test_build_checks_type_channels_and_loss_keys(tiny_config):
 
 
 def test_kl_loss_is_the_weighted_sum_of_its_terms(tiny_config):
-    ae = build_autoencoder(_params(tiny_config, "kl8"), 16)
+    ae = build_autoencoder(_params(tiny_config, "kl4"), 16)
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     w = {"kl_weight": 1e-6, "l1_weight": 1.0, "l2_weight": 1.0, "ssim_weight": 0.2}
     t = autoencoder_loss(ae, x, w)
@@ -64,7 +64,7 @@ def test_kl_loss_is_the_weighted_sum_of_its_terms(tiny_config):
 
 def test_kl_loss_with_a_perceptual_term(tiny_config, tiny_feature_net):
     torch.manual_seed(0)
-    ae = build_autoencoder(_params(tiny_config, "kl8"), 16)
+    ae = build_autoencoder(_params(tiny_config, "kl4"), 16)
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     perceptual = DomainPerceptual(load_feature_net(tiny_feature_net, CPU))
     w = {"kl_weight": 1e-6, "l1_weight": 1.0, "l2_weight": 1.0, "ssim_weight": 0.2, "perceptual_weight": 0.5}
@@ -116,7 +116,7 @@ def test_patch_discriminator_and_gan_losses():
 
 def test_kl_loss_falls_on_a_fixed_batch(tiny_config, tiny_manifest):
     torch.manual_seed(0)
-    p = _params(tiny_config, "kl8")
+    p = _params(tiny_config, "kl4")
     ae, x = build_autoencoder(p, 16), _batch(tiny_manifest)
     opt = torch.optim.Adam(ae.parameters(), lr=1e-3)
     losses = []
@@ -150,7 +150,7 @@ def test_vqgan_loss_falls_on_a_fixed_batch(tiny_config, tiny_manifest, tiny_feat
 @pytest.fixture(scope="module")
 def trained(tiny_manifest, tiny_feature_net, tmp_path_factory, tiny_config):
     out = tmp_path_factory.mktemp("aes")
-    for name in ("kl8", "vq4"):
+    for name in ("kl4", "vq4"):
         train_autoencoder(tiny_manifest, out / name / "model", out / name / "log.parquet",
                           _params(tiny_config, name), feature_net=tiny_feature_net)
     return out
@@ -158,7 +158,7 @@ def trained(tiny_manifest, tiny_feature_net, tmp_path_factory, tiny_config):
 
 def test_training_writes_models_that_reload_with_their_scaling_factor(trained, tiny_manifest):
     x, _, _ = load_images(tiny_manifest, ["train_a", "train_b"], CLASSES)
-    for name, cls, channels in (("kl8", AutoencoderKL, 8), ("vq4", VQModel, 4)):
+    for name, cls, channels in (("kl4", AutoencoderKL, 4), ("vq4", VQModel, 4)):
         ae = load_autoencoder(trained / name / "model", CPU)
         assert isinstance(ae, cls) and ae.config.latent_channels == channels
         mean, std = encode_latents(ae, x, CPU)
@@ -172,7 +172,7 @@ def test_training_writes_models_that_reload_with_their_scaling_factor(trained, t
             "loss"} <= set(vq_log.columns)
     assert list(vq_log["step"]) == list(range(1, 9))
     assert (vq_log["adversarial"][:4] == 0).all() and (vq_log["adversarial"][4:] != 0).all()  # start_step 4
-    kl_log = pd.read_parquet(trained / "kl8" / "log.parquet")
+    kl_log = pd.read_parquet(trained / "kl4" / "log.parquet")
     assert {"kl", "l1", "l2", "ssim", "loss"} <= set(kl_log.columns) and np.isfinite(kl_log["loss"]).all()
 
 
@@ -188,22 +188,22 @@ def test_vq_decoder_quantises_scaled_latents(trained, tiny_manifest):
 
 def test_reconstruction_table_has_table1_shape_and_matches_direct_metrics(trained, tiny_manifest, tiny_feature_net,
                                                                          tmp_path):
-    params = {"name": "kl8", "type": "kl", "perceptual": NO_LPIPS, **SHARED}
-    table = reconstruction_metrics(tiny_manifest, trained / "kl8" / "model", tmp_path / "t.parquet",
+    params = {"name": "kl4", "type": "kl", "perceptual": NO_LPIPS, **SHARED}
+    table = reconstruction_metrics(tiny_manifest, trained / "kl4" / "model", tmp_path / "t.parquet",
                                    tmp_path / "p.parquet", params, feature_net=tiny_feature_net)
     per = pd.read_parquet(tmp_path / "p.parquet")
     assert list(table["class"]) == [*CLASSES, "all"] and set(per["split"]) == {"test"}
     metric_cols = ["mse", "psnr", "ssim", "ms_ssim", "domain_perceptual"]
     assert set(metric_cols) <= set(table.columns) and not any("lpips" in c for c in table.columns)
     assert (table["ms_ssim_scales"] == 1).all()  # 16 px images hold one 11-tap scale
-    scaling = json.loads((trained / "kl8" / "model" / "scaling.json").read_text())  # trained from scratch: measured
+    scaling = json.loads((trained / "kl4" / "model" / "scaling.json").read_text())  # trained from scratch: measured
     assert (table["scaling_factor"] == scaling["scaling_factor"]).all() and scaling["source"].startswith("measured")
     assert (table["scaling_source"] == scaling["source"]).all()
     assert table.loc[table["class"] == "all", "n_images"].item() == len(per)
     np.testing.assert_allclose(table.loc[table["class"] == "all", metric_cols].to_numpy()[0],
                                per[metric_cols].mean().to_numpy(), rtol=1e-12)
     # Recompute directly from the model for the test images.
-    ae = load_autoencoder(trained / "kl8" / "model", CPU)
+    ae = load_autoencoder(trained / "kl4" / "model", CPU)
     x, _, _ = load_images(tiny_manifest, ["test"], CLASSES)
     rec = ae.decode(ae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
     dp = DomainPerceptual(load_feature_net(tiny_feature_net, CPU))
@@ -220,7 +220,8 @@ def test_finetune_from_saved_4_channel_vae_to_8_channels(tmp_path, tiny_config, 
                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
                        sample_size=16, scaling_factor=0.18215)
     sd.save_pretrained(tmp_path / "sd_vae")
-    p = _params(tiny_config, "kl8", pretrained=str(tmp_path / "sd_vae"), block_out_channels=[99])  # ignored
+    p = _params(tiny_config, "kl4", pretrained=str(tmp_path / "sd_vae"), latent_channels=8,
+                block_out_channels=[99])  # ignored
     ae = build_autoencoder(p, 16)
     assert ae.config.latent_channels == 8 and tuple(ae.config.block_out_channels) == (8, 16)
     old, new = sd.state_dict(), ae.state_dict()
@@ -241,14 +242,14 @@ def test_finetune_from_saved_4_channel_vae_to_8_channels(tmp_path, tiny_config, 
 
 
 def test_a_kl_vae_trains_with_a_perceptual_term(tmp_path, tiny_config, tiny_manifest, tiny_feature_net):
-    p = _params(tiny_config, "kl8", steps=3, loss={"perceptual_weight": 0.1}, perceptual=NO_LPIPS)
+    p = _params(tiny_config, "kl4", steps=3, loss={"perceptual_weight": 0.1}, perceptual=NO_LPIPS)
     train_autoencoder(tiny_manifest, tmp_path / "m", tmp_path / "log.parquet", p, feature_net=tiny_feature_net)
     log = pd.read_parquet(tmp_path / "log.parquet")
     assert log["perceptual"].gt(0).all() and list(log["step"]) == [1, 2, 3]
     with pytest.raises(ValueError, match="no perceptual distance: perceptual.lpips_backbone is null and no domain"):
         train_autoencoder(tiny_manifest, tmp_path / "n", tmp_path / "n.parquet", p)  # the network not given
     del p["perceptual"]
-    with pytest.raises(ValueError, match="autoencoder.kl8: a perceptual term needs the config's perceptual section"):
+    with pytest.raises(ValueError, match="autoencoder.kl4: a perceptual term needs the config's perceptual section"):
         train_autoencoder(tiny_manifest, tmp_path / "o", tmp_path / "o.parquet", p, feature_net=tiny_feature_net)
     assert not (tmp_path / "n").exists() and not (tmp_path / "o").exists()
 
@@ -261,11 +262,11 @@ def test_zero_steps_keep_the_pretrained_vae_as_it_is(tmp_path, tiny_config, tiny
                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
                        sample_size=16)
     sd.save_pretrained(tmp_path / "sd_vae")
-    p = _params(tiny_config, "kl8", pretrained=str(tmp_path / "sd_vae"), latent_channels=4, steps=0)
+    p = _params(tiny_config, "kl4", pretrained=str(tmp_path / "sd_vae"), latent_channels=4, steps=0)
     train_autoencoder(tiny_manifest, tmp_path / "m", tmp_path / "log.parquet", p)
     kept = load_autoencoder(tmp_path / "m", CPU).state_dict()
     assert all(torch.equal(v, kept[k]) for k, v in sd.state_dict().items())
-    with pytest.raises(ValueError, match="autoencoder.kl8.steps: 0 keeps pretrained weights .* would stay untrained"):
+    with pytest.raises(ValueError, match="autoencoder.kl4.steps: 0 keeps pretrained weights .* would stay untrained"):
         train_autoencoder(tiny_manifest, tmp_path / "n", tmp_path / "n.parquet", {**p, "pretrained": None})
 
 

@@ -143,7 +143,7 @@ def test_clue_training_saves_and_reloads_its_style_modules(clue_model):
 def test_clue_sampling_is_reproducible_and_sigma_changes_the_images(clue_model):
     def sample(sigma, model=None):
         model = model or load_diffusion(clue_model / "model", CPU)
-        return sample_latents(model, 1, 3, (8, 8, 8), 4, 2.0, torch.Generator().manual_seed(7), CPU, sigma)
+        return sample_latents(model, 1, 3, (4, 8, 8), 4, 2.0, torch.Generator().manual_seed(7), CPU, sigma)
 
     a, b = sample(0.5), sample(0.5)  # two loads of the saved model, same seed
     torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -207,12 +207,12 @@ def test_style_sweep_keeps_x_t_and_changes_only_with_the_style(clue_model, tiny_
     assert table.loc[table["panel"] == "styles", "class"].value_counts().to_dict() == {c: 2 for c in CLASSES}
     assert Image.open(tmp_path / "sweep.png").size[0] > 0
     model = load_diffusion(clue_model / "model", CPU)
-    x_t = torch.randn((1, 8, 8, 8), generator=torch.Generator().manual_seed(1)).expand(3, 8, 8, 8)
+    x_t = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(1)).expand(3, 4, 8, 8)
     style = torch.zeros(3, 8)
     style[1, 0] = 3.0  # only component 0 moves, and only for the second sample
 
     def run(s):
-        return sample_latents(model, 2, 3, (8, 8, 8), 3, 2.0, torch.Generator().manual_seed(2), CPU, init=x_t, style=s)
+        return sample_latents(model, 2, 3, (4, 8, 8), 3, 2.0, torch.Generator().manual_seed(2), CPU, init=x_t, style=s)
 
     out = run(style)
     # same x_T, same style: the same latent up to float32 rounding, which differs between batch positions (about

@@ -57,8 +57,8 @@ CONFIG_CASES = {  # name: ({dotted key: value}, the error expected)
                                      r"generate.settings.cfg2.variants: \['clsas'\] are not diffusion variants"),
     "CLUE setting without sigma": ({"generate.settings.sigma05.style_sigma": None},
                                    r"generate.settings \['sigma05'\]: CLUE variant 'clue' needs a `style_sigma`"),
-    "missing pretrained autoencoder": ({"autoencoder.kl8.pretrained": "models/sd21/vae"},
-                                       r"autoencoder.kl8.pretrained: models/sd21/vae \(from .*\): expected a local "
+    "missing pretrained autoencoder": ({"autoencoder.kl4.pretrained": "models/sd21/vae"},
+                                       r"autoencoder.kl4.pretrained: models/sd21/vae \(from .*\): expected a local "
                                        r"folder; nothing is there"),
     "missing LPIPS weights": ({"perceptual.lpips_backbone": "models/vgg16.pth"},
                               r"perceptual.lpips_backbone: models/vgg16.pth .*expected a local file"),
@@ -74,9 +74,9 @@ CONFIG_CASES = {  # name: ({dotted key: value}, the error expected)
     "data path not given": ({"data.source": "manifest"}, r"data.path: required when data.source is 'manifest'"),
     "empty count set": ({"classify.count_sets": {"none": {"real": 0, "synthetic": 0}}},
                         r"classify.count_sets.none: real and synthetic are both 0"),
-    "untrained autoencoder": ({"autoencoder.kl8.steps": 0},
-                              r"autoencoder.kl8.steps: 0 means a pretrained autoencoder used as it is, but "
-                              r"autoencoder.kl8.pretrained is null"),
+    "untrained autoencoder": ({"autoencoder.kl4.steps": 0},
+                              r"autoencoder.kl4.steps: 0 means a pretrained autoencoder used as it is, but "
+                              r"autoencoder.kl4.pretrained is null"),
     "unknown cluster k of a variant": ({"diffusion.variants.cl.cluster_k": [2, 5]},
                                        r"diffusion.variants.cl.cluster_k: 5 is not one of cluster.k_values \[2, 3\]"),
     "joint cluster training of k-means": ({"diffusion.variants.cl.cluster_training": "joint"},
@@ -86,7 +86,7 @@ CONFIG_CASES = {  # name: ({dotted key: value}, the error expected)
         {"diffusion.variants.cl.cluster_training": "joint", "diffusion.variants.cl.cluster_method": "imsat",
          "diffusion.variants.cl.autoencoder": "vq4"},
         r"diffusion.variants.cl.cluster_training: joint clusters this variant's latents \(vq4\) with the cluster "
-        r"stage's network, trained on cluster.autoencoder 'kl8'"),
+        r"stage's network, trained on cluster.autoencoder 'kl4'"),
     "stages of a joint variant": ({"diffusion.variants.cl.cluster_stages": [600, 130]},
                                   r"diffusion.variants.cl.cluster_stages: \[600, 130\] is too short"),
     "a cluster variant's trajectory": ({"trajectory.variants": ["cl"]},
@@ -97,8 +97,8 @@ CONFIG_CASES = {  # name: ({dotted key: value}, the error expected)
     "a cluster variant's classifier grid": ({"classify.variants": ["class", "cl"]},
                                             r"classify.variants: \['cl'\] are not class-conditioned diffusion "
                                             r"variants"),
-    "an unknown autoencoder schedule": ({"autoencoder.kl8.lr_schedule": "step"},
-                                        r"autoencoder.kl8.lr_schedule: 'step' is not one of \['constant', 'cosine'"),
+    "an unknown autoencoder schedule": ({"autoencoder.kl4.lr_schedule": "step"},
+                                        r"autoencoder.kl4.lr_schedule: 'step' is not one of \['constant', 'cosine'"),
     "an empty guidance interval": ({"generate.settings.cfg2.guidance_interval": [3.0, 0.5]},
                                    r"generate.settings.cfg2.guidance_interval: \[3.0, 0.5\] is not an interval "
                                    r"\[low, high\] of noise levels sigma with low < high"),
@@ -137,7 +137,7 @@ def test_the_tiny_config_expands_to_its_grid(merged, tiny_config):
     assert plan.grid == [("class", "cfg2"), ("ml", "cfg2"), ("cl", "cfg2"), ("clue", "sigma05")]
     assert list(plan.points) == ["replace_0", "replace_100", "replace_100_plus_real", "scale_100", "count_mixed"]
     assert plan.points["replace_100"] == ("replace", 1.0) and plan.points["count_mixed"] == ("count", "mixed")
-    assert plan.variant_autoencoder("class") == "kl8" and plan.cluster_autoencoder == "kl8"
+    assert plan.variant_autoencoder("class") == "kl4" and plan.cluster_autoencoder == "kl4"
     assert plan.variants["cl"]["cluster_k"] == "selected" and plan.variants["cl"]["cluster_method"] == "kmeans"
 
 
@@ -175,7 +175,7 @@ def test_each_rule_gets_only_the_keys_it_reads(merged, tiny_config):
     cl, ml = plan.diffusion_params("cl"), plan.diffusion_params("ml")
     assert not {"prompts", "text_encoder", "max_prompt_length", "image_encoder", "variants"} & set(cl)
     assert "image_encoder" in ml and "prompts" in ml and "image_encoder" not in plan.diffusion_params("class")
-    assert plan.diffusion_params("class")["autoencoder"] == "kl8"
+    assert plan.diffusion_params("class")["autoencoder"] == "kl4"
     c = plan.classify_params("class", "cfg2", "1", "small_cnn", "count_mixed")
     assert not {"variants", "archs", "ratios", "scales", "count_sets"} & set(c) and c["seed"] == 1
     assert c["protocol"] == "count" and c["counts"] == tiny_config["classify"]["count_sets"]["mixed"]
@@ -183,14 +183,14 @@ def test_each_rule_gets_only_the_keys_it_reads(merged, tiny_config):
         plan.generate_params("cl", "cfg2", 0)
     assert "samples_per_cluster" not in plan.generate_params("class", "cfg2", 0)
     assert "guidance_interval" not in plan.generate_params("class", "cfg2", 0)  # unset: the jobs made before it stay
-    assert not {"lr_schedule", "lr_warmup_steps"} & set(plan.autoencoder_params("kl8"))  # likewise the autoencoder's
+    assert not {"lr_schedule", "lr_warmup_steps"} & set(plan.autoencoder_params("kl4"))  # likewise the autoencoder's
     # the perceptual section is a parameter of the autoencoders that train with the term only: the VQ-GAN, and a
     # KL-VAE given a perceptual_weight above 0
-    assert "perceptual" not in plan.autoencoder_params("kl8") and "perceptual" in plan.autoencoder_params("vq4")
-    perc = plan_of(merged, {"autoencoder.kl8.loss": {"perceptual_weight": 0.1}})
-    assert perc.autoencoder_params("kl8")["perceptual"] == perc.config["perceptual"]
-    assert "perceptual" not in plan_of(merged, {"autoencoder.kl8.loss": {"perceptual_weight": 0}}
-                                       ).autoencoder_params("kl8")
+    assert "perceptual" not in plan.autoencoder_params("kl4") and "perceptual" in plan.autoencoder_params("vq4")
+    perc = plan_of(merged, {"autoencoder.kl4.loss": {"perceptual_weight": 0.1}})
+    assert perc.autoencoder_params("kl4")["perceptual"] == perc.config["perceptual"]
+    assert "perceptual" not in plan_of(merged, {"autoencoder.kl4.loss": {"perceptual_weight": 0}}
+                                       ).autoencoder_params("kl4")
     ranged = plan_of(merged, {"generate.settings.cfg2.guidance_interval": [0.5, 5.0]})
     assert ranged.generate_params("class", "cfg2", 0)["guidance_interval"] == [0.5, 5.0]
     assert ranged.trajectory_params("class", "cfg2", 0)["guidance_interval"] == [0.5, 5.0]  # the setting's sampling

@@ -64,7 +64,7 @@ def test_ddpm_and_ddim_samplers(tiny_manifest, setup):
     assert ddpm.scheduler.config.prediction_type == model.scheduler.config.prediction_type == "v_prediction"
 
     def sample(m, seed):
-        return sample_latents(m, 1, 2, (8, 8, 8), 5, 2.0, torch.Generator().manual_seed(seed), CPU)
+        return sample_latents(m, 1, 2, (4, 8, 8), 5, 2.0, torch.Generator().manual_seed(seed), CPU)
 
     torch.testing.assert_close(sample(ddpm, 3), sample(ddpm, 3), rtol=0, atol=0)
     assert not torch.allclose(sample(ddpm, 3), sample(ddim, 3))
@@ -81,7 +81,7 @@ def test_guidance_interval_guides_only_the_steps_whose_noise_level_is_inside(tin
     sigmas = ((1 - abar) / abar).sqrt().tolist()  # of the 5 sampling steps, decreasing
 
     def sample(w, interval=None):
-        return sample_latents(model, 1, 3, (8, 8, 8), steps, w, torch.Generator().manual_seed(4), CPU,
+        return sample_latents(model, 1, 3, (4, 8, 8), steps, w, torch.Generator().manual_seed(4), CPU,
                               guidance_interval=interval)
 
     guided, unguided = sample(3.0), sample(1.0)

@@ -27,7 +27,7 @@ def _record_splits(monkeypatch, module):
 def test_autoencoder_and_diffusion_train_on_train_splits_only(tiny_manifest, tmp_path, monkeypatch,
                                                              tiny_config):
     seen_ae = _record_splits(monkeypatch, autoencoder)
-    ae_params = {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED, "steps": 2}
+    ae_params = {**tiny_config["autoencoder"]["kl4"], "name": "kl4", **SHARED, "steps": 2}
     autoencoder.train_autoencoder(tiny_manifest, tmp_path / "ae", tmp_path / "l.parquet", ae_params)
     assert seen_ae == [("train_a", "train_b")]
     seen_d = _record_splits(monkeypatch, diffusion)
@@ -57,8 +57,8 @@ def test_feature_network_trains_on_train_a_and_selects_on_train_b(tiny_manifest,
 
 
 def test_generative_models_refuse_test_and_external_splits(tiny_manifest, tmp_path, tiny_config, diffusion_params):
-    ae_params = {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED, "train_splits": ["train_a", "test"]}
-    with pytest.raises(ValueError, match=r"autoencoder.kl8.train_splits may only hold \('train_a', 'train_b'\), "
+    ae_params = {**tiny_config["autoencoder"]["kl4"], "name": "kl4", **SHARED, "train_splits": ["train_a", "test"]}
+    with pytest.raises(ValueError, match=r"autoencoder.kl4.train_splits may only hold \('train_a', 'train_b'\), "
                                          r"got \['test'\]"):
         autoencoder.train_autoencoder(tiny_manifest, tmp_path / "m", tmp_path / "l.parquet", ae_params)
     with pytest.raises(ValueError, match=r"diffusion.train_splits may only hold \('train_a', 'train_b'\), "

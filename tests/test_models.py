@@ -17,7 +17,7 @@ from conftest import SHARED
 @pytest.fixture(scope="module")
 def trained_ae(tiny_manifest, tmp_path_factory, tiny_config):
     out = tmp_path_factory.mktemp("ae")
-    params = {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED}
+    params = {**tiny_config["autoencoder"]["kl4"], "name": "kl4", **SHARED}
     train_autoencoder(tiny_manifest, out / "model", out / "log.parquet", params)
     return out
 

@@ -140,13 +140,13 @@ def test_multilevel_training_saves_embedder_and_references(multilevel_model, tin
 def test_multilevel_sampling_is_reproducible_and_uses_references(multilevel_model):
     def sample(seed, guidance=2.0):
         model = load_diffusion(multilevel_model / "model", CPU)
-        return sample_latents(model, 0, 3, (8, 4, 4), 3, guidance, torch.Generator().manual_seed(seed), CPU)
+        return sample_latents(model, 0, 3, (4, 4, 4), 3, guidance, torch.Generator().manual_seed(seed), CPU)
 
     torch.testing.assert_close(sample(1), sample(1), rtol=0, atol=0)
-    assert sample(1, guidance=1.0).shape == (3, 8, 4, 4)
+    assert sample(1, guidance=1.0).shape == (3, 4, 4, 4)
     with pytest.raises(ValueError, match="no reference image of class index 7"):
         model = load_diffusion(multilevel_model / "model", CPU)
-        sample_latents(model, 7, 1, (8, 4, 4), 2, 2.0, torch.Generator().manual_seed(0), CPU)
+        sample_latents(model, 7, 1, (4, 4, 4), 2, 2.0, torch.Generator().manual_seed(0), CPU)
 
 
 def test_multilevel_needs_the_feature_network(tiny_manifest, tmp_path, diffusion_params):

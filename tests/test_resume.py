@@ -46,7 +46,7 @@ def _assert_same_weights(a, b):
 
 @pytest.mark.parametrize("schedule", [{}, {"lr_schedule": "linear", "lr_warmup_steps": 2}])
 def test_autoencoder_is_deterministic_and_resumes(tiny_manifest, tmp_path, monkeypatch, tiny_config, schedule):
-    params = {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED, "steps": 8, "checkpoint_every": 3,
+    params = {**tiny_config["autoencoder"]["kl4"], "name": "kl4", **SHARED, "steps": 8, "checkpoint_every": 3,
               **schedule}
     log_a, weights_a = _train_ae(tiny_manifest, tmp_path / "a", params)
     log_b, weights_b = _train_ae(tiny_manifest, tmp_path / "b", params)
@@ -69,7 +69,7 @@ def test_autoencoder_is_deterministic_and_resumes(tiny_manifest, tmp_path, monke
 
 
 def test_checkpoint_with_other_settings_is_not_resumed(tiny_manifest, tmp_path, monkeypatch, tiny_config):
-    params = {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED, "steps": 6, "checkpoint_every": 2}
+    params = {**tiny_config["autoencoder"]["kl4"], "name": "kl4", **SHARED, "steps": 6, "checkpoint_every": 2}
     with monkeypatch.context() as m:
         _kill_at(m, autoencoder, "autoencoder_loss", 4)
         with pytest.raises(Killed):
@@ -81,7 +81,7 @@ def test_checkpoint_with_other_settings_is_not_resumed(tiny_manifest, tmp_path, 
 
 
 def test_diffusion_resumes_to_the_same_numbers(tiny_manifest, tmp_path, monkeypatch, tiny_config):
-    ae_params = {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED, "steps": 3}
+    ae_params = {**tiny_config["autoencoder"]["kl4"], "name": "kl4", **SHARED, "steps": 3}
     _train_ae(tiny_manifest, tmp_path / "ae", ae_params)
     d = {k: v for k, v in tiny_config["diffusion"].items() if k != "variants"}
     params = {**d, **SHARED, "steps": 7, "checkpoint_every": 3, "variant": "class", "conditioning": "class"}
@@ -167,7 +167,7 @@ def _sigkill_and_resume(kind: str, manifest: Path, tmp_path: Path, params: dict)
 
 @pytest.mark.slow  # a training job in a subprocess, killed and restarted
 def test_autoencoder_killed_with_sigkill_resumes_from_its_checkpoint(tiny_manifest, tmp_path, tiny_config):
-    params = {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED, "steps": 60, "checkpoint_every": 5}
+    params = {**tiny_config["autoencoder"]["kl4"], "name": "kl4", **SHARED, "steps": 60, "checkpoint_every": 5}
     full, resumed = _sigkill_and_resume("autoencoder", tiny_manifest, tmp_path, params)
     _assert_same_weights(_train_ae_outputs(full)[1], _train_ae_outputs(resumed)[1])
 
@@ -175,7 +175,7 @@ def test_autoencoder_killed_with_sigkill_resumes_from_its_checkpoint(tiny_manife
 @pytest.mark.slow  # a training job in a subprocess, killed and restarted
 def test_clue_diffusion_with_ema_killed_with_sigkill_resumes(tiny_manifest, tmp_path, tiny_config):
     """The CLUE variant (style encoder and adapter) with EMA and gradient accumulation: every piece of state."""
-    _train_ae(tiny_manifest, tmp_path / "ae", {**tiny_config["autoencoder"]["kl8"], "name": "kl8", **SHARED,
+    _train_ae(tiny_manifest, tmp_path / "ae", {**tiny_config["autoencoder"]["kl4"], "name": "kl4", **SHARED,
                                                 "steps": 2})
     d = {k: v for k, v in tiny_config["diffusion"].items() if k != "variants"}
     params = {**d, **SHARED, "steps": 30, "checkpoint_every": 5, "variant": "clue", "conditioning": "clue",

@@ -70,7 +70,7 @@ def test_prompts_are_embedded_as_stable_diffusions_pipeline_embeds_them(sd):
 
 
 def _vae(folder, tiny_manifest, out, tiny_config, **keys):
-    params = {**tiny_config["autoencoder"]["kl8"], "name": "sd_vae", "latent_channels": 4, "steps": 0,
+    params = {**tiny_config["autoencoder"]["kl4"], "name": "sd_vae", "latent_channels": 4, "steps": 0,
               "pretrained": str(folder / "vae"), **SHARED, **keys}
     train_autoencoder(tiny_manifest, out / "model", out / "log.parquet", params)
     return out / "model"

@@ -52,13 +52,13 @@ def test_tables_have_the_promised_columns_and_ranges(run, tiny_config):
     assert len(qc) == len(manifest) and set(qc["status"]) <= {"ok", "dropped"}
     assert (qc.loc[qc["status"] == "ok", "r"] > 0).all()
     recon = pd.read_parquet(res / "report" / "autoencoder_comparison.parquet")
-    assert sorted(set(recon["autoencoder"])) == ["kl8", "vq4"]
+    assert sorted(set(recon["autoencoder"])) == ["kl4", "vq4"]
     assert list(recon[recon["autoencoder"] == "vq4"]["class"]) == [*tiny_config["data"]["classes"], "all"]
     assert recon["ssim"].between(-1, 1).all() and (recon["psnr"] > 0).all() and recon["ms_ssim"].between(0, 1).all()
     assert (recon["domain_perceptual"] >= 0).all() and not any("lpips" in c for c in recon.columns)
-    per_image = pd.read_parquet(res / "autoencoder" / "kl8" / "recon_per_image.parquet")
+    per_image = pd.read_parquet(res / "autoencoder" / "kl4" / "recon_per_image.parquet")
     assert set(per_image["split"]) == {"test"} and len(per_image) == recon.iloc[-1]["n_images"]
-    for stage in ("autoencoder/kl8", "autoencoder/vq4", "diffusion/class", "diffusion/clue", "diffusion/ml",
+    for stage in ("autoencoder/kl4", "autoencoder/vq4", "diffusion/class", "diffusion/clue", "diffusion/ml",
                   "feature_net"):
         log = pd.read_parquet(res / stage / "train_log.parquet")
         assert len(log) > 0
@@ -343,7 +343,7 @@ def test_the_multilevel_ablation_is_three_variants_of_one_config(run, tiny_confi
     """Multi-level paper: 4-channel VAE, 8-channel VAE, 8-channel VAE + multi-level embeddings."""
     work, _ = run
     cfg = yaml.safe_load(yaml.safe_dump(tiny_config))
-    cfg["autoencoder"]["kl4"] = {**cfg["autoencoder"]["kl8"], "latent_channels": 4}
+    cfg["autoencoder"]["kl8"] = {**cfg["autoencoder"]["kl4"], "latent_channels": 8}
     cfg["diffusion"]["variants"] = {"ch4": {"conditioning": "class", "autoencoder": "kl4"},
                                     "ch8": {"conditioning": "class", "autoencoder": "kl8"},
                                     "ch8_ml": {"conditioning": "multilevel", "autoencoder": "kl8"}}
@@ -354,7 +354,7 @@ def test_the_multilevel_ablation_is_three_variants_of_one_config(run, tiny_confi
     (work / "edited.yaml").write_text(yaml.safe_dump(cfg))
     proc = snakemake(work, "-n", "--configfile", "edited.yaml")
     jobs = planned_jobs(proc)
-    assert jobs["autoencoder"] == 1 and jobs["diffusion"] == 3 and "autoencoder/kl4/model" in proc.stdout
+    assert jobs["autoencoder"] == 1 and jobs["diffusion"] == 3 and "autoencoder/kl8/model" in proc.stdout
     assert jobs["classify"] == 3 * len(tiny_config["generate"]["seeds"]) * 5  # five grid points each
 
 
@@ -364,9 +364,9 @@ def test_autoencoder_edit_reruns_only_that_autoencoder_and_what_uses_it(run, tin
     _edited(work, tiny_config, "autoencoder", "vq4", "steps", tiny_config["autoencoder"]["vq4"]["steps"] + 1)
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
     assert jobs == {"autoencoder": 1, "autoencoder_metrics": 1, "report": 1, "all": 1}
-    # kl8 feeds the diffusion models and the cluster stage: everything downstream of it, not vq4 or the
+    # kl4 feeds the diffusion models and the cluster stage: everything downstream of it, not vq4 or the
     # feature network.
-    _edited(work, tiny_config, "autoencoder", "kl8", "lr", 0.002)
+    _edited(work, tiny_config, "autoencoder", "kl4", "lr", 0.002)
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
     assert set(jobs) == {"autoencoder", "autoencoder_metrics", "cluster", "diffusion", "generate", "evaluate",
                          "memorization", "classify", "classify_statistics", "cluster_quality", "trajectory",

@@ -27,8 +27,8 @@ def test_tiny_workflow_fine_tunes_a_stable_diffusion_folder(tiny_config, tmp_pat
     work = copy_workflow(tmp_path)
     sd = make_sd_folder(work / "models" / "sd", prediction)
     cfg = yaml.safe_load(yaml.safe_dump(tiny_config))
-    base = dict(cfg["autoencoder"]["kl8"])
-    cfg["autoencoder"] = {"kl8": None, "vq4": None,
+    base = dict(cfg["autoencoder"]["kl4"])
+    cfg["autoencoder"] = {"kl4": None, "vq4": None,
                           "sd": {**base, "latent_channels": 4, "pretrained": "models/sd/vae", "steps": 0}}
     d = cfg["diffusion"]
     d.update({"autoencoder": "sd", "pretrained": "models/sd", "text_encoder": {"folder": "pretrained"},

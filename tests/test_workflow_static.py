@@ -91,7 +91,7 @@ def test_a_perceptual_term_makes_the_domain_network_an_input_of_the_kl_autoencod
     domain network (no LPIPS backbone configured), so that network's job runs first and retraining it reruns it."""
     assert not any("feature_net/model.pt" in line for line in dry_run(work, "config/config.yaml", "autoencoder")[
         "autoencoder"])
-    (work / "perceptual.yaml").write_text("autoencoder: {kl8: {loss: {perceptual_weight: 0.1}}}\n")
+    (work / "perceptual.yaml").write_text("autoencoder: {kl4: {loss: {perceptual_weight: 0.1}}}\n")
     inputs = dry_run(work, "perceptual.yaml", inputs_of="autoencoder")["autoencoder"]
     assert len(inputs) == 1 and "results/default/feature_net/model.pt" in inputs[0]
 
