@@ -1,0 +1,137 @@
+"""Where the membrane's outline is lost: the autoencoder, the denoiser, or the sampler.
+
+    .venv/bin/python benchmarks/structure_check.py                      # the default run's models (make run first)
+    .venv/bin/python benchmarks/structure_check.py --diffusion results/quality_study/lat4/budget600/model
+
+For the test images of each class it prints the edge strength (mean absolute difference of neighbouring pixels
+in the central 16 x 16 of the 32 px images, inside every field of view; images in [-1, 1]) of: the real images;
+their reconstructions by the autoencoder (the decoded posterior mean); the decoder's output for those latents
+plus Gaussian noise (how the decoder treats latents off its training set); the denoiser's img2img from the
+test latent noised to a sampling timestep and sampled down from there with the generation settings (how much of
+an image's structure the denoiser keeps from that noise level on), with the PSNR of that output against the
+reconstruction; and the synthetic images sampled from pure noise. A figure (``--figure``) shows, per class,
+the rows real / reconstruction / img2img from the 7th and the 11th of the 16 sampling steps / synthetic.
+The table goes to benchmarks/results/structure_check.parquet.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import machine, save  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline_lib.autoencoder import decode_latents, encode_latents, load_autoencoder  # noqa: E402
+from pipeline_lib.diffusion import load_diffusion  # noqa: E402
+from pipeline_lib.generate import sample_latents  # noqa: E402
+from pipeline_lib.torchutils import load_images  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+def edge_strength(images: torch.Tensor) -> float:
+    """Mean absolute difference of vertically and of horizontally neighbouring pixels (summed) in the central
+    half of the images (N, C, H, W): the membrane and its outline, inside every field of view."""
+    h, w = images.shape[-2:]
+    c = images[..., h // 4: h - h // 4, w // 4: w - w // 4].double()
+    return float((c[..., 1:, :] - c[..., :-1, :]).abs().mean() + (c[..., :, 1:] - c[..., :, :-1]).abs().mean())
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR (dB) of images in [-1, 1] (peak-to-peak 2)."""
+    return float(10 * torch.log10(4 / ((a.double() - b.double()) ** 2).mean()))
+
+
+@torch.no_grad()
+def img2img(model, z: torch.Tensor, class_index: int, start: int, steps: int, guidance: float, seed: int
+            ) -> torch.Tensor:
+    """``z`` noised to the sampling schedule's step ``start`` and sampled down from there (DDIM, guidance as
+    generation: uncond + w (cond - uncond))."""
+    sched = model.scheduler
+    sched.set_timesteps(steps)
+    t0 = sched.timesteps[start]
+    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed))
+    lat = sched.add_noise(z, noise, t0.expand(len(z)))
+    penc = model.prompt_encoder
+    labels = torch.full((len(z),), class_index, dtype=torch.long)
+    cond, uncond = penc(labels), penc(torch.full_like(labels, penc.null_index))
+    for t in sched.timesteps[start:]:
+        pu, pc = model.unet(torch.cat([lat, lat]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
+        lat = sched.step(pu + guidance * (pc - pu), t, lat, eta=0.0).prev_sample
+    return lat
+
+
+def to_row(images: torch.Tensor, n: int) -> np.ndarray:
+    a = ((images[:n].clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return np.concatenate(list(a), axis=1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", default=str(ROOT / "results" / "default"), help="a finished run's results folder")
+    ap.add_argument("--autoencoder", help="autoencoder model folder (default: the run's diffusion.autoencoder)")
+    ap.add_argument("--diffusion", help="diffusion model folder (default: the run's class variant)")
+    ap.add_argument("--n", type=int, default=48, help="test images per class")
+    ap.add_argument("--figure", default=str(ROOT / "benchmarks" / "results" / "structure_check.png"))
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    res = Path(args.results)
+    ae = load_autoencoder(args.autoencoder or res / "autoencoder" / cfg["diffusion"]["autoencoder"] / "model", CPU)
+    model = load_diffusion(args.diffusion or res / "diffusion" / "class" / "model", CPU)
+    setting = next(iter(cfg["generate"]["settings"].values()))
+    steps, guidance = int(cfg["generate"]["num_inference_steps"]), float(setting["guidance_scale"])
+    classes = list(cfg["data"]["classes"])
+    x_all, y_all, _ = load_images(res / "preprocess" / "manifest.parquet", ["test"], classes)
+    print(machine())
+    rows, figure = [], []
+    model.scheduler.set_timesteps(steps)
+    timesteps = [int(t) for t in model.scheduler.timesteps]
+    with torch.no_grad():
+        for k, name in enumerate(classes):
+            x = x_all[y_all == k][: args.n]
+            z, _ = encode_latents(ae, x, CPU)
+            rec = decode_latents(ae, z)
+
+            def add(what, images, **extra):
+                rows.append({"class": name, "what": what, "edge_strength": edge_strength(images), **extra})
+
+            add("real", x)
+            add("reconstruction", rec, psnr_to_real=psnr(rec, x))
+            for s in (0.1, 0.2, 0.4):
+                noisy = z + s * torch.randn(z.shape, generator=torch.Generator().manual_seed(k))
+                add(f"decoder, latent + N(0, {s}^2)", decode_latents(ae, noisy))
+            shown = {}
+            for start in (2, 6, 10):  # its noise drawn apart from the synthetic images' below (seed k)
+                out = decode_latents(ae, img2img(model, z, k, start, steps, guidance, seed=1000 + k))
+                shown[start] = out
+                add(f"img2img from t = {timesteps[start]}", out, psnr_to_reconstruction=psnr(out, rec))
+            gen = decode_latents(ae, sample_latents(model, k, len(x), tuple(z.shape[1:]), steps, guidance,
+                                                    torch.Generator().manual_seed(k), CPU))
+            add("synthetic (pure noise)", gen)
+            figure += [to_row(x, 8), to_row(rec, 8), to_row(shown[6], 8), to_row(shown[10], 8), to_row(gen, 8)]
+    table = save("structure_check", rows)
+    wide = table.pivot_table(index="what", columns="class", values="edge_strength", sort=False)[classes]
+    print("edge strength (mean |neighbour difference|, central 16 x 16):")
+    print(wide.round(4).to_string())
+    print(table.dropna(subset=["psnr_to_reconstruction"]).groupby("what", sort=False)["psnr_to_reconstruction"]
+          .mean().round(1).to_string())
+    img = np.concatenate(figure, axis=0)
+    Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).resize((img.shape[1] * 3, img.shape[0] * 3), Image.NEAREST).save(args.figure)
+    print(f"rows per class: real, reconstruction, img2img from t = {timesteps[6]} and {timesteps[10]}, synthetic "
+          f"-> {args.figure}")
+
+
+if __name__ == "__main__":
+    main()
