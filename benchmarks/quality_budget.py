@@ -69,6 +69,7 @@ RECIPE = {"diffusion.ema_decay": 0.995, "diffusion.lr_schedule": "cosine", "diff
           "diffusion.snr_gamma": 5.0}
 LR_SNR = {"diffusion.lr_schedule": "cosine", "diffusion.lr_warmup_steps": 50, "diffusion.snr_gamma": 5.0}
 CHOSEN = {**BASE, **LR_SNR, "diffusion.beta_schedule": "squaredcos_cap_v2"}  # sched_cosine: the 8-channel default
+LAT4 = {**CHOSEN, f"{AE}.latent_channels": 4}  # lat4: the default config since (d)
 SETUPS: dict[str, dict] = {
     # (a) the latent space
     "baseline": dict(FORMER),
@@ -99,10 +100,10 @@ SETUPS: dict[str, dict] = {
               "diffusion.attention_levels": [False, True, True]},
     # (d) the autoencoder, on CHOSEN (sched_cosine, measured again beside them on one host)
     "ae_perceptual": {**CHOSEN, f"{AE}.loss.perceptual_weight": 0.1},  # + 0.1 x the domain distance
-    "lat4": {**CHOSEN, f"{AE}.latent_channels": 4},  # the default config since (d)
+    "lat4": dict(LAT4),
     # (e) the loss weighting again, on the 4-channel default: min-SNR-gamma under v-prediction weights the noisiest
     # steps, where the layout forms, by about their SNR (0.06 at t = 807); plain v-loss weights them by SNR + 1
-    "lat4_nosnr": {**CHOSEN, f"{AE}.latent_channels": 4, "diffusion.snr_gamma": None},
+    "lat4_nosnr": {**LAT4, "diffusion.snr_gamma": None},
     # diffusion at pixel resolution: a one-level autoencoder (no downsampling, 32 x 32 x 4, near identity) under
     # the same denoiser, the pixel-space baseline without a second diffusion code path
     "pixel": {**CHOSEN, f"{AE}.block_out_channels": [16], f"{AE}.latent_channels": 4},

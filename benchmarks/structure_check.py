@@ -9,7 +9,7 @@ their reconstructions by the autoencoder (the decoded posterior mean); the decod
 plus Gaussian noise (how the decoder treats latents off its training set); the denoiser's img2img from the
 test latent noised to a sampling timestep and sampled down from there with the generation settings (how much of
 an image's structure the denoiser keeps from that noise level on), with the PSNR of that output against the
-reconstruction; and the synthetic images sampled from pure noise. A figure (``--figure``) shows, per class,
+reconstruction (mean per-image PSNR, as the pipeline's tables); and the synthetic images sampled from pure noise. A figure (``--figure``) shows, per class,
 the rows real / reconstruction / img2img from the 7th and the 11th of the 16 sampling steps / synthetic.
 The table goes to benchmarks/results/structure_check.parquet.
 """
@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 from pipeline_lib.autoencoder import decode_latents, encode_latents, load_autoencoder  # noqa: E402
 from pipeline_lib.diffusion import load_diffusion  # noqa: E402
 from pipeline_lib.generate import sample_latents  # noqa: E402
-from pipeline_lib.torchutils import load_images  # noqa: E402
+from pipeline_lib.metrics import psnr  # noqa: E402
+from pipeline_lib.torchutils import load_images, to_uint8  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -47,16 +48,17 @@ def edge_strength(images: torch.Tensor) -> float:
     return float((c[..., 1:, :] - c[..., :-1, :]).abs().mean() + (c[..., :, 1:] - c[..., :, :-1]).abs().mean())
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR (dB) of images in [-1, 1] (peak-to-peak 2)."""
-    return float(10 * torch.log10(4 / ((a.double() - b.double()) ** 2).mean()))
+def mean_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean per-image PSNR (dB) of images in [-1, 1], as the pipeline's reconstruction tables report it."""
+    return float(psnr(a, b).mean())
 
 
 @torch.no_grad()
 def img2img(model, z: torch.Tensor, class_index: int, start: int, steps: int, guidance: float, seed: int
             ) -> torch.Tensor:
     """``z`` noised to the sampling schedule's step ``start`` and sampled down from there (DDIM, guidance as
-    generation: uncond + w (cond - uncond))."""
+    generation: uncond + w (cond - uncond)). The loop is `generate.sample_latents`' for a class-conditioned model,
+    started mid-schedule, which that function does not offer (adding it would make every generation job rerun)."""
     sched = model.scheduler
     sched.set_timesteps(steps)
     t0 = sched.timesteps[start]
@@ -72,8 +74,7 @@ def img2img(model, z: torch.Tensor, class_index: int, start: int, steps: int, gu
 
 
 def to_row(images: torch.Tensor, n: int) -> np.ndarray:
-    a = ((images[:n].clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    return np.concatenate(list(a), axis=1)
+    return np.concatenate(list(to_uint8(images[:n])), axis=1)
 
 
 def main() -> None:
@@ -107,7 +108,7 @@ def main() -> None:
                 rows.append({"class": name, "what": what, "edge_strength": edge_strength(images), **extra})
 
             add("real", x)
-            add("reconstruction", rec, psnr_to_real=psnr(rec, x))
+            add("reconstruction", rec, psnr_to_real=mean_psnr(rec, x))
             for s in (0.1, 0.2, 0.4):
                 noisy = z + s * torch.randn(z.shape, generator=torch.Generator().manual_seed(k))
                 add(f"decoder, latent + N(0, {s}^2)", decode_latents(ae, noisy))
@@ -115,7 +116,7 @@ def main() -> None:
             for start in (2, 6, 10):  # its noise drawn apart from the synthetic images' below (seed k)
                 out = decode_latents(ae, img2img(model, z, k, start, steps, guidance, seed=1000 + k))
                 shown[start] = out
-                add(f"img2img from t = {timesteps[start]}", out, psnr_to_reconstruction=psnr(out, rec))
+                add(f"img2img from t = {timesteps[start]}", out, psnr_to_reconstruction=mean_psnr(out, rec))
             gen = decode_latents(ae, sample_latents(model, k, len(x), tuple(z.shape[1:]), steps, guidance,
                                                     torch.Generator().manual_seed(k), CPU))
             add("synthetic (pure noise)", gen)
