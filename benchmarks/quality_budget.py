@@ -4,6 +4,8 @@ closest to the real ones for the same diffusion training time on this machine.
     .venv/bin/python benchmarks/quality_budget.py --list                     # the set-ups and what each changes
     .venv/bin/python benchmarks/quality_budget.py                            # all of them, 150 s of diffusion each
     .venv/bin/python benchmarks/quality_budget.py --setups baseline lat8 --budget 150
+    .venv/bin/python benchmarks/quality_budget.py --setups lat4 lat4_wide --steps 1200   # equal steps, not time
+    .venv/bin/python benchmarks/quality_budget.py --setups lat4 --steps 1200 --train-seeds 0 1 2  # one set-up's spread
     .venv/bin/python benchmarks/quality_budget.py --speed                    # CPU speed switches only
 
 Every set-up is the default config (config/config.yaml) with a few keys changed (``SETUPS``). The embedded data,
@@ -14,7 +16,8 @@ learning-rate schedule knows its length), generates seed 0 of the first setting,
 judges it: FID, k-NN recall and coverage in the domain network's space against test (all classes), and the
 macro-F1 on test and external of the small CNN trained on 100 % synthetic images (``replace_100``). One seed:
 the study ranks set-ups; the default run's two seeds give the spread. Each set-up's grid of synthetic images
-(one row per class, real row above) is written to ``<workdir>/<setup>/grid.png``.
+(one row per class, real row above) is written to ``<workdir>/<setup>/grid_<regime>.png`` (regime: budget150,
+steps1200, with _seed<N> for a --train-seeds run).
 
 The pipeline's own functions run each stage (no Snakemake); results go to ``--workdir`` (default
 results/quality_study, outside the pipeline's experiments) and the table to benchmarks/results/quality_budget.parquet.
@@ -26,6 +29,7 @@ import argparse
 import copy
 import hashlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -70,6 +74,7 @@ RECIPE = {"diffusion.ema_decay": 0.995, "diffusion.lr_schedule": "cosine", "diff
 LR_SNR = {"diffusion.lr_schedule": "cosine", "diffusion.lr_warmup_steps": 50, "diffusion.snr_gamma": 5.0}
 CHOSEN = {**BASE, **LR_SNR, "diffusion.beta_schedule": "squaredcos_cap_v2"}  # sched_cosine: the 8-channel default
 LAT4 = {**CHOSEN, f"{AE}.latent_channels": 4}  # lat4: the default config since (d)
+LATENT_STD = "study.latent_std"  # a set-up key of this script only: the latents' standard deviation (below)
 SETUPS: dict[str, dict] = {
     # (a) the latent space
     "baseline": dict(FORMER),
@@ -104,6 +109,19 @@ SETUPS: dict[str, dict] = {
     # (e) the loss weighting again, on the 4-channel default: min-SNR-gamma under v-prediction weights the noisiest
     # steps, where the layout forms, by about their SNR (0.06 at t = 807); plain v-loss weights them by SNR + 1
     "lat4_nosnr": {**LAT4, "diffusion.snr_gamma": None},
+    # (f) the denoiser's capacity on the 4-channel default, at its 1,200 steps (--steps 1200): whether a larger
+    # denoiser forms the layout at all, and at what cost in time. Twice the channels at both levels ...
+    "lat4_wide": {**LAT4, "diffusion.block_out_channels": [64, 128], "diffusion.norm_num_groups": 32},
+    # ... or two ResNet layers (and transformer blocks) per level instead of one
+    "lat4_deep": {**LAT4, "diffusion.layers_per_block": 2},
+    # (g) the noise level at which the layout forms: latents scaled to std 2 or 3 instead of 1 (4x or 9x the SNR
+    # at every timestep; see rescaled_autoencoder)
+    "lat4_std2": {**LAT4, LATENT_STD: 2.0},
+    "lat4_std3": {**LAT4, LATENT_STD: 3.0},
+    # (h) a smoother latent space: the KL weight 100x and 1,000x the default's 1e-6 (noise on the default's latents
+    # decodes to speckle, docs/quality-study.md, so a denoiser's small latent errors may decode to the mottle)
+    "lat4_kl1e-4": {**LAT4, f"{AE}.loss.kl_weight": 1.0e-4},
+    "lat4_kl1e-3": {**LAT4, f"{AE}.loss.kl_weight": 1.0e-3},
     # diffusion at pixel resolution: a one-level autoencoder (no downsampling, 32 x 32 x 4, near identity) under
     # the same denoiser, the pixel-space baseline without a second diffusion code path
     "pixel": {**CHOSEN, f"{AE}.block_out_channels": [16], f"{AE}.latent_channels": 4},
@@ -176,6 +194,24 @@ def autoencoder_stage(plan: Plan, work: Path, manifest: Path, feature_net: Path)
     return model, {"ae_psnr": float(row["psnr"]), "ae_ssim": float(row["ssim"])}, seconds
 
 
+def rescaled_autoencoder(model: Path, latent_std: float) -> Path:
+    """A copy of the autoencoder ``model`` whose scaling factor is ``latent_std`` times its own, so that every
+    stage's latents (encoded times the factor, decoded divided by it) have that standard deviation instead of 1.
+    The forward process x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps then has latent_std^2 times the SNR at
+    every t: the input scaling b of Chen 2023 ("On the importance of noise scheduling for diffusion models"),
+    here as a study of the noise level at which the layout forms, not a pipeline option."""
+    out = model.with_name(f"{model.name}_std{latent_std:g}")
+    if not out.exists():
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(model, tmp)
+        cfg = json.loads((tmp / "config.json").read_text())
+        cfg["scaling_factor"] = float(cfg["scaling_factor"]) * latent_std
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        tmp.rename(out)
+    return out
+
+
 def steps_for_budget(plan: Plan, variant: str, manifest: Path, ae: Path, work: Path, budget: float) -> tuple[int, float]:
     """Steps that fit in ``budget`` seconds: two probes (5 and 45 steps), their difference timing 40 steps
     without the set-up cost both share. The probes run from fresh weights; a long run's steps were measured up to
@@ -208,47 +244,71 @@ def sampling_only(overrides: dict) -> bool:
     return bool(overrides) and all(k.startswith("generate.") for k in overrides)
 
 
-def run_setup(name: str, overrides: dict, work: Path, budget: float) -> dict:
+def regime(budget: float, steps: int | None, train_seed: int | None) -> str:
+    """The folder / file label of a run: its time budget or fixed step count, and its training seed if not the
+    config's."""
+    label = f"steps{steps}" if steps else f"budget{budget:g}"
+    return label if train_seed is None else f"{label}_seed{train_seed}"
+
+
+def run_setup(name: str, overrides: dict, work: Path, budget: float, steps: int | None = None,
+              train_seed: int | None = None) -> dict:
+    """One set-up trained, sampled and judged. ``steps``: a fixed step count instead of the ``budget``'s (the
+    pipeline's own regime, for set-ups whose speed differs); ``train_seed``: the denoiser's training seed instead
+    of the config's (data, autoencoder, generation and classifier seeds unchanged), for the spread of one set-up."""
     if sampling_only(overrides):
         overrides = {**SETUPS[SAMPLING_MODEL], **overrides}
-    plan = Plan.from_config(study_config(overrides), check_timm=False)
+    latent_std = float(overrides.get(LATENT_STD, 1.0))
+    plan = Plan.from_config(study_config({k: v for k, v in overrides.items() if k != LATENT_STD}), check_timm=False)
     shared = shared_stages(plan, work)
     ae, ae_row, ae_seconds = autoencoder_stage(plan, work, shared["manifest"], shared["feature_net"])
+    if latent_std != 1.0:
+        ae = rescaled_autoencoder(ae, latent_std)
     variant = next(iter(plan.variants))
     setting = next(iter(plan.config["generate"]["settings"]))
+    label = regime(budget, steps, train_seed)
+    steps_fixed = bool(steps)
     out = work / name
-    done = out / f"row_budget{budget:g}.json"
+    done = out / f"row_{label}.json"
     if done.exists():
         return json.loads(done.read_text())
     diff_params = plan.diffusion_params(variant)
+    if train_seed is not None:
+        diff_params["seed"] = int(train_seed)
     if sampling_only(SETUPS[name]):  # SAMPLING_MODEL's model, sampled otherwise
-        model = work / SAMPLING_MODEL / f"budget{budget:g}" / "model"
-        base_row = json.loads((work / SAMPLING_MODEL / f"row_budget{budget:g}.json").read_text())
+        model = work / SAMPLING_MODEL / label / "model"
+        base_row = json.loads((work / SAMPLING_MODEL / f"row_{label}.json").read_text())
         steps, rate, train_s = base_row["steps"], base_row["steps_per_s"], base_row["diffusion_s"]
     else:
-        steps, rate = steps_for_budget(plan, variant, shared["manifest"], ae, out / "probe", budget)
-        model = out / f"budget{budget:g}" / "model"
+        if steps:
+            rate = float("nan")  # measured below, from the run itself
+        else:
+            steps, rate = steps_for_budget(plan, variant, shared["manifest"], ae, out / "probe", budget)
+        model = out / label / "model"
         t = time.perf_counter()
         if not model.exists():
             train_diffusion(shared["manifest"], ae, model, model.parent / "train_log.parquet",
                             {**diff_params, "steps": steps}, threads=2)
         train_s = time.perf_counter() - t
-    gen_dir = out / "generate"
+        if not np.isfinite(rate):
+            rate = steps / train_s
+    gen_dir = out / "generate" / label
     t = time.perf_counter()
     generate(shared["manifest"], ae, model, gen_dir / "images", gen_dir / "manifest.parquet",
              plan.generate_params(variant, setting, 0), threads=2)
     gen_s = time.perf_counter() - t
     quality = evaluate_synthetic(shared["manifest"], shared["feature_net"], gen_dir / "manifest.parquet",
-                                 out / "quality.parquet", plan.evaluate_params(variant, setting, 0),
+                                 out / label / "quality.parquet", plan.evaluate_params(variant, setting, 0),
                                  real_features=shared["real_features"], threads=2)
     q = quality[(quality["reference"] == "test") & (quality["class"] == "all")].set_index("metric")["value"]
     point = "replace_100"
-    scores = classify(shared["manifest"], gen_dir / "manifest.parquet", out / "scores.parquet",
-                      out / "classify_log.parquet", out / "training_set.parquet",
+    scores = classify(shared["manifest"], gen_dir / "manifest.parquet", out / label / "scores.parquet",
+                      out / label / "classify_log.parquet", out / label / "training_set.parquet",
                       plan.classify_params(variant, setting, 0, "small_cnn", point), threads=2)
     f1 = scores[scores["class"] == "all"].set_index("test_set")["f1"]
-    grid(shared["manifest"], gen_dir / "manifest.parquet", plan.classes, out / "grid.png")
-    row = {"setup": name, "changes": json.dumps(overrides), "budget_s": budget, "steps": steps,
+    grid(shared["manifest"], gen_dir / "manifest.parquet", plan.classes, out / f"grid_{label}.png")
+    row = {"setup": name, "changes": json.dumps(overrides), "budget_s": np.nan if steps_fixed else budget,
+           "train_seed": diff_params["seed"], "steps": steps,
            "steps_per_s": round(rate, 2), "diffusion_s": round(train_s, 1), "generate_s": round(gen_s, 1),
            "autoencoder_s": round(ae_seconds, 1), **ae_row, "fid": float(q["fid"]), "recall": float(q["recall"]),
            "coverage": float(q["coverage"]), "precision": float(q["precision"]),
@@ -321,6 +381,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--setups", nargs="+", default=list(SETUPS), help="set-ups to run (default: all)")
     ap.add_argument("--budget", type=float, default=150.0, help="seconds of diffusion training per set-up")
+    ap.add_argument("--steps", type=int, help="a fixed number of diffusion steps per set-up instead of --budget's")
+    ap.add_argument("--train-seeds", type=int, nargs="+",
+                    help="the denoiser's training seeds, one run each (default: the config's seed)")
     ap.add_argument("--workdir", default=str(ROOT / "results" / "quality_study"))
     ap.add_argument("--list", action="store_true", help="print the set-ups and exit")
     ap.add_argument("--speed", action="store_true", help="only the CPU speed switches' table")
@@ -343,16 +406,20 @@ def main() -> None:
         setups = [SAMPLING_MODEL, *setups]  # the sampling-only set-ups sample its model
     work = Path(args.workdir)
     rows = []
+    runs = [(name, seed) for name in setups for seed in (args.train_seeds or [None])]
     if args.table:
-        found = {p.parent.name: json.loads(p.read_text()) for p in work.glob(f"*/row_budget{args.budget:g}.json")}
-        rows = [found[name] for name in SETUPS if name in found and name in setups]
-    for name in [] if args.table else setups:
-        rows.append(run_setup(name, SETUPS[name], work, args.budget))
+        rows = [json.loads(p.read_text()) for name, seed in runs
+                if (p := work / name / f"row_{regime(args.budget, args.steps, seed)}.json").exists()]
+    for name, seed in [] if args.table else runs:
+        rows.append(run_setup(name, SETUPS[name], work, args.budget, args.steps, seed))
         print(pd.DataFrame(rows).drop(columns=["changes"]).round(3).to_string(index=False), flush=True)
     table = save("quality_budget", rows)
-    cols = ["setup", "steps", "steps_per_s", "diffusion_s", "ae_psnr", "fid", "recall", "coverage", "f1_test",
-            "f1_external"]
-    print(table[cols].round(3).to_markdown(index=False))
+    cols = ["setup", "train_seed", "steps", "steps_per_s", "diffusion_s", "ae_psnr", "fid", "recall", "coverage",
+            "f1_test", "f1_external"]
+    print(table[[c for c in cols if c in table]].round(3).to_markdown(index=False))
+    if args.train_seeds and len(args.train_seeds) > 1:  # each set-up's mean and standard deviation over the seeds
+        spread = table.groupby("setup", sort=False)[["fid", "recall", "coverage", "f1_test", "f1_external"]]
+        print(spread.agg(["mean", "std"]).round(3).to_markdown())
 
 
 if __name__ == "__main__":
