@@ -9,7 +9,10 @@ their reconstructions by the autoencoder (the decoded posterior mean); the decod
 plus Gaussian noise (how the decoder treats latents off its training set); the denoiser's img2img from the
 test latent noised to a sampling timestep and sampled down from there with the generation settings (how much of
 an image's structure the denoiser keeps from that noise level on), with the PSNR of that output against the
-reconstruction (mean per-image PSNR, as the pipeline's tables); and the synthetic images sampled from pure noise. A figure (``--figure``) shows, per class,
+reconstruction (mean per-image PSNR, as the pipeline's tables); and the synthetic images sampled from pure noise.
+Beside the edges, the latents: of the training images, the share of their mean square that is their mean latent
+(what every image shares); per class, how far the test images' latents and the synthetic ones spread about their
+own mean latent (a denoiser that returns its class's average has a small spread). A figure (``--figure``) shows, per class,
 the rows real / reconstruction / img2img from the 7th and the 11th of the 16 sampling steps / synthetic.
 The table goes to benchmarks/results/structure_check.parquet.
 """
@@ -73,6 +76,67 @@ def img2img(model, z: torch.Tensor, class_index: int, start: int, steps: int, gu
     return lat
 
 
+def spread(z: torch.Tensor) -> float:
+    """Root mean square distance of latents (N, C, h, w) from their own mean latent, per latent element: how far
+    a set's latents vary about what they share (the field of view, the class's colours)."""
+    z = z.double()
+    return float((z - z.mean(0, keepdim=True)).pow(2).mean().sqrt())
+
+
+def latent_statistics(z: torch.Tensor) -> dict[str, float]:
+    """Of scaled latents (N, C, h, w): mean and std over all elements, and the share of their mean square that is
+    their mean latent's (the part every image shares), with the std left about that mean latent."""
+    z = z.double()
+    mean_latent = z.mean(0, keepdim=True)
+    return {"mean": float(z.mean()), "std": float(z.std()),
+            "mean_latent_share": float(mean_latent.pow(2).mean() / z.pow(2).mean()), "std_about_mean_latent": spread(z)}
+
+
+class GaussianDenoiser:
+    """The exact denoiser of a Gaussian fit of latents (N, C, h, w): with mean mu and covariance S = U diag(l) U^T,
+    E[x_0 | x_t] = mu + U diag(sqrt(a) l / (a l + 1 - a)) U^T (x_t - sqrt(a) mu), a = abar_t. Sampled by the
+    model's own DDIM steps from the same noise, it is what a denoiser that had learnt only the latents' mean and
+    covariance would generate (early in training diffusion models behave so: Wang and Vastola 2023, "The hidden
+    linear structure in score-based models and its application")."""
+
+    def __init__(self, z: torch.Tensor):
+        flat = z.double().flatten(1)
+        self.mu = flat.mean(0)
+        lam, self.u = torch.linalg.eigh(torch.cov(flat.T))
+        self.lam = lam.clamp(min=0)
+
+    def x0(self, x: torch.Tensor, abar: float) -> torch.Tensor:
+        a = float(abar)
+        d = (x.double().flatten(1) - a ** 0.5 * self.mu) @ self.u
+        return (self.mu + (d * (a ** 0.5 * self.lam / (a * self.lam + 1 - a))) @ self.u.T).reshape(x.shape)
+
+
+@torch.no_grad()
+def gaussian_samples(sched, cond: GaussianDenoiser, uncond: GaussianDenoiser, noise: torch.Tensor, steps: int,
+                     guidance: float) -> torch.Tensor:
+    """DDIM from ``noise`` with the Gaussian denoisers, guided as generation (uncond + w (cond - uncond), here on
+    the v prediction, which is linear in the x_0 estimate at a given x_t)."""
+    sched.set_timesteps(steps)
+    lat = noise.double()
+    for t in sched.timesteps:
+        a = float(sched.alphas_cumprod[int(t)])
+
+        def v(den):
+            x0 = den.x0(lat, a)
+            eps = (lat - a ** 0.5 * x0) / (1 - a) ** 0.5
+            return a ** 0.5 * eps - (1 - a) ** 0.5 * x0
+        vu = v(uncond)
+        lat = sched.step(vu + guidance * (v(cond) - vu), t, lat, eta=0.0).prev_sample
+    return lat.float()
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """1 - |a - b|^2 / |a - mean(a)|^2 over a set of latents: 1 when b reproduces a, 0 when b is no closer to a
+    than a's own mean is."""
+    a, b = a.double(), b.double()
+    return float(1 - (a - b).pow(2).sum() / (a - a.mean(0, keepdim=True)).pow(2).sum())
+
+
 def to_row(images: torch.Tensor, n: int) -> np.ndarray:
     return np.concatenate(list(to_uint8(images[:n])), axis=1)
 
@@ -95,6 +159,13 @@ def main() -> None:
     classes = list(cfg["data"]["classes"])
     x_all, y_all, _ = load_images(res / "preprocess" / "manifest.parquet", ["test"], classes)
     print(machine())
+    x_train, y_train, _ = load_images(res / "preprocess" / "manifest.parquet", ["train_a", "train_b"], classes)
+    z_train = encode_latents(ae, x_train, CPU)[0]
+    stats = latent_statistics(z_train)
+    z_train, y_train = torch.cat([z_train, encode_latents(ae, x_train.flip(-1), CPU)[0]]), np.concatenate(
+        [y_train, y_train])  # the denoiser learnt the mirror images too (diffusion.hflip)
+    gauss_all = GaussianDenoiser(z_train)
+    print("training latents (scaled):", {k: round(v, 3) for k, v in stats.items()})
     rows, figure = [], []
     model.scheduler.set_timesteps(steps)
     timesteps = [int(t) for t in model.scheduler.timesteps]
@@ -107,7 +178,7 @@ def main() -> None:
             def add(what, images, **extra):
                 rows.append({"class": name, "what": what, "edge_strength": edge_strength(images), **extra})
 
-            add("real", x)
+            add("real", x, latent_spread=spread(z))
             add("reconstruction", rec, psnr_to_real=mean_psnr(rec, x))
             for s in (0.1, 0.2, 0.4):
                 noisy = z + s * torch.randn(z.shape, generator=torch.Generator().manual_seed(k))
@@ -117,21 +188,40 @@ def main() -> None:
                 out = decode_latents(ae, img2img(model, z, k, start, steps, guidance, seed=1000 + k))
                 shown[start] = out
                 add(f"img2img from t = {timesteps[start]}", out, psnr_to_reconstruction=mean_psnr(out, rec))
-            gen = decode_latents(ae, sample_latents(model, k, len(x), tuple(z.shape[1:]), steps, guidance,
-                                                    torch.Generator().manual_seed(k), CPU))
-            add("synthetic (pure noise)", gen)
-            figure += [to_row(x, 8), to_row(rec, 8), to_row(shown[6], 8), to_row(shown[10], 8), to_row(gen, 8)]
+            gen_z = sample_latents(model, k, len(x), tuple(z.shape[1:]), steps, guidance,
+                                   torch.Generator().manual_seed(k), CPU)
+            gen = decode_latents(ae, gen_z)
+            noise = torch.randn(gen_z.shape, generator=torch.Generator().manual_seed(k))  # sample_latents' x_T
+            gauss = GaussianDenoiser(z_train[torch.as_tensor(y_train == k)])
+            gauss_z = gaussian_samples(model.scheduler, gauss, gauss_all, noise, steps, guidance)
+            add("synthetic (pure noise)", gen, latent_spread=spread(gen_z),
+                agreement_with_gaussian=agreement(gen_z, gauss_z))
+            unguided = sample_latents(model, k, len(x), tuple(z.shape[1:]), steps, 1.0, torch.Generator().manual_seed(k),
+                                      CPU)
+            add("synthetic, guidance 1", decode_latents(ae, unguided), latent_spread=spread(unguided),
+                agreement_with_gaussian=agreement(
+                    unguided, gaussian_samples(model.scheduler, gauss, gauss_all, noise, steps, 1.0)))
+            gauss_img = decode_latents(ae, gauss_z)
+            add("Gaussian fit of the training latents, same noise", gauss_img, latent_spread=spread(gauss_z))
+            figure += [to_row(x, 8), to_row(rec, 8), to_row(shown[6], 8), to_row(shown[10], 8), to_row(gen, 8),
+                       to_row(gauss_img, 8)]
     table = save("structure_check", rows)
     wide = table.pivot_table(index="what", columns="class", values="edge_strength", sort=False)[classes]
     print("edge strength (mean |neighbour difference|, central 16 x 16):")
     print(wide.round(4).to_string())
+    print("latent spread (rms distance from the set's mean latent):")
+    print(table.dropna(subset=["latent_spread"]).pivot_table(index="what", columns="class", values="latent_spread",
+                                                             sort=False)[classes].round(3).to_string())
+    print("agreement of the model's samples with the Gaussian fit's from the same noise (1: the same latents):")
+    print(table.dropna(subset=["agreement_with_gaussian"]).pivot_table(
+        index="what", columns="class", values="agreement_with_gaussian", sort=False)[classes].round(3).to_string())
     print(table.dropna(subset=["psnr_to_reconstruction"]).groupby("what", sort=False)["psnr_to_reconstruction"]
           .mean().round(1).to_string())
     img = np.concatenate(figure, axis=0)
     Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(img).resize((img.shape[1] * 3, img.shape[0] * 3), Image.NEAREST).save(args.figure)
-    print(f"rows per class: real, reconstruction, img2img from t = {timesteps[6]} and {timesteps[10]}, synthetic "
-          f"-> {args.figure}")
+    print(f"rows per class: real, reconstruction, img2img from t = {timesteps[6]} and {timesteps[10]}, synthetic, "
+          f"the Gaussian fit's sample from the same noise -> {args.figure}")
 
 
 if __name__ == "__main__":
