@@ -77,6 +77,7 @@ LR_SNR = {"diffusion.lr_schedule": "cosine", "diffusion.lr_warmup_steps": 50, "d
 CHOSEN = {**BASE, **LR_SNR, "diffusion.beta_schedule": "squaredcos_cap_v2"}  # sched_cosine: the 8-channel default
 LAT4 = {**CHOSEN, f"{AE}.latent_channels": 4}  # lat4: the default config from (d) to (h)
 LATENT_STD = "study.latent_std"  # a set-up key of this script only: the latents' standard deviation (below)
+AE_SEED = "study.autoencoder_seed"  # another: the autoencoder's training seed (the data's stays the config's)
 SETUPS: dict[str, dict] = {
     # (a) the latent space
     "baseline": dict(FORMER),
@@ -124,6 +125,10 @@ SETUPS: dict[str, dict] = {
     # decodes to speckle, docs/quality-study.md, so a denoiser's small latent errors may decode to the mottle)
     "lat4_kl1e-4": {**LAT4, f"{AE}.loss.kl_weight": 1.0e-4},
     "lat4_kl1e-3": {**LAT4, f"{AE}.loss.kl_weight": 1.0e-3},
+    # ... and both KL weights with another autoencoder training seed: whether the difference is the weight's or
+    # one trained autoencoder's
+    "lat4_aeseed1": {**LAT4, AE_SEED: 1},
+    "lat4_kl1e-4_aeseed1": {**LAT4, f"{AE}.loss.kl_weight": 1.0e-4, AE_SEED: 1},
     # diffusion at pixel resolution: a one-level autoencoder (no downsampling, 32 x 32 x 4, near identity) under
     # the same denoiser, the pixel-space baseline without a second diffusion code path
     "pixel": {**CHOSEN, f"{AE}.block_out_channels": [16], f"{AE}.latent_channels": 4},
@@ -178,9 +183,14 @@ def shared_stages(plan: Plan, work: Path) -> dict[str, Path]:
     return p
 
 
-def autoencoder_stage(plan: Plan, work: Path, manifest: Path, feature_net: Path) -> tuple[Path, dict, float]:
+def autoencoder_stage(plan: Plan, work: Path, manifest: Path, feature_net: Path, seed: int | None = None
+                      ) -> tuple[Path, dict, float]:
+    """The set-up's autoencoder, trained once per distinct section (and ``seed``: its training seed instead of the
+    config's, the data unchanged)."""
     name = plan.variant_autoencoder(next(iter(plan.variants)))
     params = plan.autoencoder_params(name)
+    if seed is not None:
+        params["seed"] = int(seed)
     base = work / "autoencoder" / digest(params)
     model = base / "model"
     if not model.exists():
@@ -261,9 +271,11 @@ def run_setup(name: str, overrides: dict, work: Path, budget: float, steps: int 
     if sampling_only(overrides):
         overrides = {**SETUPS[SAMPLING_MODEL], **overrides}
     latent_std = float(overrides.get(LATENT_STD, 1.0))
-    plan = Plan.from_config(study_config({k: v for k, v in overrides.items() if k != LATENT_STD}), check_timm=False)
+    ae_seed = overrides.get(AE_SEED)
+    plan = Plan.from_config(study_config({k: v for k, v in overrides.items() if not k.startswith("study.")}),
+                            check_timm=False)
     shared = shared_stages(plan, work)
-    ae, ae_row, ae_seconds = autoencoder_stage(plan, work, shared["manifest"], shared["feature_net"])
+    ae, ae_row, ae_seconds = autoencoder_stage(plan, work, shared["manifest"], shared["feature_net"], ae_seed)
     if latent_std != 1.0:
         ae = rescaled_autoencoder(ae, latent_std)
     variant = next(iter(plan.variants))
