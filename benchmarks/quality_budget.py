@@ -61,8 +61,8 @@ from pipeline_lib.preprocess import preprocess  # noqa: E402
 # study started from, so that a row means the same set-up after the default has moved on: (a) the autoencoder's
 # latent space under the former denoiser; (b) the denoiser's recipe, each factor alone on BASE (the autoencoder (a)
 # found best), then together; (c) sampling only, on the model of (b)'s best set-up (``SAMPLING_MODEL``); (d) the
-# autoencoder again, on CHOSEN (the default of that time), where 4 latent channels (``lat4``) won; (e) to (h) on
-# lat4, where the KL weight 1e-4 (``lat4_kl1e-4``, the default now) won.
+# autoencoder again, on CHOSEN (the default of that time), where 4 latent channels (``lat4``, the default now) won;
+# (e) to (h) on lat4: loss weighting, capacity, noise level and KL weight, mostly at equal steps (--steps 1200).
 AE = "autoencoder." + yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["diffusion"]["autoencoder"]
 FORMER = {f"{AE}.block_out_channels": [16, 32], f"{AE}.steps": 300, f"{AE}.latent_channels": 8,  # 16 x 16 x 8
           f"{AE}.loss.kl_weight": 1.0e-6,
@@ -75,7 +75,7 @@ RECIPE = {"diffusion.ema_decay": 0.995, "diffusion.lr_schedule": "cosine", "diff
           "diffusion.snr_gamma": 5.0}
 LR_SNR = {"diffusion.lr_schedule": "cosine", "diffusion.lr_warmup_steps": 50, "diffusion.snr_gamma": 5.0}
 CHOSEN = {**BASE, **LR_SNR, "diffusion.beta_schedule": "squaredcos_cap_v2"}  # sched_cosine: the 8-channel default
-LAT4 = {**CHOSEN, f"{AE}.latent_channels": 4}  # lat4: the default config from (d) to (h)
+LAT4 = {**CHOSEN, f"{AE}.latent_channels": 4}  # lat4: the default config since (d)
 LATENT_STD = "study.latent_std"  # a set-up key of this script only: the latents' standard deviation (below)
 AE_SEED = "study.autoencoder_seed"  # another: the autoencoder's training seed (the data's stays the config's)
 SETUPS: dict[str, dict] = {
