@@ -125,10 +125,12 @@ SETUPS: dict[str, dict] = {
     # decodes to speckle, docs/quality-study.md, so a denoiser's small latent errors may decode to the mottle)
     "lat4_kl1e-4": {**LAT4, f"{AE}.loss.kl_weight": 1.0e-4},
     "lat4_kl1e-3": {**LAT4, f"{AE}.loss.kl_weight": 1.0e-3},
-    # ... and both KL weights with another autoencoder training seed: whether the difference is the weight's or
-    # one trained autoencoder's
+    # ... and 1e-6 (the default) and 1e-4 with another autoencoder training seed: whether the difference is the
+    # weight's or one trained autoencoder's
     "lat4_aeseed1": {**LAT4, AE_SEED: 1},
     "lat4_kl1e-4_aeseed1": {**LAT4, f"{AE}.loss.kl_weight": 1.0e-4, AE_SEED: 1},
+    # (i) a higher peak learning rate: whether the denoiser leaves the Gaussian stage sooner
+    "lat4_lr3e-3": {**LAT4, "diffusion.lr": 3.0e-3},
     # diffusion at pixel resolution: a one-level autoencoder (no downsampling, 32 x 32 x 4, near identity) under
     # the same denoiser, the pixel-space baseline without a second diffusion code path
     "pixel": {**CHOSEN, f"{AE}.block_out_channels": [16], f"{AE}.latent_channels": 4},
