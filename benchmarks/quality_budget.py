@@ -46,16 +46,19 @@ from _record import machine, save  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline_lib.autoencoder import reconstruction_metrics, train_autoencoder  # noqa: E402
+from pipeline_lib.autoencoder import (GENERATIVE_SPLITS, load_autoencoder, reconstruction_metrics,  # noqa: E402
+                                      train_autoencoder)
 from pipeline_lib.classify import classify  # noqa: E402
 from pipeline_lib.config import Plan  # noqa: E402
 from pipeline_lib.data import ingest  # noqa: E402
-from pipeline_lib.diffusion import train_diffusion  # noqa: E402
+from pipeline_lib.diffusion import load_diffusion, train_diffusion  # noqa: E402
 from pipeline_lib.evaluate import evaluate_synthetic  # noqa: E402
 from pipeline_lib.feature_net import train_feature_net  # noqa: E402
 from pipeline_lib.generate import generate  # noqa: E402
 from pipeline_lib.io import read_parquet, read_rgb, resolve_path  # noqa: E402
 from pipeline_lib.preprocess import preprocess  # noqa: E402
+from pipeline_lib.torchutils import load_images  # noqa: E402
+from structure_check import CPU, gaussian_agreement  # noqa: E402
 
 # What the set-ups change from the default config, dotted keys. Each is written out from FORMER, the default the
 # study started from, so that a row means the same set-up after the default has moved on: (a) the autoencoder's
@@ -226,6 +229,16 @@ def rescaled_autoencoder(model: Path, latent_std: float) -> Path:
     return out
 
 
+def agreement_with_gaussian(ae: Path, model: Path, manifest: Path, plan: Plan) -> float:
+    """Mean over the classes of ``structure_check.gaussian_agreement``: how much of the model's unguided samples
+    the exact denoiser of a Gaussian fit of the training latents reproduces from the same noise (near 1: the
+    model has learnt the latents' mean and covariance and little more; docs/quality-study.md)."""
+    x, y, _ = load_images(manifest, list(GENERATIVE_SPLITS), plan.classes)
+    per_class = gaussian_agreement(load_autoencoder(ae, CPU), load_diffusion(model, CPU), x, y, len(plan.classes),
+                                   int(plan.config["generate"]["num_inference_steps"]))
+    return round(float(np.mean(per_class)), 4)
+
+
 def steps_for_budget(plan: Plan, variant: str, manifest: Path, ae: Path, work: Path, budget: float) -> tuple[int, float]:
     """Steps that fit in ``budget`` seconds: two probes (5 and 45 steps), their difference timing 40 steps
     without the set-up cost both share. The probes run from fresh weights; a long run's steps were measured up to
@@ -286,8 +299,12 @@ def run_setup(name: str, overrides: dict, work: Path, budget: float, steps: int 
     steps_fixed = bool(steps)
     out = work / name
     done = out / f"row_{label}.json"
-    if done.exists():
-        return json.loads(done.read_text())
+    if done.exists():  # an earlier row; the Gaussian agreement added where it has none
+        row = json.loads(done.read_text())
+        if "gauss_agreement" not in row and not sampling_only(SETUPS[name]):
+            row["gauss_agreement"] = agreement_with_gaussian(ae, out / label / "model", shared["manifest"], plan)
+            done.write_text(json.dumps(row))
+        return row
     diff_params = plan.diffusion_params(variant)
     if train_seed is not None:
         diff_params["seed"] = int(train_seed)
@@ -329,6 +346,8 @@ def run_setup(name: str, overrides: dict, work: Path, budget: float, steps: int 
            "autoencoder_s": round(ae_seconds, 1), **ae_row, "fid": float(q["fid"]), "recall": float(q["recall"]),
            "coverage": float(q["coverage"]), "precision": float(q["precision"]),
            "f1_test": float(f1.get("test", np.nan)), "f1_external": float(f1.get("external", np.nan))}
+    if not sampling_only(SETUPS[name]):
+        row["gauss_agreement"] = agreement_with_gaussian(ae, model, shared["manifest"], plan)
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(row))
     return row
@@ -431,7 +450,7 @@ def main() -> None:
         print(pd.DataFrame(rows).drop(columns=["changes"]).round(3).to_string(index=False), flush=True)
     table = save("quality_budget", rows)
     cols = ["setup", "train_seed", "steps", "steps_per_s", "diffusion_s", "ae_psnr", "fid", "recall", "coverage",
-            "f1_test", "f1_external"]
+            "f1_test", "f1_external", "gauss_agreement"]
     print(table[[c for c in cols if c in table]].round(3).to_markdown(index=False))
     if args.train_seeds and len(args.train_seeds) > 1:  # each set-up's mean and standard deviation over the seeds
         spread = table.groupby("setup", sort=False)[["fid", "recall", "coverage", "f1_test", "f1_external"]]

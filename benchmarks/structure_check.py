@@ -130,6 +130,34 @@ def gaussian_samples(sched, cond: GaussianDenoiser, uncond: GaussianDenoiser, no
     return lat.float()
 
 
+def fit_gaussians(z: torch.Tensor, y: np.ndarray, n_classes: int) -> tuple[list[GaussianDenoiser], GaussianDenoiser]:
+    """Gaussian denoisers of training latents ``z`` (N, C, h, w) and their mirror images (the denoiser learnt both,
+    diffusion.hflip; ``z`` holds the originals, then the mirrors, ``y`` the originals' labels): one per class
+    and one of all classes (guidance's unconditional half)."""
+    y = np.concatenate([y, y])
+    return [GaussianDenoiser(z[torch.as_tensor(y == k)]) for k in range(n_classes)], GaussianDenoiser(z)
+
+
+def paired_samples(model, gauss: GaussianDenoiser, gauss_all: GaussianDenoiser, k: int, n: int,
+                   shape: tuple[int, int, int], steps: int, guidance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` latents of class ``k`` from the model (``generate.sample_latents``, generator seed ``k``) and from the
+    Gaussian fit, sampled by the same DDIM steps from the same initial noise."""
+    model_z = sample_latents(model, k, n, shape, steps, guidance, torch.Generator().manual_seed(k), CPU)
+    noise = torch.randn((n, *shape), generator=torch.Generator().manual_seed(k))  # sample_latents' x_T
+    return model_z, gaussian_samples(model.scheduler, gauss, gauss_all, noise, steps, guidance)
+
+
+@torch.no_grad()
+def gaussian_agreement(ae, model, x_train: torch.Tensor, y_train: np.ndarray, n_classes: int, steps: int,
+                       n: int = 48) -> list[float]:
+    """Per class, the agreement of ``n`` unguided samples of the model with the Gaussian fit's (``agreement``):
+    near 1, the denoiser has learnt the latents' mean and covariance and little more."""
+    z = torch.cat([encode_latents(ae, x_train, CPU)[0], encode_latents(ae, x_train.flip(-1), CPU)[0]])
+    per_class, whole = fit_gaussians(z, y_train, n_classes)
+    return [agreement(*paired_samples(model, per_class[k], whole, k, n, tuple(z.shape[1:]), steps, 1.0))
+            for k in range(n_classes)]
+
+
 def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     """1 - |a - b|^2 / |a - mean(a)|^2 over a set of latents: 1 when b reproduces a, 0 when b is no closer to a
     than a's own mean is."""
@@ -162,9 +190,8 @@ def main() -> None:
     x_train, y_train, _ = load_images(res / "preprocess" / "manifest.parquet", ["train_a", "train_b"], classes)
     z_train = encode_latents(ae, x_train, CPU)[0]
     stats = latent_statistics(z_train)
-    z_train, y_train = torch.cat([z_train, encode_latents(ae, x_train.flip(-1), CPU)[0]]), np.concatenate(
-        [y_train, y_train])  # the denoiser learnt the mirror images too (diffusion.hflip)
-    gauss_all = GaussianDenoiser(z_train)
+    gauss_class, gauss_all = fit_gaussians(torch.cat([z_train, encode_latents(ae, x_train.flip(-1), CPU)[0]]),
+                                           y_train, len(classes))
     print("training latents (scaled):", {k: round(v, 3) for k, v in stats.items()})
     rows, figure = [], []
     model.scheduler.set_timesteps(steps)
@@ -188,19 +215,14 @@ def main() -> None:
                 out = decode_latents(ae, img2img(model, z, k, start, steps, guidance, seed=1000 + k))
                 shown[start] = out
                 add(f"img2img from t = {timesteps[start]}", out, psnr_to_reconstruction=mean_psnr(out, rec))
-            gen_z = sample_latents(model, k, len(x), tuple(z.shape[1:]), steps, guidance,
-                                   torch.Generator().manual_seed(k), CPU)
+            shape = tuple(z.shape[1:])
+            gen_z, gauss_z = paired_samples(model, gauss_class[k], gauss_all, k, len(x), shape, steps, guidance)
             gen = decode_latents(ae, gen_z)
-            noise = torch.randn(gen_z.shape, generator=torch.Generator().manual_seed(k))  # sample_latents' x_T
-            gauss = GaussianDenoiser(z_train[torch.as_tensor(y_train == k)])
-            gauss_z = gaussian_samples(model.scheduler, gauss, gauss_all, noise, steps, guidance)
             add("synthetic (pure noise)", gen, latent_spread=spread(gen_z),
                 agreement_with_gaussian=agreement(gen_z, gauss_z))
-            unguided = sample_latents(model, k, len(x), tuple(z.shape[1:]), steps, 1.0, torch.Generator().manual_seed(k),
-                                      CPU)
+            unguided, gauss_unguided = paired_samples(model, gauss_class[k], gauss_all, k, len(x), shape, steps, 1.0)
             add("synthetic, guidance 1", decode_latents(ae, unguided), latent_spread=spread(unguided),
-                agreement_with_gaussian=agreement(
-                    unguided, gaussian_samples(model.scheduler, gauss, gauss_all, noise, steps, 1.0)))
+                agreement_with_gaussian=agreement(unguided, gauss_unguided))
             gauss_img = decode_latents(ae, gauss_z)
             add("Gaussian fit of the training latents, same noise", gauss_img, latent_spread=spread(gauss_z))
             figure += [to_row(x, 8), to_row(rec, 8), to_row(shown[6], 8), to_row(shown[10], 8), to_row(gen, 8),
