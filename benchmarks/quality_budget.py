@@ -65,7 +65,8 @@ from structure_check import CPU, gaussian_agreement  # noqa: E402
 # latent space under the former denoiser; (b) the denoiser's recipe, each factor alone on BASE (the autoencoder (a)
 # found best), then together; (c) sampling only, on the model of (b)'s best set-up (``SAMPLING_MODEL``); (d) the
 # autoencoder again, on CHOSEN (the default of that time), where 4 latent channels (``lat4``, the default now) won;
-# (e) to (h) on lat4: loss weighting, capacity, noise level and KL weight, mostly at equal steps (--steps 1200).
+# (e) to (i) on lat4: loss weighting, capacity, noise level, KL weight and learning rate, mostly at equal steps
+# (--steps 1200).
 AE = "autoencoder." + yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["diffusion"]["autoencoder"]
 FORMER = {f"{AE}.block_out_channels": [16, 32], f"{AE}.steps": 300, f"{AE}.latent_channels": 8,  # 16 x 16 x 8
           f"{AE}.loss.kl_weight": 1.0e-6,
