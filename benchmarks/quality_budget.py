@@ -236,7 +236,8 @@ def agreement_with_gaussian(ae: Path, model: Path, manifest: Path, plan: Plan) -
     model has learnt the latents' mean and covariance and little more; docs/quality-study.md)."""
     x, y, _ = load_images(manifest, list(GENERATIVE_SPLITS), plan.classes)
     per_class = gaussian_agreement(load_autoencoder(ae, CPU), load_diffusion(model, CPU), x, y, len(plan.classes),
-                                   int(plan.config["generate"]["num_inference_steps"]))
+                                   int(plan.config["generate"]["num_inference_steps"]),
+                                   bool(plan.config["diffusion"]["hflip"]))
     return round(float(np.mean(per_class)), 4)
 
 
@@ -314,9 +315,7 @@ def run_setup(name: str, overrides: dict, work: Path, budget: float, steps: int 
         base_row = json.loads((work / SAMPLING_MODEL / f"row_{label}.json").read_text())
         steps, rate, train_s = base_row["steps"], base_row["steps_per_s"], base_row["diffusion_s"]
     else:
-        if steps:
-            rate = float("nan")  # measured below, from the run itself
-        else:
+        if not steps_fixed:
             steps, rate = steps_for_budget(plan, variant, shared["manifest"], ae, out / "probe", budget)
         model = out / label / "model"
         t = time.perf_counter()
@@ -324,7 +323,7 @@ def run_setup(name: str, overrides: dict, work: Path, budget: float, steps: int 
             train_diffusion(shared["manifest"], ae, model, model.parent / "train_log.parquet",
                             {**diff_params, "steps": steps}, threads=2)
         train_s = time.perf_counter() - t
-        if not np.isfinite(rate):
+        if steps_fixed:  # no probe: the run's own rate
             rate = steps / train_s
     gen_dir = out / "generate" / label
     t = time.perf_counter()

@@ -38,7 +38,7 @@ from pipeline_lib.autoencoder import decode_latents, encode_latents, load_autoen
 from pipeline_lib.diffusion import load_diffusion  # noqa: E402
 from pipeline_lib.generate import sample_latents  # noqa: E402
 from pipeline_lib.metrics import psnr  # noqa: E402
-from pipeline_lib.torchutils import load_images, to_uint8  # noqa: E402
+from pipeline_lib.torchutils import load_images, to_uint8, with_mirrors  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -130,12 +130,17 @@ def gaussian_samples(sched, cond: GaussianDenoiser, uncond: GaussianDenoiser, no
     return lat.float()
 
 
-def fit_gaussians(z: torch.Tensor, y: np.ndarray, n_classes: int) -> tuple[list[GaussianDenoiser], GaussianDenoiser]:
-    """Gaussian denoisers of training latents ``z`` (N, C, h, w) and their mirror images (the denoiser learnt both,
-    diffusion.hflip; ``z`` holds the originals, then the mirrors, ``y`` the originals' labels): one per class
-    and one of all classes (guidance's unconditional half)."""
-    y = np.concatenate([y, y])
-    return [GaussianDenoiser(z[torch.as_tensor(y == k)]) for k in range(n_classes)], GaussianDenoiser(z)
+def fit_gaussians(z: torch.Tensor, labels: torch.Tensor, n_classes: int
+                  ) -> tuple[list[GaussianDenoiser], GaussianDenoiser]:
+    """Gaussian denoisers of training latents ``z`` (N, C, h, w) with their ``labels``: one per class and one of all
+    classes (guidance's unconditional half)."""
+    return [GaussianDenoiser(z[labels == k]) for k in range(n_classes)], GaussianDenoiser(z)
+
+
+def training_latents(ae, x: torch.Tensor, y, hflip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images' latents and labels as the diffusion stage learns them: with their mirror images when
+    ``diffusion.hflip`` (``torchutils.with_mirrors``), the originals first."""
+    return encode_latents(ae, with_mirrors(x, hflip), CPU)[0], with_mirrors(torch.as_tensor(y), hflip)
 
 
 def paired_samples(model, gauss: GaussianDenoiser, gauss_all: GaussianDenoiser, k: int, n: int,
@@ -148,12 +153,12 @@ def paired_samples(model, gauss: GaussianDenoiser, gauss_all: GaussianDenoiser, 
 
 
 @torch.no_grad()
-def gaussian_agreement(ae, model, x_train: torch.Tensor, y_train: np.ndarray, n_classes: int, steps: int,
+def gaussian_agreement(ae, model, x_train: torch.Tensor, y_train, n_classes: int, steps: int, hflip: bool,
                        n: int = 48) -> list[float]:
     """Per class, the agreement of ``n`` unguided samples of the model with the Gaussian fit's (``agreement``):
     near 1, the denoiser has learnt the latents' mean and covariance and little more."""
-    z = torch.cat([encode_latents(ae, x_train, CPU)[0], encode_latents(ae, x_train.flip(-1), CPU)[0]])
-    per_class, whole = fit_gaussians(z, y_train, n_classes)
+    z, labels = training_latents(ae, x_train, y_train, hflip)
+    per_class, whole = fit_gaussians(z, labels, n_classes)
     return [agreement(*paired_samples(model, per_class[k], whole, k, n, tuple(z.shape[1:]), steps, 1.0))
             for k in range(n_classes)]
 
@@ -188,10 +193,9 @@ def main() -> None:
     x_all, y_all, _ = load_images(res / "preprocess" / "manifest.parquet", ["test"], classes)
     print(machine())
     x_train, y_train, _ = load_images(res / "preprocess" / "manifest.parquet", ["train_a", "train_b"], classes)
-    z_train = encode_latents(ae, x_train, CPU)[0]
-    stats = latent_statistics(z_train)
-    gauss_class, gauss_all = fit_gaussians(torch.cat([z_train, encode_latents(ae, x_train.flip(-1), CPU)[0]]),
-                                           y_train, len(classes))
+    z_train, labels = training_latents(ae, x_train, y_train, bool(cfg["diffusion"]["hflip"]))
+    stats = latent_statistics(z_train[:len(x_train)])  # the images themselves, without their mirrors
+    gauss_class, gauss_all = fit_gaussians(z_train, labels, len(classes))
     print("training latents (scaled):", {k: round(v, 3) for k, v in stats.items()})
     rows, figure = [], []
     model.scheduler.set_timesteps(steps)
