@@ -56,6 +56,7 @@ from pipeline_lib.evaluate import evaluate_synthetic  # noqa: E402
 from pipeline_lib.feature_net import train_feature_net  # noqa: E402
 from pipeline_lib.generate import generate  # noqa: E402
 from pipeline_lib.io import read_parquet, read_rgb, resolve_path  # noqa: E402
+from pipeline_lib.memorization import audit_sets  # noqa: E402
 from pipeline_lib.preprocess import preprocess  # noqa: E402
 from pipeline_lib.torchutils import load_images  # noqa: E402
 from structure_check import CPU, gaussian_agreement  # noqa: E402
@@ -142,6 +143,9 @@ SETUPS: dict[str, dict] = {
     "lat4_b128": {**LAT4, "diffusion.batch_size": 128},
     "lat4_const_lr": {**LAT4, "diffusion.lr_schedule": "constant"},
     "lat4_attn_both": {**LAT4, "diffusion.attention_levels": [True, True]},
+    # (k) a more compressed latent: four autoencoder levels, 4 x 4 x 8 latents (half the numbers of 8 x 8 x 4), in
+    # which the layout is a few latent positions' channels rather than a spatial pattern that averaging blurs
+    "lat8_4x4": {**LAT4, f"{AE}.block_out_channels": [16, 32, 64, 64], f"{AE}.latent_channels": 8},
     # diffusion at pixel resolution: a one-level autoencoder (no downsampling, 32 x 32 x 4, near identity) under
     # the same denoiser, the pixel-space baseline without a second diffusion code path
     "pixel": {**CHOSEN, f"{AE}.block_out_channels": [16], f"{AE}.latent_channels": 4},
@@ -248,6 +252,27 @@ def agreement_with_gaussian(ae: Path, model: Path, manifest: Path, plan: Plan) -
     return round(float(np.mean(per_class)), 4)
 
 
+def copy_audit(manifest: Path, gen_manifest: Path, plan: Plan) -> dict[str, float]:
+    """The pipeline's memorization audit (``pipeline_lib.memorization``, the config's settings) of a set-up's
+    synthetic images: ``copies``, the share above the 99th percentile of the held-out images' similarity to their
+    nearest training image (about 1 % would be by chance), and ``authenticity`` (Alaa et al.: the share not
+    closer to its nearest training image than that image is to its own nearest neighbour; held-out real images
+    score about 0.7 here). A denoiser past the Gaussian stage may be past it towards its training images."""
+    m = plan.config["memorization"]
+    real = read_parquet(manifest, required=("path", "split"))
+    gen = read_parquet(gen_manifest, required=("path",))
+
+    def images(table: pd.DataFrame, where: Path) -> np.ndarray:
+        return np.stack([read_rgb(resolve_path(where, p)) for p in table["path"]])
+
+    result = audit_sets(images(real[real["split"].isin(m["train_splits"])], manifest), images(gen, gen_manifest),
+                        images(real[real["split"].isin(m["heldout_splits"])], manifest),
+                        percentile=float(m["percentile"]), max_shift=int(m["max_shift"]), flips=bool(m["flips"]),
+                        pixel_size=int(m["pixel_size"]), centre=bool(m["centre"]))
+    return {"copies": round(float(result.synthetic["is_copy"].mean()), 4),
+            "authenticity": round(1.0 - float(result.synthetic["closer_than_neighbour"].mean()), 4)}
+
+
 def steps_for_budget(plan: Plan, variant: str, manifest: Path, ae: Path, work: Path, budget: float) -> tuple[int, float]:
     """Steps that fit in ``budget`` seconds: two probes (5 and 45 steps), their difference timing 40 steps
     without the set-up cost both share. The probes run from fresh weights; a long run's steps were measured up to
@@ -308,11 +333,14 @@ def run_setup(name: str, overrides: dict, work: Path, budget: float, steps: int 
     steps_fixed = bool(steps)
     out = work / name
     done = out / f"row_{label}.json"
-    if done.exists():  # an earlier row; the Gaussian agreement added where it has none
+    gen_dir = out / "generate" / label
+    if done.exists():  # an earlier row; the Gaussian agreement and the copy audit added where it has none
         row = json.loads(done.read_text())
         if "gauss_agreement" not in row and not sampling_only(SETUPS[name]):
             row["gauss_agreement"] = agreement_with_gaussian(ae, out / label / "model", shared["manifest"], plan)
-            done.write_text(json.dumps(row))
+        if "copies" not in row:
+            row |= copy_audit(shared["manifest"], gen_dir / "manifest.parquet", plan)
+        done.write_text(json.dumps(row))
         return row
     diff_params = plan.diffusion_params(variant)
     if train_seed is not None:
@@ -332,7 +360,6 @@ def run_setup(name: str, overrides: dict, work: Path, budget: float, steps: int 
         train_s = time.perf_counter() - t
         if steps_fixed:  # no probe: the run's own rate
             rate = steps / train_s
-    gen_dir = out / "generate" / label
     t = time.perf_counter()
     generate(shared["manifest"], ae, model, gen_dir / "images", gen_dir / "manifest.parquet",
              plan.generate_params(variant, setting, 0), threads=2)
@@ -355,6 +382,7 @@ def run_setup(name: str, overrides: dict, work: Path, budget: float, steps: int 
            "f1_test": float(f1.get("test", np.nan)), "f1_external": float(f1.get("external", np.nan))}
     if not sampling_only(SETUPS[name]):
         row["gauss_agreement"] = agreement_with_gaussian(ae, model, shared["manifest"], plan)
+    row |= copy_audit(shared["manifest"], gen_dir / "manifest.parquet", plan)
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(row))
     return row
@@ -457,7 +485,7 @@ def main() -> None:
         print(pd.DataFrame(rows).drop(columns=["changes"]).round(3).to_string(index=False), flush=True)
     table = save("quality_budget", rows)
     cols = ["setup", "train_seed", "steps", "steps_per_s", "diffusion_s", "ae_psnr", "fid", "recall", "coverage",
-            "f1_test", "f1_external", "gauss_agreement"]
+            "f1_test", "f1_external", "gauss_agreement", "copies", "authenticity"]
     print(table[[c for c in cols if c in table]].round(3).to_markdown(index=False))
     if args.train_seeds and len(args.train_seeds) > 1:  # each set-up's mean and standard deviation over the seeds
         spread = table.groupby("setup", sort=False)[["fid", "recall", "coverage", "f1_test", "f1_external"]]
