@@ -14,7 +14,9 @@ per distinct autoencoder section. The diffusion model of each set-up trains for 
 ``--budget`` seconds on this machine (its steps/s measured first on a short probe, then the steps fixed, so the
 learning-rate schedule knows its length), generates seed 0 of the first setting, and is judged as the pipeline
 judges it: FID, k-NN recall and coverage in the domain network's space against test (all classes), and the
-macro-F1 on test and external of the small CNN trained on 100 % synthetic images (``replace_100``). One seed:
+macro-F1 on test and external of the small CNN trained on 100 % synthetic images (``replace_100``), besides
+the Gaussian agreement (``structure_check``: how much of the samples a Gaussian fit of the latents explains) and
+the memorization audit's share of likely copies and authenticity (``copy_audit``). One seed:
 the study ranks set-ups; the default run's two seeds give the spread. Each set-up's grid of synthetic images
 (one row per class, real row above) is written to ``<workdir>/<setup>/grid_<regime>.png`` (regime: budget150,
 steps1200, with _seed<N> for a --train-seeds run).
@@ -66,8 +68,8 @@ from structure_check import CPU, gaussian_agreement  # noqa: E402
 # latent space under the former denoiser; (b) the denoiser's recipe, each factor alone on BASE (the autoencoder (a)
 # found best), then together; (c) sampling only, on the model of (b)'s best set-up (``SAMPLING_MODEL``); (d) the
 # autoencoder again, on CHOSEN (the default of that time), where 4 latent channels (``lat4``, the default now) won;
-# (e) to (i) on lat4: loss weighting, capacity, noise level, KL weight and learning rate, mostly at equal steps
-# (--steps 1200).
+# (e) to (k) on lat4: loss weighting, capacity, noise level, KL weight, learning rate, batch, attention and a
+# more compressed latent, mostly at equal steps (--steps 1200).
 AE = "autoencoder." + yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["diffusion"]["autoencoder"]
 FORMER = {f"{AE}.block_out_channels": [16, 32], f"{AE}.steps": 300, f"{AE}.latent_channels": 8,  # 16 x 16 x 8
           f"{AE}.loss.kl_weight": 1.0e-6,
