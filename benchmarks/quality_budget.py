@@ -148,6 +148,10 @@ SETUPS: dict[str, dict] = {
     # (k) a more compressed latent: four autoencoder levels, 4 x 4 x 8 latents (half the numbers of 8 x 8 x 4), in
     # which the layout is a few latent positions' channels rather than a spatial pattern that averaging blurs
     "lat8_4x4": {**LAT4, f"{AE}.block_out_channels": [16, 32, 64, 64], f"{AE}.latent_channels": 8},
+    # (l) four times the generative training images (procedural, of the same difficulty; test and external as
+    # before; the autoencoder the default data's, the judge trained on the larger train_a): whether the step past
+    # the Gaussian stage at 12,000 steps is then the layout rather than copies
+    "lat4_data4x": {**LAT4, "data.embedded.n_per_class.train_a": 600, "data.embedded.n_per_class.train_b": 200},
     # diffusion at pixel resolution: a one-level autoencoder (no downsampling, 32 x 32 x 4, near identity) under
     # the same denoiser, the pixel-space baseline without a second diffusion code path
     "pixel": {**CHOSEN, f"{AE}.block_out_channels": [16], f"{AE}.latent_channels": 4},
@@ -326,7 +330,13 @@ def run_setup(name: str, overrides: dict, work: Path, budget: float, steps: int 
     plan = Plan.from_config(study_config({k: v for k, v in overrides.items() if not k.startswith("study.")}),
                             check_timm=False)
     shared = shared_stages(plan, work)
-    ae, ae_row, ae_seconds = autoencoder_stage(plan, work, shared["manifest"], shared["feature_net"], ae_seed)
+    # the autoencoder always learns the default data (its cache key is its section alone): a set-up that changes
+    # the data changes the denoiser's training set and the judge, not the latent space
+    ae_plan = Plan.from_config(study_config({k: v for k, v in overrides.items()
+                                             if not k.startswith(("study.", "data."))}), check_timm=False)
+    ae_shared = shared if ae_plan.data_params() == plan.data_params() else shared_stages(ae_plan, work)
+    ae, ae_row, ae_seconds = autoencoder_stage(ae_plan, work, ae_shared["manifest"], ae_shared["feature_net"],
+                                               ae_seed)
     if latent_std != 1.0:
         ae = rescaled_autoencoder(ae, latent_std)
     variant = next(iter(plan.variants))
