@@ -138,8 +138,8 @@ SETUPS: dict[str, dict] = {
     "lat4_kl1e-4_aeseed1": {**LAT4, f"{AE}.loss.kl_weight": 1.0e-4, AE_SEED: 1},
     # (i) a higher peak learning rate: whether the denoiser leaves the Gaussian stage sooner
     "lat4_lr3e-3": {**LAT4, "diffusion.lr": 3.0e-3},
-    # (j) what might leave the Gaussian stage in fewer steps: twice the batch (half the gradient noise of the
-    # timestep and noise draws; 1.6x the time per step here), no decay of the learning rate after the warm-up
+    # (j) what might leave the Gaussian stage in fewer steps: twice the batch (half the gradient variance of the
+    # timestep and noise draws; 1.8x the time per step here), no decay of the learning rate after the warm-up
     # (the cosine decay halves the mean rate over the run), or self- and cross-attention at the 8 x 8 level too
     # (the whole latent in one step, where the layout is global)
     "lat4_b128": {**LAT4, "diffusion.batch_size": 128},
