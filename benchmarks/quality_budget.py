@@ -58,7 +58,7 @@ from pipeline_lib.evaluate import evaluate_synthetic  # noqa: E402
 from pipeline_lib.feature_net import train_feature_net  # noqa: E402
 from pipeline_lib.generate import generate  # noqa: E402
 from pipeline_lib.io import read_parquet, read_rgb, resolve_path  # noqa: E402
-from pipeline_lib.memorization import audit_sets  # noqa: E402
+from pipeline_lib.memorization import audit_sets, audit_settings, authenticity, read_images  # noqa: E402
 from pipeline_lib.preprocess import preprocess  # noqa: E402
 from pipeline_lib.torchutils import load_images  # noqa: E402
 from structure_check import CPU, gaussian_agreement  # noqa: E402
@@ -266,17 +266,11 @@ def copy_audit(manifest: Path, gen_manifest: Path, plan: Plan) -> dict[str, floa
     score about 0.7 here). A denoiser past the Gaussian stage may be past it towards its training images."""
     m = plan.config["memorization"]
     real = read_parquet(manifest, required=("path", "split"))
-    gen = read_parquet(gen_manifest, required=("path",))
-
-    def images(table: pd.DataFrame, where: Path) -> np.ndarray:
-        return np.stack([read_rgb(resolve_path(where, p)) for p in table["path"]])
-
-    result = audit_sets(images(real[real["split"].isin(m["train_splits"])], manifest), images(gen, gen_manifest),
-                        images(real[real["split"].isin(m["heldout_splits"])], manifest),
-                        percentile=float(m["percentile"]), max_shift=int(m["max_shift"]), flips=bool(m["flips"]),
-                        pixel_size=int(m["pixel_size"]), centre=bool(m["centre"]))
+    result = audit_sets(read_images(manifest, real[real["split"].isin(m["train_splits"])]),
+                        read_images(gen_manifest, read_parquet(gen_manifest, required=("path",))),
+                        read_images(manifest, real[real["split"].isin(m["heldout_splits"])]), **audit_settings(m))
     return {"copies": round(float(result.synthetic["is_copy"].mean()), 4),
-            "authenticity": round(1.0 - float(result.synthetic["closer_than_neighbour"].mean()), 4)}
+            "authenticity": round(authenticity(result.synthetic["closer_than_neighbour"]), 4)}
 
 
 def steps_for_budget(plan: Plan, variant: str, manifest: Path, ae: Path, work: Path, budget: float) -> tuple[int, float]:

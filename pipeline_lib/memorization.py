@@ -277,8 +277,15 @@ def audit_figure(images: pd.DataFrame, synthetic: np.ndarray, train: np.ndarray,
     save_figure(fig, path)
 
 
-def _load(manifest: str | Path, rows: pd.DataFrame) -> np.ndarray:
+def read_images(manifest: str | Path, rows: pd.DataFrame) -> np.ndarray:
+    """The images of a manifest's ``rows`` (paths relative to ``manifest``) as one uint8 (N, H, W, 3) array."""
     return np.stack([read_rgb(resolve_path(manifest, p)) for p in rows["path"]])
+
+
+def audit_settings(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``audit_sets``' keyword settings from the config's ``memorization`` section."""
+    return {"percentile": float(params["percentile"]), "max_shift": int(params["max_shift"]),
+            "flips": bool(params["flips"]), "pixel_size": int(params["pixel_size"]), "centre": bool(params["centre"])}
 
 
 def memorization(manifest: str | Path, gen_manifest: str | Path, real_features: str | Path,
@@ -299,14 +306,13 @@ def memorization(manifest: str | Path, gen_manifest: str | Path, real_features: 
     missing = sorted(set(train_rows["image_id"]) - set(rf.index))[:3]
     if missing:
         raise ValueError(f"{real_features}: no features for training images {missing}")
-    train, synthetic, heldout = _load(manifest, train_rows), _load(gen_manifest, gen), _load(manifest, held_rows)
+    train, synthetic = read_images(manifest, train_rows), read_images(gen_manifest, gen)
+    heldout = read_images(manifest, held_rows)
     res = audit_sets(train, synthetic, heldout,
                      train_features=rf.loc[train_rows["image_id"], cols].to_numpy(np.float64),
                      synthetic_features=gf.loc[gen["image_id"], cols].to_numpy(np.float64),
                      heldout_features=rf.loc[held_rows["image_id"], cols].to_numpy(np.float64),
-                     percentile=float(params["percentile"]), max_shift=int(params["max_shift"]),
-                     flips=bool(params["flips"]), pixel_size=int(params["pixel_size"]),
-                     centre=bool(params["centre"]))
+                     **audit_settings(params))
     ids = train_rows["image_id"].to_numpy()
     parts = []
     for kind, rows, t in (("synthetic", gen, res.synthetic), ("heldout", held_rows, res.heldout)):
