@@ -157,7 +157,8 @@ class DualCrossAttnProcessor:
             return z1
         if z1.ndim == 4:  # diffusers passes (B, C, H, W) through some blocks
             raise ValueError("DualCrossAttnProcessor expects token inputs (B, N, C)")
-        return z1 + self.layer(z1, style)
+        dtype = self.layer.to_out.weight.dtype  # the adapter's own: FP32 beside a bf16-sampled UNet
+        return z1 + self.layer(z1.to(dtype), style.to(dtype)).to(z1.dtype)
 
 
 def attach_style_adapter(unet: UNet2DConditionModel, adapter: StyleAdapter) -> None:

@@ -295,6 +295,7 @@ def check_archs(cfg: dict) -> None:
 # import torch): parameters of the torch stages. num_workers, pin_memory and feature_cache never do; the stage
 # harness reads them from the whole config, so editing them reruns nothing.
 SPEED_NUMERIC = ("mixed_precision", "tf32", "channels_last", "attention", "compile")
+SPEED_SAMPLING = ("sampling_precision",)  # and of the stages that sample the denoiser only: editing it retrains nothing
 EVAL_METRIC_KEYS = ("recall_k", "precision_k", "density_k", "is_splits")  # not the feature network's training
 GRID_KEYS = ("variants", "archs", "ratios", "hybrid", "scales", "scale_hybrid", "count_sets")  # grid, not trainer
 ROC_POINT = "replace_100"  # the ROC figure's training set: 100 % synthetic (CLUE Fig. 8-11)
@@ -432,8 +433,10 @@ class Plan:
     def shared(self) -> dict:
         return {"seed": self.config["seed"], "device": self.config["device"], "classes": self.classes}
 
-    def speed(self) -> dict:
-        return {"speed": {k: self.config["speed"][k] for k in SPEED_NUMERIC}}
+    def speed(self, sampling: bool = False) -> dict:
+        """The switches that can change a number; ``sampling``: with those of the denoiser's sampling."""
+        keys = SPEED_NUMERIC + (SPEED_SAMPLING if sampling else ())
+        return {"speed": {k: self.config["speed"][k] for k in keys}}
 
     def data_params(self) -> dict:
         """The data slice without ``color``, which preprocessing decides (ingest does not read it)."""
@@ -488,7 +491,7 @@ class Plan:
                   if k != "variants" and (clusters or k != "cluster_total")
                   and not (k == "guidance_interval" and v is None)}  # unset: the settings made before it stay
         return {**g, **chosen, "variant": variant, "setting": setting, "preprocess": self.config["preprocess"],
-                **self.speed(), **self.shared(), "seed": int(seed)}
+                **self.speed(sampling=True), **self.shared(), "seed": int(seed)}
 
     def feature_net_params(self) -> dict:
         """The evaluate slice without the metric settings: editing them does not retrain the network."""
@@ -522,7 +525,7 @@ class Plan:
         s = self.config["style_sweep"]
         return {**s, "class": s["class"] or self.classes[-1],
                 "num_inference_steps": self.config["generate"]["num_inference_steps"], "variant": variant,
-                **self.speed(), **self.shared()}
+                **self.speed(sampling=True), **self.shared()}
 
     @property
     def exclude_copies(self) -> bool:
@@ -564,7 +567,7 @@ class Plan:
             t["guidance_interval"] = chosen["guidance_interval"]
         return {**t, "num_inference_steps": self.config["generate"]["num_inference_steps"],
                 "guidance_scale": chosen["guidance_scale"], "style_sigma": chosen.get("style_sigma"),
-                "perceptual": self.config["perceptual"], "variant": variant, "setting": setting, **self.speed(),
+                "perceptual": self.config["perceptual"], "variant": variant, "setting": setting, **self.speed(sampling=True),
                 **self.shared(), "seed": int(seed)}
 
     def interpolation_params(self, variant: str, setting: str, seed: int | str) -> dict:

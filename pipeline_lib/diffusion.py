@@ -350,11 +350,11 @@ def export_pipeline(folder: Path, ae_dir: str | Path, prompt_encoder: torch.nn.M
 def load_diffusion(model_dir: str | Path, device: torch.device, speed: Speed | None = None) -> DiffusionModel:
     """The saved model with its conditioning (``conditioning.json``), whose modules are installed in the UNet
     (CLUE's style encoder is only needed in training: sampling draws s from N(0, sigma^2 I)). ``speed``
-    prepares the UNet (layout, attention, compile) once its adapters are installed."""
+    prepares the UNet (sampling precision, layout, attention, compile) once its adapters are installed."""
     model_dir = Path(model_dir)
     unet = UNet2DConditionModel.from_pretrained(str(model_dir / "unet")).to(device).eval()
     conditioning, context = load_conditioning(model_dir, unet, device)
     sched = DDIMScheduler.from_pretrained(str(model_dir / "scheduler"))
     if speed is not None:
-        speed.prepare(unet)
+        speed.prepare(speed.for_sampling(unet, device))
     return DiffusionModel(unet, context, sched, conditioning)

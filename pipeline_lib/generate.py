@@ -57,19 +57,21 @@ def sample_latents(model: DiffusionModel, class_index: int, n: int, shape: tuple
     guided = guidance_scale != 1.0
     extra = model.conditioning.sampler_inputs(class_index, n, guided, generator, device,
                                               {"style_sigma": style_sigma, "style": style})
-    kwargs = {"cross_attention_kwargs": extra} if extra else {}
+    dtype = unet.dtype  # bf16 under speed.sampling_precision: the UNet's inputs cast to it, its prediction to FP32
+    kwargs = {"cross_attention_kwargs": cast_floats(extra, dtype)} if extra else {}
     scheduler.set_timesteps(steps)
     labels = torch.full((n,), class_index, dtype=torch.long, device=device)
     cond = penc(labels)
     uncond = penc(torch.full_like(labels, penc.null_index))
     sigmas = ((1 - scheduler.alphas_cumprod) / scheduler.alphas_cumprod).sqrt()
     for i, t in enumerate(scheduler.timesteps):
-        c = cond if cond_at is None else cond_at(i, cond)
+        c = (cond if cond_at is None else cond_at(i, cond)).to(dtype)
         if not guided:
-            pred = unet(latents, t, encoder_hidden_states=c, **kwargs).sample
+            pred = unet(latents.to(dtype), t, encoder_hidden_states=c, **kwargs).sample.float()
         else:
-            both = unet(torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([uncond, c]),
-                        **kwargs).sample
+            x = latents.to(dtype)
+            both = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond.to(dtype), c]),
+                        **kwargs).sample.float()
             pu, pc = both.chunk(2)
             inside = guidance_interval is None or guidance_interval[0] < float(sigmas[int(t)]) <= guidance_interval[1]
             pred = pu + guidance_scale * (pc - pu) if inside else pc
@@ -78,6 +80,17 @@ def sample_latents(model: DiffusionModel, class_index: int, n: int, shape: tuple
         else:  # DDPM: ancestral sampling, its noise from the same generator
             latents = scheduler.step(pred, t, latents, generator=generator).prev_sample
     return latents
+
+
+def cast_floats(obj: Any, dtype: torch.dtype) -> Any:
+    """``obj`` with its floating-point tensors, in nested dicts, lists and tuples, cast to ``dtype``."""
+    if torch.is_tensor(obj):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, Mapping):
+        return {k: cast_floats(v, dtype) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cast_floats(v, dtype) for v in obj)
+    return obj
 
 
 SAMPLERS = ("ddim", "ddpm")

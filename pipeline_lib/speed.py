@@ -1,5 +1,5 @@
-"""The GPU speed switches of the config's ``speed`` section, each with a safe default (the numbers of a plain
-FP32 run). The torch stages (autoencoder, diffusion, generation, trajectory, interpolation, feature network,
+"""The speed switches of the config's ``speed`` section, each with a safe default (the numbers of a plain FP32
+run; the default config samples in bf16, ``sampling_precision``). The torch stages (autoencoder, diffusion, generation, trajectory, interpolation, feature network,
 classifiers) read the same section:
 
 - ``mixed_precision``: ``no`` (FP32, CLUE Table 3) or ``bf16`` autocast, on a GPU only;
@@ -9,15 +9,18 @@ classifiers) read the same section:
 - ``attention``: ``sdpa`` (PyTorch's fused ``scaled_dot_product_attention``, flash / memory-efficient kernels on
   a GPU) or ``classic`` (softmax(QK^T / sqrt(d)) V written out) in the diffusers UNet and autoencoder;
 - ``compile``: ``torch.compile`` of the networks' forward passes (needs a C++ compiler; the first steps are slow);
+- ``sampling_precision``: ``fp32`` or ``bf16``, the denoiser's weights while it samples (generation, trajectory,
+  style sweep; not its training, not the autoencoder's decoder). On a CPU with AVX-512 BF16 or AMX a bf16 sampling
+  call of the default's model is about 1.4x as fast (benchmarks/diffusion_speed.py);
 - ``num_workers`` and ``pin_memory``: image decoding in parallel threads, and page-locked host tensors so that
   batches reach the GPU asynchronously (``io.LOADING``, set by ``harness.stage_log`` from the whole config). They
   never change a number, so they are not rerun triggers;
 - ``feature_cache``: the evaluate jobs reuse the real images' features that the feature network's job
   saved, instead of embedding the real images again per seed and setting (the same numbers).
 
-Only the first five, the fields of ``Speed``, can change results (in the last bits, or more with bf16), so they
-belong to the stages' parameters (``SPEED_NUMERIC`` in workflow/rules/common.smk): editing them reruns the torch
-stages.
+Only the first six, the fields of ``Speed``, can change results (in the last bits, or more with bf16), so they
+belong to the stages' parameters (``SPEED_NUMERIC`` and ``SPEED_SAMPLING`` in pipeline_lib/config.py): editing
+them reruns the torch stages, and ``sampling_precision`` only the stages that sample the denoiser.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import torch
 
 from .io import log
 
-CHOICES = {"mixed_precision": ("no", "bf16"), "attention": ("sdpa", "classic")}
+CHOICES = {"mixed_precision": ("no", "bf16"), "attention": ("sdpa", "classic"), "sampling_precision": ("fp32", "bf16")}
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Speed:
     channels_last: bool = False
     attention: str = "sdpa"
     compile: bool = False
+    sampling_precision: str = "fp32"
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | None) -> "Speed":
@@ -82,6 +86,17 @@ class Speed:
         if self.compile:
             module.compile()
         return module
+
+    def for_sampling(self, unet: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """The denoiser in the precision of ``sampling_precision``, changed in place: ``bf16`` converts its
+        weights, and ``generate.sample_latents`` casts its inputs to them and its prediction back to FP32 (the
+        latents and the scheduler's update stay FP32). Sampling only: training keeps FP32 weights."""
+        if self.sampling_precision == "bf16":
+            if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+                log.warning("speed.sampling_precision bf16: this CPU has no native bf16 instructions (AVX-512 "
+                            "BF16 or AMX), so bf16 sampling may be slower than fp32")
+            torch.nn.Module.to(unet, torch.bfloat16)  # diffusers' own .to warns about fp32 modules it has none of
+        return unet
 
     def batch(self, x: torch.Tensor) -> torch.Tensor:
         """An image batch in the layout of the prepared modules."""

@@ -32,6 +32,26 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
+def bf16_sampling_error(model_dir: Path, sample) -> float:
+    """Relative RMS difference between the latents ``sample(model)`` draws from the saved model loaded with the
+    denoiser in FP32 and in bf16 (``speed.sampling_precision``); checks that the bf16 denoiser is bf16, that its
+    latents stay FP32 and differ from the FP32 ones (the switch acts)."""
+    from pipeline_lib.diffusion import load_diffusion
+    from pipeline_lib.speed import Speed
+
+    half = load_diffusion(model_dir, CPU, Speed(sampling_precision="bf16"))
+    assert half.unet.dtype == torch.bfloat16
+    a, b = sample(load_diffusion(model_dir, CPU)), sample(half)
+    assert a.dtype == b.dtype == torch.float32 and not torch.equal(a, b)
+    return float((a - b).pow(2).mean().sqrt() / a.pow(2).mean().sqrt())
+
+
+# bf16 keeps 8 significant bits (unit roundoff u = 2^-8, about 0.004 relative per rounding); the denoiser's
+# dozen layers in depth and the few sampling steps add such errors up, the FP32 scheduler update does not amplify
+# them: a bound of about 12 u on the relative error of the latents.
+BF16_SAMPLING_RTOL = 0.05
+
+
 def copy_workflow(work: Path, configs: Sequence[str] | None = ("config.yaml",)) -> Path:
     """The workflow (Snakefile, rules and scripts, the package, profiles, the conda environment its rules name)
     copied into ``work`` with the named files of config/ (None: all), so a test's runs keep their results there."""

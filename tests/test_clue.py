@@ -11,7 +11,7 @@ from pipeline_lib.conditioning import REGISTRY, options_of
 from pipeline_lib.diffusion import build_unet, diffusion_loss, load_diffusion, noise_scheduler, train_diffusion
 from pipeline_lib.generate import sample_latents
 from pipeline_lib.text import PromptEncoder
-from conftest import CPU, TINY_UNET
+from conftest import BF16_SAMPLING_RTOL, CPU, TINY_UNET, bf16_sampling_error
 
 
 
@@ -138,6 +138,13 @@ def test_clue_training_saves_and_reloads_its_style_modules(clue_model):
     model = load_diffusion(clue_model / "model", CPU)
     assert model.conditioning.name == "clue" and model.conditioning.modules["style_adapter"].config.style_dim == 8
     assert not (clue_model / "model.resume.pt").exists()
+
+
+def test_clue_sampling_in_bf16_casts_the_style_tokens_and_stays_close(clue_model):
+    def sample(model):
+        return sample_latents(model, 1, 3, (4, 8, 8), 4, 2.0, torch.Generator().manual_seed(7), CPU, 0.5)
+
+    assert bf16_sampling_error(clue_model / "model", sample) < BF16_SAMPLING_RTOL
 
 
 def test_clue_sampling_is_reproducible_and_sigma_changes_the_images(clue_model):

@@ -205,6 +205,12 @@ def test_each_rule_gets_only_the_keys_it_reads(merged, tiny_config):
                              "diffusion.variants.cl.cluster_method": "imsat"})
     assert joint.diffusion_params("cl")["cluster_imsat"] == tiny_config["cluster"]["imsat"]
     assert set(plan.speed()["speed"]) == {"mixed_precision", "tf32", "channels_last", "attention", "compile"}
+    # the sampling precision reaches the stages that sample the denoiser, not its training nor the classifiers
+    sampling = {"sampling_precision"}
+    assert sampling <= set(plan.generate_params("class", "cfg2", 0)["speed"])
+    assert sampling <= set(plan.trajectory_params("class", "cfg2", 0)["speed"])
+    assert not sampling & set(plan.diffusion_params("class")["speed"])
+    assert not sampling & set(plan.autoencoder_params(plan.autoencoders[0])["speed"])
 
 
 def test_code_inputs_follow_the_imports_and_leave_out_the_stage_harness():

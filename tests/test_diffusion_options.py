@@ -11,7 +11,8 @@ from pipeline_lib import diffusion
 from pipeline_lib.diffusion import load_diffusion, train_diffusion
 from pipeline_lib.generate import sample_latents, with_sampler
 from pipeline_lib.torchutils import adam, learning_rate_schedule
-from conftest import CPU
+from pipeline_lib.speed import Speed
+from conftest import BF16_SAMPLING_RTOL, CPU, bf16_sampling_error
 
 
 
@@ -70,6 +71,19 @@ def test_ddpm_and_ddim_samplers(tiny_manifest, setup):
     assert not torch.allclose(sample(ddpm, 3), sample(ddim, 3))
     with pytest.raises(ValueError, match="generate.sampler must be one of"):
         with_sampler(model, "euler")
+
+
+def test_bf16_sampling_is_close_to_fp32_with_and_without_guidance(tiny_manifest, setup):
+    out = setup[0] / "half"
+    _run(tiny_manifest, setup, "half")
+    for w, sampler in ((2.0, "ddim"), (1.0, "ddim"), (2.0, "ddpm")):
+        def sample(model):
+            return sample_latents(with_sampler(model, sampler), 2, 3, (4, 8, 8), 5, w,
+                                  torch.Generator().manual_seed(5), CPU)
+
+        assert bf16_sampling_error(out / "model", sample) < BF16_SAMPLING_RTOL, (w, sampler)
+    with pytest.raises(ValueError, match=r"speed.sampling_precision must be one of \['fp32', 'bf16'\], got 'fp16'"):
+        load_diffusion(out / "model", CPU, Speed.from_params({"speed": {"sampling_precision": "fp16"}}))
 
 
 def test_guidance_interval_guides_only_the_steps_whose_noise_level_is_inside(tiny_manifest, setup):

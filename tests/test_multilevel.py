@@ -12,7 +12,7 @@ from pipeline_lib.generate import sample_latents
 from pipeline_lib.io import write_png
 from pipeline_lib.multilevel import MultiLevelAdapter, MultiLevelEmbedder, cell_boxes, install_adapters, level_tokens
 from pipeline_lib.text import PromptEncoder
-from conftest import CPU, TINY_UNET
+from conftest import BF16_SAMPLING_RTOL, CPU, TINY_UNET, bf16_sampling_error
 
 DIMS = [3, 4, 5, 6, 7]
 
@@ -147,6 +147,13 @@ def test_multilevel_sampling_is_reproducible_and_uses_references(multilevel_mode
     with pytest.raises(ValueError, match="no reference image of class index 7"):
         model = load_diffusion(multilevel_model / "model", CPU)
         sample_latents(model, 7, 1, (4, 4, 4), 2, 2.0, torch.Generator().manual_seed(0), CPU)
+
+
+def test_multilevel_sampling_in_bf16_casts_the_gligen_inputs_and_stays_close(multilevel_model):
+    def sample(model):
+        return sample_latents(model, 0, 3, (4, 4, 4), 3, 2.0, torch.Generator().manual_seed(1), CPU)
+
+    assert bf16_sampling_error(multilevel_model / "model", sample) < BF16_SAMPLING_RTOL
 
 
 def test_multilevel_needs_the_feature_network(tiny_manifest, tmp_path, diffusion_params):

@@ -29,9 +29,9 @@ def test_a_wrong_switch_is_named(speed, message):
 def test_the_workflow_passes_exactly_the_numeric_switches_to_the_stages():
     from dataclasses import fields
 
-    from pipeline_lib.config import SPEED_NUMERIC
+    from pipeline_lib.config import SPEED_NUMERIC, SPEED_SAMPLING
 
-    assert list(SPEED_NUMERIC) == [f.name for f in fields(Speed)]
+    assert list(SPEED_NUMERIC + SPEED_SAMPLING) == [f.name for f in fields(Speed)]
 
 
 def test_loader_settings_default_to_the_jobs_own_thread(monkeypatch):
