@@ -60,6 +60,7 @@ from pipeline_lib.generate import generate  # noqa: E402
 from pipeline_lib.io import read_parquet, read_rgb, resolve_path  # noqa: E402
 from pipeline_lib.memorization import audit_sets, audit_settings, authenticity, read_images  # noqa: E402
 from pipeline_lib.preprocess import preprocess  # noqa: E402
+from pipeline_lib.speed import Speed  # noqa: E402
 from pipeline_lib.torchutils import load_images  # noqa: E402
 from structure_check import CPU, gaussian_agreement  # noqa: E402
 
@@ -398,7 +399,7 @@ def speed_switches(threads: int = 2, repeats: int = 6) -> pd.DataFrame:
     """Diffusion training steps/s of the former default's UNet (16 x 16 x 8) and of the 8 x 8 x 8 one under the
     CPU switches: FP32, bf16 autocast, channels_last, both, and the fused Adam of the pipeline (FP32) instead of
     the per-tensor one; and, for the 8 x 8 x 8 UNet, the sampler's call (a guided batch of 128, no gradients)
-    under the inference switches. The best of ``repeats`` after one warm-up."""
+    under the inference switches, bf16 weights (``speed.sampling_precision``) among them. The best of ``repeats`` after one warm-up."""
     from diffusion_speed import model_parts, plain_train_step
 
     from pipeline_lib.torchutils import adam
@@ -432,8 +433,11 @@ def speed_switches(threads: int = 2, repeats: int = 6) -> pd.DataFrame:
         frozen = torch.jit.freeze(torch.jit.trace(unet, (x, t, context), strict=False, check_trace=False).eval())
     cl_unet, cl_x = copy.deepcopy(unet).to(memory_format=torch.channels_last), x.contiguous(
         memory_format=torch.channels_last)
+    # speed.sampling_precision: bf16 weights converted once, inputs cast in and the prediction back to FP32
+    half = Speed(sampling_precision="bf16").for_sampling(copy.deepcopy(unet), torch.device("cpu"))
     calls = {"fp32": lambda: unet(x, t, encoder_hidden_states=context),
              "bf16": lambda: unet(x, t, encoder_hidden_states=context),
+             "bf16_weights": lambda: half(x.bfloat16(), t, encoder_hidden_states=context.bfloat16()).sample.float(),
              "channels_last": lambda: cl_unet(cl_x, t, encoder_hidden_states=context),
              "inference_mode": lambda: unet(x, t, encoder_hidden_states=context),
              "jit_trace_freeze": lambda: frozen(x, t, context)}

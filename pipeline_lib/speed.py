@@ -11,7 +11,7 @@ classifiers) read the same section:
 - ``compile``: ``torch.compile`` of the networks' forward passes (needs a C++ compiler; the first steps are slow);
 - ``sampling_precision``: ``fp32`` or ``bf16``, the denoiser's weights while it samples (generation, trajectory,
   style sweep; not its training, not the autoencoder's decoder). On a CPU with AVX-512 BF16 or AMX a bf16 sampling
-  call of the default's model is about 1.4x as fast (benchmarks/diffusion_speed.py);
+  call of the default's model is 1.1x to 1.5x as fast (benchmarks/diffusion_speed.py);
 - ``num_workers`` and ``pin_memory``: image decoding in parallel threads, and page-locked host tensors so that
   batches reach the GPU asynchronously (``io.LOADING``, set by ``harness.stage_log`` from the whole config). They
   never change a number, so they are not rerun triggers;
