@@ -567,8 +567,8 @@ class Plan:
             t["guidance_interval"] = chosen["guidance_interval"]
         return {**t, "num_inference_steps": self.config["generate"]["num_inference_steps"],
                 "guidance_scale": chosen["guidance_scale"], "style_sigma": chosen.get("style_sigma"),
-                "perceptual": self.config["perceptual"], "variant": variant, "setting": setting, **self.speed(sampling=True),
-                **self.shared(), "seed": int(seed)}
+                "perceptual": self.config["perceptual"], "variant": variant, "setting": setting,
+                **self.speed(sampling=True), **self.shared(), "seed": int(seed)}
 
     def interpolation_params(self, variant: str, setting: str, seed: int | str) -> dict:
         """The interpolation slice (its `classes` as classes_interpolated), the preprocessing that finishes the

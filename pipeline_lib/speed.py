@@ -1,6 +1,6 @@
 """The speed switches of the config's ``speed`` section, each with a safe default (the numbers of a plain FP32
-run; the default config samples in bf16, ``sampling_precision``). The torch stages (autoencoder, diffusion, generation, trajectory, interpolation, feature network,
-classifiers) read the same section:
+run; the default config samples in bf16, ``sampling_precision``). The torch stages (autoencoder, diffusion,
+generation, trajectory, interpolation, feature network, classifiers) read the same section:
 
 - ``mixed_precision``: ``no`` (FP32, CLUE Table 3) or ``bf16`` autocast, on a GPU only;
 - ``tf32``: TensorFloat-32 matrix products and convolutions on Ampere and later GPUs (off: IEEE FP32, also for
@@ -32,7 +32,8 @@ import torch
 
 from .io import log
 
-CHOICES = {"mixed_precision": ("no", "bf16"), "attention": ("sdpa", "classic"), "sampling_precision": ("fp32", "bf16")}
+CHOICES = {"mixed_precision": ("no", "bf16"), "attention": ("sdpa", "classic"),
+           "sampling_precision": ("fp32", "bf16")}
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class Speed:
         weights, and ``generate.sample_latents`` casts its inputs to them and its prediction back to FP32 (the
         latents and the scheduler's update stay FP32). Sampling only: training keeps FP32 weights."""
         if self.sampling_precision == "bf16":
-            if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            if not native_bf16(device):
                 log.warning("speed.sampling_precision bf16: this CPU has no native bf16 instructions (AVX-512 "
                             "BF16 or AMX), so bf16 sampling may be slower than fp32")
             torch.nn.Module.to(unet, torch.bfloat16)  # diffusers' own .to warns about fp32 modules it has none of
@@ -103,6 +104,16 @@ class Speed:
         if self.channels_last and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively: a GPU, or a CPU with AVX-512 BF16 or AMX (oneDNN's check)."""
+    if device.type != "cpu":
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN's check
+        return False
 
 
 def set_attention(module: torch.nn.Module, kind: str) -> int:

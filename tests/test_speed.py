@@ -12,7 +12,7 @@ from pipeline_lib.io import LOADING
 from pipeline_lib.nets import train_classifier
 from pipeline_lib.speed import Speed, set_attention
 from pipeline_lib.torchutils import load_images, to_device
-from conftest import CPU
+from conftest import CPU, TINY_UNET
 
 
 
@@ -20,6 +20,7 @@ from conftest import CPU
     ({"attention": "flash"}, r"speed.attention must be one of \['sdpa', 'classic'\], got 'flash'"),
     ({"mixed_precision": "fp16"}, r"speed.mixed_precision must be one of \['no', 'bf16'\], got 'fp16'"),
     ({"channels_last": "yes"}, r"speed.channels_last must be true or false, got 'yes'"),
+    ({"sampling_precision": "half"}, r"speed.sampling_precision must be one of \['fp32', 'bf16'\], got 'half'"),
 ])
 def test_a_wrong_switch_is_named(speed, message):
     with pytest.raises(ValueError, match=message):
@@ -99,6 +100,19 @@ def test_default_switches_give_the_same_classifier_as_no_switches():
                 "compile": False}
     _, switched = train_classifier(x, y, x, y, 3, {**params, "speed": defaults}, 0, CPU)
     pd.testing.assert_frame_equal(pd.DataFrame(plain), pd.DataFrame(switched))
+
+
+def test_bf16_sampling_converts_the_denoiser_and_warns_where_the_cpu_lacks_bf16(monkeypatch, caplog):
+    from pipeline_lib import speed as speed_module
+
+    unet = build_unet(8, 4, TINY_UNET)
+    assert Speed().for_sampling(unet, CPU).dtype == torch.float32  # fp32 by default: nothing changes
+    monkeypatch.setattr(speed_module, "native_bf16", lambda device: False)
+    with caplog.at_level("WARNING", logger="pipeline_lib"):
+        half = Speed(sampling_precision="bf16").for_sampling(unet, CPU)
+    assert half is unet and unet.dtype == torch.bfloat16
+    assert all(p.dtype == torch.bfloat16 for p in unet.parameters())
+    assert "this CPU has no native bf16 instructions" in caplog.text
 
 
 def test_bf16_autocast_is_gpu_only():

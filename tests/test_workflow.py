@@ -311,13 +311,17 @@ def test_a_comment_edit_reruns_nothing(run, tiny_config):
 def test_speed_switches_rerun_the_torch_stages_only_where_numbers_can_change(run, tiny_config):
     work, _ = run
     loading = {"num_workers": 2, "pin_memory": True, "feature_cache": False}  # never change a number
-    _edited(work, {**tiny_config, "speed": loading}, "speed", "num_workers", 2)
+    _edited(work, {**tiny_config, "speed": {**tiny_config["speed"], **loading}}, "speed", "num_workers", 2)
     assert planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml")) == {}
     _edited(work, {**tiny_config, "speed": {}}, "speed", "channels_last", True)
     jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
     assert {"autoencoder", "diffusion", "generate", "feature_net", "classify", "trajectory", "interpolation"} \
         <= set(jobs)
     assert not {"ingest", "preprocess", "leakage"} & set(jobs)  # no torch there
+    _edited(work, tiny_config, "speed", "sampling_precision", "fp32")  # the denoiser's sampling only
+    jobs = planned_jobs(snakemake(work, "-n", "--configfile", "edited.yaml"))
+    assert {"generate", "trajectory", "style_sweep"} <= set(jobs)
+    assert not {"autoencoder", "autoencoder_metrics", "diffusion", "feature_net", "cluster"} & set(jobs)
 
 
 def test_diffusion_edit_keeps_autoencoder_and_feature_network(run, tiny_config):
