@@ -399,7 +399,8 @@ def speed_switches(threads: int = 2, repeats: int = 6) -> pd.DataFrame:
     """Diffusion training steps/s of the former default's UNet (16 x 16 x 8) and of the 8 x 8 x 8 one under the
     CPU switches: FP32, bf16 autocast, channels_last, both, and the fused Adam of the pipeline (FP32) instead of
     the per-tensor one; and, for the 8 x 8 x 8 UNet, the sampler's call (a guided batch of 128, no gradients)
-    under the inference switches, bf16 weights (``speed.sampling_precision``) among them. The best of ``repeats`` after one warm-up."""
+    under the inference switches, bf16 weights (``speed.sampling_precision``) among them. The best of
+    ``repeats`` after one warm-up."""
     from diffusion_speed import model_parts, plain_train_step
 
     from pipeline_lib.torchutils import adam

@@ -62,7 +62,7 @@ def sample_latents(model: DiffusionModel, class_index: int, n: int, shape: tuple
     scheduler.set_timesteps(steps)
     labels = torch.full((n,), class_index, dtype=torch.long, device=device)
     cond = penc(labels)
-    uncond = penc(torch.full_like(labels, penc.null_index))
+    uncond = penc(torch.full_like(labels, penc.null_index)).to(dtype)
     sigmas = ((1 - scheduler.alphas_cumprod) / scheduler.alphas_cumprod).sqrt()
     for i, t in enumerate(scheduler.timesteps):
         c = (cond if cond_at is None else cond_at(i, cond)).to(dtype)
@@ -70,7 +70,7 @@ def sample_latents(model: DiffusionModel, class_index: int, n: int, shape: tuple
             pred = unet(latents.to(dtype), t, encoder_hidden_states=c, **kwargs).sample.float()
         else:
             x = latents.to(dtype)
-            both = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond.to(dtype), c]),
+            both = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, c]),
                         **kwargs).sample.float()
             pu, pc = both.chunk(2)
             inside = guidance_interval is None or guidance_interval[0] < float(sigmas[int(t)]) <= guidance_interval[1]
