@@ -69,8 +69,8 @@ from structure_check import CPU, gaussian_agreement  # noqa: E402
 # latent space under the former denoiser; (b) the denoiser's recipe, each factor alone on BASE (the autoencoder (a)
 # found best), then together; (c) sampling only, on the model of (b)'s best set-up (``SAMPLING_MODEL``); (d) the
 # autoencoder again, on CHOSEN (the default of that time), where 4 latent channels (``lat4``, the default now) won;
-# (e) to (k) on lat4: loss weighting, capacity, noise level, KL weight, learning rate, batch, attention and a
-# more compressed latent, mostly at equal steps (--steps 1200).
+# (e) to (m) on lat4: loss weighting, capacity, noise level, KL weight, learning rate, batch, attention, a more
+# compressed latent, more data and an adversarial decoder, mostly at equal steps (--steps 1200).
 AE = "autoencoder." + yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["diffusion"]["autoencoder"]
 FORMER = {f"{AE}.block_out_channels": [16, 32], f"{AE}.steps": 300, f"{AE}.latent_channels": 8,  # 16 x 16 x 8
           f"{AE}.loss.kl_weight": 1.0e-6,
@@ -85,6 +85,7 @@ LR_SNR = {"diffusion.lr_schedule": "cosine", "diffusion.lr_warmup_steps": 50, "d
 CHOSEN = {**BASE, **LR_SNR, "diffusion.beta_schedule": "squaredcos_cap_v2"}  # sched_cosine: the 8-channel default
 LAT4 = {**CHOSEN, f"{AE}.latent_channels": 4}  # lat4: the default config since (d)
 LATENT_STD = "study.latent_std"  # a set-up key of this script only: the latents' standard deviation (below)
+GAN = {"channels": 32, "layers": 2, "lr": 1.0e-4, "start_step": 500, "gan_loss": "hinge"}  # (m)'s discriminator
 AE_SEED = "study.autoencoder_seed"  # another: the autoencoder's training seed (the data's stays the config's)
 SETUPS: dict[str, dict] = {
     # (a) the latent space
@@ -153,6 +154,12 @@ SETUPS: dict[str, dict] = {
     # before; the autoencoder the default data's, the judge trained on the larger train_a): whether the step past
     # the Gaussian stage at 12,000 steps is then the layout rather than copies
     "lat4_data4x": {**LAT4, "data.embedded.n_per_class.train_a": 600, "data.embedded.n_per_class.train_b": 200},
+    # (m) a sharper decoder: Stable Diffusion's autoencoder recipe adds a patch-based adversarial term (and LPIPS) to
+    # the reconstruction loss; the PatchGAN of the VQ-GAN (two layers: 6 x 6 patches of 32 px) from the 500th of the
+    # 1,000 steps, weight 0.1 as the cLDM VQ-GAN's; whether sharper reconstructions give sharper synthetic images
+    "lat4_gan": {**LAT4, f"{AE}.loss.adversarial_weight": 0.1, f"{AE}.discriminator": GAN},
+    "lat4_gan_perceptual": {**LAT4, f"{AE}.loss.adversarial_weight": 0.1, f"{AE}.loss.perceptual_weight": 0.1,
+                            f"{AE}.discriminator": GAN},
     # diffusion at pixel resolution: a one-level autoencoder (no downsampling, 32 x 32 x 4, near identity) under
     # the same denoiser, the pixel-space baseline without a second diffusion code path
     "pixel": {**CHOSEN, f"{AE}.block_out_channels": [16], f"{AE}.latent_channels": 4},

@@ -3,7 +3,10 @@ and a VQ-GAN (``diffusers.VQModel`` + perceptual loss + PatchGAN discriminator).
 
 - KL (multi-level embedding paper, section III.B): loss = w_kl KL + w_l1 L1 + w_l2 L2 + w_ssim (1 - SSIM), Adam;
   optionally + w_p perceptual (``perceptual_weight``, default 0: not in the paper, which names no perceptual term
-  for its VAE; Stable Diffusion's autoencoder is trained with LPIPS, Rombach et al. 2022, section 3.1).
+  for its VAE; Stable Diffusion's autoencoder is trained with LPIPS, Rombach et al. 2022, section 3.1) and
+  + w_adv adversarial (``adversarial_weight``, default 0: Stable Diffusion's patch-based adversarial objective,
+  the same PatchGAN as the VQ-GAN's, from ``discriminator.start_step`` on; a fixed weight, not the adaptive one
+  of Esser et al. 2021, eq. 7, as the VQ-GAN here).
 - VQ (cLDM paper, section 3.2): loss = w_mse MSE + w_cb L_cb + beta L_commit + w_p perceptual
   + w_adv adversarial (from ``adversarial_start`` on), the PatchGAN discriminator updated after every step.
 
@@ -45,7 +48,8 @@ def check_generative_splits(splits, key: str) -> None:
         raise ValueError(f"{key} may only hold {GENERATIVE_SPLITS}, got {bad}")
 MODEL_CLASSES = {"kl": AutoencoderKL, "vq": VQModel}
 LOSS_DEFAULTS = {
-    "kl": {"kl_weight": 1.0e-6, "l1_weight": 1.0, "l2_weight": 1.0, "ssim_weight": 0.2, "perceptual_weight": 0.0},
+    "kl": {"kl_weight": 1.0e-6, "l1_weight": 1.0, "l2_weight": 1.0, "ssim_weight": 0.2, "perceptual_weight": 0.0,
+           "adversarial_weight": 0.0},
     "vq": {"mse_weight": 1.0, "codebook_weight": 1.0, "commitment_beta": 0.2, "perceptual_weight": 1.0,
            "adversarial_weight": 0.1},
 }
@@ -137,11 +141,14 @@ def load_autoencoder(model_dir: str | Path, device: torch.device, speed: Speed |
 # --- losses -----------------------------------------------------------------------------------------------------
 
 def autoencoder_loss(ae: AutoencoderKL, x: torch.Tensor, weights: Mapping[str, float],
-                     perceptual: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
-    """KL + L1 + L2 + (1 - SSIM), each weighted (multi-level paper III.B); returns every term and the total.
-    KL is that of the posterior to N(0, I), summed over latent elements and divided by the image's elements.
-    With a ``perceptual_weight`` above 0, plus that weight times the mean ``perceptual`` distance (LPIPS or its
-    domain-network substitute, ``pipeline_lib.perceptual``) of the reconstructions to the images."""
+                     perceptual: torch.nn.Module | None = None, disc: PatchDiscriminator | None = None,
+                     gan_loss: str = "hinge") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """KL + L1 + L2 + (1 - SSIM), each weighted (multi-level paper III.B); returns every term with the total, and
+    the reconstructions. KL is that of the posterior to N(0, I), summed over latent elements and divided by the
+    image's elements. With a ``perceptual_weight`` above 0, plus that weight times the mean ``perceptual``
+    distance (LPIPS or its domain-network substitute, ``pipeline_lib.perceptual``) of the reconstructions to the
+    images; with an ``adversarial_weight`` above 0, plus that weight times the generator loss of ``disc`` on the
+    reconstructions (0 while ``disc`` is None: before the discriminator's start step)."""
     posterior = ae.encode(x).latent_dist
     rec = ae.decode(posterior.sample()).sample
     terms = {"kl": posterior.kl().mean() / x[0].numel(), "l1": (rec - x).abs().mean(), "l2": (rec - x).pow(2).mean(),
@@ -150,11 +157,42 @@ def autoencoder_loss(ae: AutoencoderKL, x: torch.Tensor, weights: Mapping[str, f
         if perceptual is None:
             raise ValueError("autoencoder loss: perceptual_weight is above 0 but no perceptual distance was given")
         terms["perceptual"] = perceptual(rec, x).mean()
+    if weights.get("adversarial_weight", 0.0) > 0:
+        terms["adversarial"] = (generator_loss(disc(rec), gan_loss) if disc is not None
+                                else torch.zeros((), device=x.device))
     terms["loss"] = sum(weights[f"{k}_weight"] * v for k, v in terms.items())
-    return terms
+    return terms, rec
 
 
-def vqgan_step(ae: VQModel, disc: PatchDiscriminator, perceptual: torch.nn.Module, x: torch.Tensor,
+def discriminator_step(disc: PatchDiscriminator, opt: torch.optim.Optimizer, x: torch.Tensor, rec: torch.Tensor,
+                       gan_loss: str, autocast: contextlib.AbstractContextManager) -> float:
+    """One update of the PatchGAN on real ``x`` against the detached reconstructions ``rec``; its loss."""
+    with autocast:
+        d_loss = discriminator_loss(disc(x), disc(rec.detach()), gan_loss)
+    opt.zero_grad(set_to_none=True)
+    d_loss.backward()
+    opt.step()
+    return d_loss.item()
+
+
+def kl_step(ae: AutoencoderKL, disc: PatchDiscriminator | None, perceptual: torch.nn.Module | None, x: torch.Tensor,
+            weights: Mapping[str, float], optimizers: Mapping[str, torch.optim.Optimizer], adversarial: bool,
+            gan_loss: str = "hinge", autocast: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
+    """One KL-VAE update (``autoencoder_loss``), then, when ``adversarial``, one of the discriminator."""
+    autocast = autocast or contextlib.nullcontext()
+    with autocast:
+        terms, rec = autoencoder_loss(ae, x, weights, perceptual, disc if adversarial else None, gan_loss)
+    optimizers["ae"].zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    optimizers["ae"].step()
+    out = {k: v.item() for k, v in terms.items()}
+    if disc is not None:
+        out["discriminator"] = (discriminator_step(disc, optimizers["disc"], x, rec, gan_loss, autocast)
+                                if adversarial else float("nan"))
+    return out
+
+
+def vqgan_step(ae: VQModel, disc: PatchDiscriminator | None, perceptual: torch.nn.Module, x: torch.Tensor,
                weights: Mapping[str, float], optimizers: Mapping[str, torch.optim.Optimizer], adversarial: bool,
                gan_loss: str = "hinge", autocast: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
     """One VQ-GAN update: the autoencoder on MSE + L_cb + beta L_commit + perceptual (+ adversarial), then,
@@ -176,14 +214,8 @@ def vqgan_step(ae: VQModel, disc: PatchDiscriminator, perceptual: torch.nn.Modul
     optimizers["ae"].step()
     out = {k: v.item() for k, v in terms.items()}
     out["codes_used"] = int(idx.unique().numel())
-    out["discriminator"] = float("nan")
-    if adversarial:
-        with autocast:
-            d_loss = discriminator_loss(disc(x), disc(rec.detach()), gan_loss)
-        optimizers["disc"].zero_grad(set_to_none=True)
-        d_loss.backward()
-        optimizers["disc"].step()
-        out["discriminator"] = d_loss.item()
+    out["discriminator"] = (discriminator_step(disc, optimizers["disc"], x, rec, gan_loss, autocast) if adversarial
+                            else float("nan"))
     return out
 
 
@@ -231,7 +263,8 @@ def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: st
     optimizers: dict[str, Any] = {"ae": adam(ae.parameters(), float(params["lr"]))}
     # the autoencoder's learning rate (the discriminator's stays constant); unset: constant, as before
     optimizers["ae_lr"] = learning_rate_schedule(optimizers["ae"], params, f"autoencoder.{name}")
-    if kind == "vq":
+    disc, start_adv = None, int(params["steps"]) + 1  # no adversarial term: the step never comes
+    if weights["adversarial_weight"] > 0:  # the VQ-GAN's by default; the KL-VAE's when asked for
         d = params["discriminator"]
         if _patch_output_size(x.shape[-1], int(d["layers"])) < 1:
             raise ValueError(f"autoencoder.{name}.discriminator.layers: {d['layers']} layers leave no patch of a "
@@ -264,16 +297,9 @@ def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: st
         batch = to_device(x[idx], device)
         batch = mirror_batch(batch, hflip, gen)
         batch = speed.batch(batch)
-        if kind == "vq":
-            row = vqgan_step(ae, disc, perceptual, batch, weights, optimizers, step >= start_adv, d["gan_loss"],
-                             speed.autocast(device))
-        else:
-            with speed.autocast(device):
-                terms = autoencoder_loss(ae, batch, weights, perceptual)
-            optimizers["ae"].zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizers["ae"].step()
-            row = {k: v.item() for k, v in terms.items()}
+        step_fn = vqgan_step if kind == "vq" else kl_step
+        row = step_fn(ae, disc, perceptual, batch, weights, optimizers, step >= start_adv,
+                      (params.get("discriminator") or {}).get("gan_loss", "hinge"), speed.autocast(device))
         if not np.isfinite(row["loss"]):
             raise FloatingPointError(f"autoencoder {name}: loss is {row['loss']} at step {step + 1} ({row})")
         rows.append({"step": step + 1, **row, "lr": optimizers["ae"].param_groups[0]["lr"]})  # this step's rate

@@ -56,8 +56,8 @@ def test_kl_loss_is_the_weighted_sum_of_its_terms(tiny_config):
     ae = build_autoencoder(_params(tiny_config, "kl4"), 16)
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     w = {"kl_weight": 1e-6, "l1_weight": 1.0, "l2_weight": 1.0, "ssim_weight": 0.2}
-    t = autoencoder_loss(ae, x, w)
-    assert set(t) == {"kl", "l1", "l2", "ssim", "loss"}
+    t, rec = autoencoder_loss(ae, x, w)
+    assert set(t) == {"kl", "l1", "l2", "ssim", "loss"} and rec.shape == x.shape
     torch.testing.assert_close(t["loss"], 1e-6 * t["kl"] + t["l1"] + t["l2"] + 0.2 * t["ssim"])
     t["loss"].backward()
 
@@ -69,7 +69,7 @@ def test_kl_loss_with_a_perceptual_term(tiny_config, tiny_feature_net):
     perceptual = DomainPerceptual(load_feature_net(tiny_feature_net, CPU))
     w = {"kl_weight": 1e-6, "l1_weight": 1.0, "l2_weight": 1.0, "ssim_weight": 0.2, "perceptual_weight": 0.5}
     torch.manual_seed(1)
-    t = autoencoder_loss(ae, x, w, perceptual)
+    t, _ = autoencoder_loss(ae, x, w, perceptual)
     assert set(t) == {"kl", "l1", "l2", "ssim", "perceptual", "loss"}
     torch.manual_seed(1)  # the same posterior sample: the same reconstruction, whose distance is the term
     rec = ae.decode(ae.encode(x).latent_dist.sample()).sample
@@ -81,7 +81,43 @@ def test_kl_loss_with_a_perceptual_term(tiny_config, tiny_feature_net):
     assert all(q.grad is None for q in perceptual.parameters())
     with pytest.raises(ValueError, match="perceptual_weight is above 0 but no perceptual distance"):
         autoencoder_loss(ae, x, w)
-    assert set(autoencoder_loss(ae, x, {**w, "perceptual_weight": 0.0})) == {"kl", "l1", "l2", "ssim", "loss"}
+    assert set(autoencoder_loss(ae, x, {**w, "perceptual_weight": 0.0})[0]) == {"kl", "l1", "l2", "ssim", "loss"}
+
+
+def test_kl_loss_with_an_adversarial_term(tiny_config):
+    torch.manual_seed(0)
+    ae = build_autoencoder(_params(tiny_config, "kl4"), 16)
+    disc = PatchDiscriminator(3, 8, 1)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    w = {"kl_weight": 1e-6, "l1_weight": 1.0, "l2_weight": 1.0, "ssim_weight": 0.2, "adversarial_weight": 0.25}
+    for kind in ("hinge", "vanilla"):
+        torch.manual_seed(1)
+        t, rec = autoencoder_loss(ae, x, w, disc=disc, gan_loss=kind)
+        assert set(t) == {"kl", "l1", "l2", "ssim", "adversarial", "loss"}
+        torch.testing.assert_close(t["adversarial"], generator_loss(disc(rec), kind))  # of these reconstructions
+        torch.testing.assert_close(t["loss"], 1e-6 * t["kl"] + t["l1"] + t["l2"] + 0.2 * t["ssim"]
+                                   + 0.25 * t["adversarial"])
+    t["loss"].backward()  # the generator's term reaches the decoder
+    assert ae.decoder.conv_out.weight.grad.abs().sum() > 0
+    t, _ = autoencoder_loss(ae, x, w)  # before the discriminator starts: the term is logged as 0
+    assert t["adversarial"].item() == 0.0
+    assert "adversarial" not in autoencoder_loss(ae, x, {**w, "adversarial_weight": 0.0})[0]
+
+
+def test_kl_step_trains_the_discriminator_only_when_adversarial(tiny_config, tiny_manifest):
+    torch.manual_seed(0)
+    p = _params(tiny_config, "kl4", loss={"adversarial_weight": 0.1})
+    ae, x, disc = build_autoencoder(p, 16), _batch(tiny_manifest), PatchDiscriminator(3, 8, 1)
+    opts = {"ae": torch.optim.Adam(ae.parameters(), lr=1e-3), "disc": torch.optim.Adam(disc.parameters(), lr=1e-4)}
+    before = [q.detach().clone() for q in disc.parameters()]
+    row = aemod.kl_step(ae, disc, None, x, loss_weights(p), opts, adversarial=False)
+    assert row["adversarial"] == 0.0 and np.isnan(row["discriminator"])
+    assert all(torch.equal(a, b) for a, b in zip(before, disc.parameters()))  # untouched before its start
+    rows = [aemod.kl_step(ae, disc, None, x, loss_weights(p), opts, adversarial=True) for _ in range(3)]
+    assert all(r["adversarial"] != 0.0 and np.isfinite(r["discriminator"]) for r in rows)
+    assert not all(torch.equal(a, b) for a, b in zip(before, disc.parameters()))
+    assert "discriminator" not in aemod.kl_step(ae, None, None, x, loss_weights(_params(tiny_config, "kl4")), opts,
+                                                adversarial=False)  # no adversarial term: no discriminator column
 
 
 def test_vector_quantize_by_hand():
@@ -121,7 +157,7 @@ def test_kl_loss_falls_on_a_fixed_batch(tiny_config, tiny_manifest):
     opt = torch.optim.Adam(ae.parameters(), lr=1e-3)
     losses = []
     for _ in range(25):
-        t = autoencoder_loss(ae, x, loss_weights(p))
+        t, _ = autoencoder_loss(ae, x, loss_weights(p))
         opt.zero_grad()
         t["loss"].backward()
         opt.step()
@@ -153,6 +189,10 @@ def trained(tiny_manifest, tiny_feature_net, tmp_path_factory, tiny_config):
     for name in ("kl4", "vq4"):
         train_autoencoder(tiny_manifest, out / name / "model", out / name / "log.parquet",
                           _params(tiny_config, name), feature_net=tiny_feature_net)
+    # the KL-VAE with Stable Diffusion's adversarial term, the VQ-GAN's discriminator settings
+    train_autoencoder(tiny_manifest, out / "kl4_gan" / "model", out / "kl4_gan" / "log.parquet",
+                      {**_params(tiny_config, "kl4", loss={"adversarial_weight": 0.1},
+                                discriminator=tiny_config["autoencoder"]["vq4"]["discriminator"]), "name": "kl4_gan"})
     return out
 
 
@@ -174,6 +214,11 @@ def test_training_writes_models_that_reload_with_their_scaling_factor(trained, t
     assert (vq_log["adversarial"][:4] == 0).all() and (vq_log["adversarial"][4:] != 0).all()  # start_step 4
     kl_log = pd.read_parquet(trained / "kl4" / "log.parquet")
     assert {"kl", "l1", "l2", "ssim", "loss"} <= set(kl_log.columns) and np.isfinite(kl_log["loss"]).all()
+    assert not {"adversarial", "discriminator"} & set(kl_log.columns)
+    gan_log = pd.read_parquet(trained / "kl4_gan" / "log.parquet")
+    assert (gan_log["adversarial"][:4] == 0).all() and (gan_log["adversarial"][4:] != 0).all()  # start_step 4
+    assert gan_log["discriminator"][:4].isna().all() and np.isfinite(gan_log["discriminator"][4:]).all()
+    assert isinstance(load_autoencoder(trained / "kl4_gan" / "model", CPU), AutoencoderKL)
 
 
 def test_vq_decoder_quantises_scaled_latents(trained, tiny_manifest):
