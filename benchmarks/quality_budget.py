@@ -158,8 +158,12 @@ SETUPS: dict[str, dict] = {
     # the reconstruction loss; the PatchGAN of the VQ-GAN (two layers: 6 x 6 patches of 32 px) from the 500th of the
     # 1,000 steps, weight 0.1 as the cLDM VQ-GAN's; whether sharper reconstructions give sharper synthetic images
     "lat4_gan": {**LAT4, f"{AE}.loss.adversarial_weight": 0.1, f"{AE}.discriminator": GAN},
+    "lat4_gan0.01": {**LAT4, f"{AE}.loss.adversarial_weight": 0.01, f"{AE}.discriminator": GAN},
     "lat4_gan_perceptual": {**LAT4, f"{AE}.loss.adversarial_weight": 0.1, f"{AE}.loss.perceptual_weight": 0.1,
                             f"{AE}.discriminator": GAN},
+    "lat4_gan_perceptual_aeseed1": {**LAT4, f"{AE}.loss.adversarial_weight": 0.1, f"{AE}.loss.perceptual_weight": 0.1,
+                                    f"{AE}.discriminator": GAN, AE_SEED: 1},
+    "lat4_perceptual": {**LAT4, f"{AE}.loss.perceptual_weight": 0.1},  # the perceptual term alone
     # diffusion at pixel resolution: a one-level autoencoder (no downsampling, 32 x 32 x 4, near identity) under
     # the same denoiser, the pixel-space baseline without a second diffusion code path
     "pixel": {**CHOSEN, f"{AE}.block_out_channels": [16], f"{AE}.latent_channels": 4},

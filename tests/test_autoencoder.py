@@ -189,10 +189,11 @@ def trained(tiny_manifest, tiny_feature_net, tmp_path_factory, tiny_config):
     for name in ("kl4", "vq4"):
         train_autoencoder(tiny_manifest, out / name / "model", out / name / "log.parquet",
                           _params(tiny_config, name), feature_net=tiny_feature_net)
-    # the KL-VAE with Stable Diffusion's adversarial term, the VQ-GAN's discriminator settings
+    # the KL-VAE with Stable Diffusion's perceptual and adversarial terms (the default's), the VQ-GAN's discriminator
     train_autoencoder(tiny_manifest, out / "kl4_gan" / "model", out / "kl4_gan" / "log.parquet",
-                      {**_params(tiny_config, "kl4", loss={"adversarial_weight": 0.1},
-                                discriminator=tiny_config["autoencoder"]["vq4"]["discriminator"]), "name": "kl4_gan"})
+                      {**_params(tiny_config, "kl4", loss={"perceptual_weight": 0.1, "adversarial_weight": 0.1},
+                                 discriminator=tiny_config["autoencoder"]["vq4"]["discriminator"], perceptual=NO_LPIPS),
+                       "name": "kl4_gan"}, feature_net=tiny_feature_net)
     return out
 
 
@@ -216,6 +217,7 @@ def test_training_writes_models_that_reload_with_their_scaling_factor(trained, t
     assert {"kl", "l1", "l2", "ssim", "loss"} <= set(kl_log.columns) and np.isfinite(kl_log["loss"]).all()
     assert not {"adversarial", "discriminator"} & set(kl_log.columns)
     gan_log = pd.read_parquet(trained / "kl4_gan" / "log.parquet")
+    assert (gan_log["perceptual"] > 0).all()
     assert (gan_log["adversarial"][:4] == 0).all() and (gan_log["adversarial"][4:] != 0).all()  # start_step 4
     assert gan_log["discriminator"][:4].isna().all() and np.isfinite(gan_log["discriminator"][4:]).all()
     assert isinstance(load_autoencoder(trained / "kl4_gan" / "model", CPU), AutoencoderKL)

@@ -87,13 +87,14 @@ def test_the_xray_config_plans_the_default_grid_without_interpolation(work):
 
 
 def test_a_perceptual_term_makes_the_domain_network_an_input_of_the_kl_autoencoder(work):
-    """The default config's autoencoder reads no feature network; given a perceptual_weight it trains against the
-    domain network (no LPIPS backbone configured), so that network's job runs first and retraining it reruns it."""
-    assert not any("feature_net/model.pt" in line for line in dry_run(work, "config/config.yaml", "autoencoder")[
-        "autoencoder"])
-    (work / "perceptual.yaml").write_text("autoencoder: {kl4: {loss: {perceptual_weight: 0.1}}}\n")
-    inputs = dry_run(work, "perceptual.yaml", inputs_of="autoencoder")["autoencoder"]
+    """The default config's autoencoder trains with a perceptual_weight against the domain network (no LPIPS
+    backbone configured), so that network's job runs first and retraining it reruns it; without the term the
+    autoencoder reads no feature network."""
+    inputs = dry_run(work, "config/config.yaml", inputs_of="autoencoder")["autoencoder"]
     assert len(inputs) == 1 and "results/default/feature_net/model.pt" in inputs[0]
+    (work / "plain.yaml").write_text("autoencoder: {kl4: {loss: {perceptual_weight: 0}}}\n")
+    assert not any("feature_net/model.pt" in line for line in dry_run(work, "plain.yaml", "autoencoder")[
+        "autoencoder"])
 
 
 def test_one_class_with_a_class_conditioned_variant_is_an_error(work):
