@@ -265,7 +265,10 @@ def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: st
     optimizers["ae_lr"] = learning_rate_schedule(optimizers["ae"], params, f"autoencoder.{name}")
     disc, start_adv = None, int(params["steps"]) + 1  # no adversarial term: the step never comes
     if weights["adversarial_weight"] > 0:  # the VQ-GAN's by default; the KL-VAE's when asked for
-        d = params["discriminator"]
+        d = params.get("discriminator")
+        if not d:
+            raise ValueError(f"autoencoder.{name}.loss.adversarial_weight is above 0 but the job's parameters have no "
+                             f"autoencoder.{name}.discriminator section")
         if _patch_output_size(x.shape[-1], int(d["layers"])) < 1:
             raise ValueError(f"autoencoder.{name}.discriminator.layers: {d['layers']} layers leave no patch of a "
                              f"{x.shape[-1]} px image; use fewer")

@@ -104,7 +104,7 @@ def test_kl_loss_with_an_adversarial_term(tiny_config):
     assert "adversarial" not in autoencoder_loss(ae, x, {**w, "adversarial_weight": 0.0})[0]
 
 
-def test_kl_step_trains_the_discriminator_only_when_adversarial(tiny_config, tiny_manifest):
+def test_kl_step_trains_the_discriminator_only_when_adversarial(tiny_config, tiny_manifest, tmp_path):
     torch.manual_seed(0)
     p = _params(tiny_config, "kl4", loss={"adversarial_weight": 0.1})
     ae, x, disc = build_autoencoder(p, 16), _batch(tiny_manifest), PatchDiscriminator(3, 8, 1)
@@ -116,6 +116,10 @@ def test_kl_step_trains_the_discriminator_only_when_adversarial(tiny_config, tin
     rows = [aemod.kl_step(ae, disc, None, x, loss_weights(p), opts, adversarial=True) for _ in range(3)]
     assert all(r["adversarial"] != 0.0 and np.isfinite(r["discriminator"]) for r in rows)
     assert not all(torch.equal(a, b) for a, b in zip(before, disc.parameters()))
+    with pytest.raises(ValueError, match=r"autoencoder.kl4.loss.adversarial_weight is above 0 but .* no "
+                                         r"autoencoder.kl4.discriminator section"):
+        train_autoencoder(tiny_manifest, tmp_path / "m", tmp_path / "l.parquet",
+                          {k: v for k, v in p.items() if k != "discriminator"})
     assert "discriminator" not in aemod.kl_step(ae, None, None, x, loss_weights(_params(tiny_config, "kl4")), opts,
                                                 adversarial=False)  # no adversarial term: no discriminator column
 
