@@ -192,9 +192,14 @@ def _train_ae_outputs(out: Path):
     return pd.read_parquet(out / "log.parquet"), ae.state_dict()
 
 
-def test_vqgan_resumes_generator_discriminator_and_both_optimizers(tiny_manifest, tiny_feature_net, tmp_path,
-                                                                  monkeypatch, tiny_config):
-    params = {**tiny_config["autoencoder"]["vq4"], "name": "vq4", **SHARED, "steps": 9, "checkpoint_every": 3,
+@pytest.mark.parametrize("kind, step_fn", [("vq4", "vqgan_step"), ("kl4", "kl_step")])
+def test_adversarial_autoencoders_resume_generator_discriminator_and_both_optimizers(
+        kind, step_fn, tiny_manifest, tiny_feature_net, tmp_path, monkeypatch, tiny_config):
+    """The VQ-GAN, and the KL-VAE with the default's perceptual and adversarial terms (its discriminator the
+    VQ-GAN's settings, from step 4)."""
+    gan = {"loss": {**tiny_config["autoencoder"][kind]["loss"], "perceptual_weight": 0.1, "adversarial_weight": 0.1},
+           "discriminator": tiny_config["autoencoder"]["vq4"]["discriminator"]} if kind == "kl4" else {}
+    params = {**tiny_config["autoencoder"][kind], **gan, "name": kind, **SHARED, "steps": 9, "checkpoint_every": 3,
               "perceptual": {"lpips_net": "vgg", "lpips_backbone": None}}
 
     def train(name):
@@ -204,10 +209,11 @@ def test_vqgan_resumes_generator_discriminator_and_both_optimizers(tiny_manifest
 
     log_full, w_full = train("full")
     with monkeypatch.context() as m:
-        _kill_at(m, autoencoder, "vqgan_step", 8)  # after the checkpoint at step 6, with the discriminator on
+        _kill_at(m, autoencoder, step_fn, 8)  # after the checkpoint at step 6, with the discriminator on
         with pytest.raises(Killed):
             train("killed")
     log_resumed, w_resumed = train("killed")
+    assert log_full["discriminator"][4:].notna().all()  # the discriminator trained before and after the kill
     pd.testing.assert_frame_equal(log_full, log_resumed)
     _assert_same_weights(w_full, w_resumed)
 
