@@ -8,7 +8,7 @@ and a VQ-GAN (``diffusers.VQModel`` + perceptual loss + PatchGAN discriminator).
   the same PatchGAN as the VQ-GAN's, from ``discriminator.start_step`` on; a fixed weight, not the adaptive one
   of Esser et al. 2021, eq. 7, as the VQ-GAN here).
 - VQ (cLDM paper, section 3.2): loss = w_mse MSE + w_cb L_cb + beta L_commit + w_p perceptual
-  + w_adv adversarial (from ``adversarial_start`` on), the PatchGAN discriminator updated after every step.
+  + w_adv adversarial (from ``discriminator.start_step`` on), the PatchGAN discriminator updated after every step.
 
 Several named autoencoders can be configured side by side (``autoencoder.<name>``). A model can start from a
 local diffusers folder (``pretrained``, e.g. Stable Diffusion's ``vae/``); layers whose shapes change with the
