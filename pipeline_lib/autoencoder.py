@@ -263,7 +263,7 @@ def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: st
     optimizers: dict[str, Any] = {"ae": adam(ae.parameters(), float(params["lr"]))}
     # the autoencoder's learning rate (the discriminator's stays constant); unset: constant, as before
     optimizers["ae_lr"] = learning_rate_schedule(optimizers["ae"], params, f"autoencoder.{name}")
-    disc, start_adv = None, int(params["steps"]) + 1  # no adversarial term: the step never comes
+    disc, start_adv, gan_loss = None, int(params["steps"]) + 1, "hinge"  # no adversarial term: the step never comes
     if weights["adversarial_weight"] > 0:  # the VQ-GAN's by default; the KL-VAE's when asked for
         d = params.get("discriminator")
         if not d:
@@ -275,7 +275,7 @@ def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: st
         disc = PatchDiscriminator(3, int(d["channels"]), int(d["layers"])).to(device)
         modules["disc"] = disc
         optimizers["disc"] = adam(disc.parameters(), float(d["lr"]), betas=(0.5, 0.9))
-        start_adv = int(d["start_step"])
+        start_adv, gan_loss = int(d["start_step"]), d.get("gan_loss", "hinge")
     perceptual = None
     if kind == "vq" or weights["perceptual_weight"] > 0:
         if "perceptual" not in params:
@@ -295,14 +295,14 @@ def train_autoencoder(manifest: str | Path, model_dir: str | Path, log_table: st
     for m in modules.values():
         speed.prepare(m)
     ae.train()
+    step_fn = vqgan_step if kind == "vq" else kl_step
     for step in tqdm(range(start, steps), initial=start, total=steps, desc=f"autoencoder {name}", mininterval=10):
         idx = torch.randint(0, len(x), (bs,), generator=gen)
         batch = to_device(x[idx], device)
         batch = mirror_batch(batch, hflip, gen)
         batch = speed.batch(batch)
-        step_fn = vqgan_step if kind == "vq" else kl_step
-        row = step_fn(ae, disc, perceptual, batch, weights, optimizers, step >= start_adv,
-                      (params.get("discriminator") or {}).get("gan_loss", "hinge"), speed.autocast(device))
+        row = step_fn(ae, disc, perceptual, batch, weights, optimizers, step >= start_adv, gan_loss,
+                      speed.autocast(device))
         if not np.isfinite(row["loss"]):
             raise FloatingPointError(f"autoencoder {name}: loss is {row['loss']} at step {step + 1} ({row})")
         rows.append({"step": step + 1, **row, "lr": optimizers["ae"].param_groups[0]["lr"]})  # this step's rate
