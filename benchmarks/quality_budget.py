@@ -167,6 +167,8 @@ SETUPS: dict[str, dict] = {
     # half the adversarial weight beside the perceptual term: whether COM's colour fringe is the weight's
     "lat4_gan0.05_perceptual": {**LAT4, f"{AE}.loss.adversarial_weight": 0.05, f"{AE}.loss.perceptual_weight": 0.1,
                                 f"{AE}.discriminator": GAN},
+    "lat4_gan0.05_perceptual_aeseed1": {**LAT4, f"{AE}.loss.adversarial_weight": 0.05,
+                                        f"{AE}.loss.perceptual_weight": 0.1, f"{AE}.discriminator": GAN, AE_SEED: 1},
     # diffusion at pixel resolution: a one-level autoencoder (no downsampling, 32 x 32 x 4, near identity) under
     # the same denoiser, the pixel-space baseline without a second diffusion code path
     "pixel": {**CHOSEN, f"{AE}.block_out_channels": [16], f"{AE}.latent_channels": 4},
