@@ -132,8 +132,8 @@ def main() -> None:
     unet.eval()
     steps, w = int(cfg["generate"]["num_inference_steps"]), float(cfg["generate"]["settings"]["cfg2"]["guidance_scale"])
     # the pipeline's sampler with the denoiser in FP32 and in bf16 (speed.sampling_precision; the config's
-    # choice carries the target), the reference loop in FP32 as diffusers' guide runs it
-    chosen = Speed.from_params(cfg).sampling_precision
+    # choice on this CPU carries the target), the reference loop in FP32 as diffusers' guide runs it
+    chosen = "bf16" if Speed.from_params(cfg).sampling_dtype(CPU) == torch.bfloat16 else "fp32"  # auto: this CPU's
     models = {p: with_sampler(DiffusionModel(Speed(sampling_precision=p).for_sampling(copy.deepcopy(unet), CPU),
                                              penc, sched, REGISTRY["class"]({})), "ddim") for p in ("fp32", "bf16")}
     scheduler = models["fp32"].scheduler

@@ -1,6 +1,7 @@
 """The speed switches of the config's ``speed`` section, each with a safe default (the numbers of a plain FP32
-run; the default config samples in bf16, ``sampling_precision``). The torch stages (autoencoder, diffusion,
-generation, trajectory, interpolation, feature network, classifiers) read the same section:
+run; the default config samples in bf16 where the machine computes bf16 natively, ``sampling_precision``). The
+torch stages (autoencoder, diffusion, generation, trajectory, interpolation, feature network, classifiers) read
+the same section:
 
 - ``mixed_precision``: ``no`` (FP32, CLUE Table 3) or ``bf16`` autocast, on a GPU only;
 - ``tf32``: TensorFloat-32 matrix products and convolutions on Ampere and later GPUs (off: IEEE FP32, also for
@@ -9,9 +10,12 @@ generation, trajectory, interpolation, feature network, classifiers) read the sa
 - ``attention``: ``sdpa`` (PyTorch's fused ``scaled_dot_product_attention``, flash / memory-efficient kernels on
   a GPU) or ``classic`` (softmax(QK^T / sqrt(d)) V written out) in the diffusers UNet and autoencoder;
 - ``compile``: ``torch.compile`` of the networks' forward passes (needs a C++ compiler; the first steps are slow);
-- ``sampling_precision``: ``fp32`` or ``bf16``, the denoiser's weights while it samples (generation, trajectory,
-  style sweep; not its training, not the autoencoder's decoder). On a CPU with AVX-512 BF16 or AMX a bf16 sampling
-  call of the default's model is 1.1x to 1.5x as fast (benchmarks/diffusion_speed.py);
+- ``sampling_precision``: ``fp32``, ``bf16`` or ``auto``, the denoiser's weights while it samples (generation,
+  trajectory, style sweep; not its training, not the autoencoder's decoder). On a CPU with AVX-512 BF16 or AMX a
+  bf16 sampling call of the default's model is 1.1x to 1.5x as fast, on one without them (AVX2 only) 11x slower:
+  bf16 is emulated there (benchmarks/diffusion_speed.py). ``auto`` (the default config's) is bf16 on a GPU or such
+  a CPU and fp32 elsewhere, so the same config samples as fast as the machine allows; the numbers are those of the
+  precision it resolves to, logged by the job;
 - ``num_workers`` and ``pin_memory``: image decoding in parallel threads, and page-locked host tensors so that
   batches reach the GPU asynchronously (``io.LOADING``, set by ``harness.stage_log`` from the whole config). They
   never change a number, so they are not rerun triggers;
@@ -33,7 +37,7 @@ import torch
 from .io import log
 
 CHOICES = {"mixed_precision": ("no", "bf16"), "attention": ("sdpa", "classic"),
-           "sampling_precision": ("fp32", "bf16")}
+           "sampling_precision": ("fp32", "bf16", "auto")}
 
 
 @dataclass(frozen=True)
@@ -88,14 +92,28 @@ class Speed:
             module.compile()
         return module
 
-    def for_sampling(self, unet: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-        """The denoiser in the precision of ``sampling_precision``, changed in place: ``bf16`` converts its
-        weights, and ``generate.sample_latents`` casts its inputs to them and its prediction back to FP32 (the
-        latents and the scheduler's update stay FP32). Sampling only: training keeps FP32 weights."""
+    def sampling_dtype(self, device: torch.device) -> torch.dtype:
+        """The denoiser's dtype while it samples on ``device``: ``auto`` is bf16 where ``device`` computes bf16
+        natively, else FP32; ``bf16`` is bf16 everywhere (with a warning where it is emulated)."""
+        if self.sampling_precision == "auto":
+            return torch.bfloat16 if native_bf16(device) else torch.float32
         if self.sampling_precision == "bf16":
             if not native_bf16(device):
                 log.warning("speed.sampling_precision bf16: this CPU has no native bf16 instructions (AVX-512 "
-                            "BF16 or AMX), so bf16 sampling may be slower than fp32")
+                            "BF16 or AMX), so bf16 sampling is emulated and several times slower than fp32; "
+                            "auto or fp32 samples in FP32 here")
+            return torch.bfloat16
+        return torch.float32
+
+    def for_sampling(self, unet: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """The denoiser in the precision of ``sampling_precision`` (``sampling_dtype``), changed in place: bf16
+        converts its weights, and ``generate.sample_latents`` casts its inputs to them and its prediction back to
+        FP32 (the latents and the scheduler's update stay FP32). Sampling only: training keeps FP32 weights."""
+        dtype = self.sampling_dtype(device)
+        if self.sampling_precision == "auto":
+            log.info("speed.sampling_precision auto: the denoiser samples in %s on %s", str(dtype).split(".")[-1],
+                     device)
+        if dtype == torch.bfloat16:
             torch.nn.Module.to(unet, torch.bfloat16)  # diffusers' own .to warns about fp32 modules it has none of
         return unet
 
@@ -107,7 +125,10 @@ class Speed:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes in bf16 natively: a GPU, or a CPU with AVX-512 BF16 or AMX (oneDNN's check)."""
+    """Whether ``device`` computes in bf16 natively: a GPU that does (Ampere and later; not by emulation), or a
+    CPU with AVX-512 BF16 or AMX (oneDNN's check)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type != "cpu":
         return True
     try:

@@ -82,7 +82,7 @@ def test_bf16_sampling_is_close_to_fp32_with_and_without_guidance(tiny_manifest,
                                   torch.Generator().manual_seed(5), CPU)
 
         assert bf16_sampling_error(out / "model", sample) < BF16_SAMPLING_RTOL, (w, sampler)
-    with pytest.raises(ValueError, match=r"speed.sampling_precision must be one of \['fp32', 'bf16'\], got 'fp16'"):
+    with pytest.raises(ValueError, match=r"speed.sampling_precision must be one of \['fp32', 'bf16', 'auto'\], got 'fp16'"):
         load_diffusion(out / "model", CPU, Speed.from_params({"speed": {"sampling_precision": "fp16"}}))
 
 

@@ -20,7 +20,7 @@ from conftest import CPU, TINY_UNET
     ({"attention": "flash"}, r"speed.attention must be one of \['sdpa', 'classic'\], got 'flash'"),
     ({"mixed_precision": "fp16"}, r"speed.mixed_precision must be one of \['no', 'bf16'\], got 'fp16'"),
     ({"channels_last": "yes"}, r"speed.channels_last must be true or false, got 'yes'"),
-    ({"sampling_precision": "half"}, r"speed.sampling_precision must be one of \['fp32', 'bf16'\], got 'half'"),
+    ({"sampling_precision": "half"}, r"speed.sampling_precision must be one of \['fp32', 'bf16', 'auto'\], got 'half'"),
 ])
 def test_a_wrong_switch_is_named(speed, message):
     with pytest.raises(ValueError, match=message):
@@ -113,6 +113,20 @@ def test_bf16_sampling_converts_the_denoiser_and_warns_where_the_cpu_lacks_bf16(
     assert half is unet and unet.dtype == torch.bfloat16
     assert all(p.dtype == torch.bfloat16 for p in unet.parameters())
     assert "this CPU has no native bf16 instructions" in caplog.text
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_sampling_precision_is_bf16_only_where_the_machine_computes_it_natively(monkeypatch, caplog, native):
+    from pipeline_lib import speed as speed_module
+
+    monkeypatch.setattr(speed_module, "native_bf16", lambda device: native)
+    unet = build_unet(8, 4, TINY_UNET)
+    with caplog.at_level("INFO", logger="pipeline_lib"):
+        sampled = Speed.from_params({"speed": {"sampling_precision": "auto"}}).for_sampling(unet, CPU)
+    expected = torch.bfloat16 if native else torch.float32
+    assert sampled is unet and all(p.dtype == expected for p in unet.parameters())
+    assert f"samples in {str(expected).split('.')[-1]} on cpu" in caplog.text
+    assert "no native bf16" not in caplog.text  # auto never takes the emulated path, so it has nothing to warn of
 
 
 def test_bf16_autocast_is_gpu_only():
