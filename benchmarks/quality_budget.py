@@ -70,12 +70,14 @@ from structure_check import CPU, gaussian_agreement  # noqa: E402
 # found best), then together; (c) sampling only, on the model of (b)'s best set-up (``SAMPLING_MODEL``); (d) the
 # autoencoder again, on CHOSEN (the default of that time), where 4 latent channels (``lat4``, the default now) won;
 # (e) to (m) on lat4: loss weighting, capacity, noise level, KL weight, learning rate, batch, attention, a more
-# compressed latent, more data and an adversarial decoder, mostly at equal steps (--steps 1200).
+# compressed latent, more data and an adversarial decoder, mostly at equal steps (--steps 1200); (n) the prompt in
+# every block of the denoiser, on the default of (m).
 AE = "autoencoder." + yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["diffusion"]["autoencoder"]
 FORMER = {f"{AE}.block_out_channels": [16, 32], f"{AE}.steps": 300, f"{AE}.latent_channels": 8,  # 16 x 16 x 8
           f"{AE}.loss.kl_weight": 1.0e-6,
           "diffusion.beta_schedule": None, "diffusion.snr_gamma": None,  # linear betas, plain MSE
-          "diffusion.lr_schedule": "constant", "diffusion.lr_warmup_steps": 0}
+          "diffusion.lr_schedule": "constant", "diffusion.lr_warmup_steps": 0,
+          "diffusion.pooled_prompt": False}  # the prompt by cross-attention only
 AE_LONG = {f"{AE}.steps": 1000}  # 300 steps leave the reconstructions blurred (PSNR 28.7 dB)
 AE_DOWN4 = {f"{AE}.block_out_channels": [16, 32, 64]}  # three levels: 8 x 8 x 8 latents of 32 px
 BASE = {**FORMER, **AE_LONG, **AE_DOWN4}  # (a)'s best: lat8_ae1000
@@ -169,6 +171,10 @@ SETUPS: dict[str, dict] = {
                                 f"{AE}.discriminator": GAN},
     "lat4_gan0.05_perceptual_aeseed1": {**LAT4, f"{AE}.loss.adversarial_weight": 0.05,
                                         f"{AE}.loss.perceptual_weight": 0.1, f"{AE}.discriminator": GAN, AE_SEED: 1},
+    # (n) the class in every ResNet block: the prompt's tokens attention-pooled into the timestep embedding
+    # (diffusers' TextTimeEmbedding), where the default's denoiser sees it at its 4 x 4 cross-attention only
+    "lat4_gan_perceptual_pooled": {**LAT4, f"{AE}.loss.adversarial_weight": 0.1, f"{AE}.loss.perceptual_weight": 0.1,
+                                   f"{AE}.discriminator": GAN, "diffusion.pooled_prompt": True},
     # diffusion at pixel resolution: a one-level autoencoder (no downsampling, 32 x 32 x 4, near identity) under
     # the same denoiser, the pixel-space baseline without a second diffusion code path
     "pixel": {**CHOSEN, f"{AE}.block_out_channels": [16], f"{AE}.latent_channels": 4},

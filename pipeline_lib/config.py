@@ -471,7 +471,8 @@ class Plan:
         conditioning = self.conditioning(variant)
         unused = {"variants", "attribute_phrases"} | ({"image_encoder"} if conditioning != "multilevel" else set()) \
             | ({"prompts", "text_encoder", "max_prompt_length"} if conditioning == "cluster" else set())
-        d = {k: v for k, v in self.config["diffusion"].items() if k not in unused}
+        d = {k: v for k, v in self.config["diffusion"].items() if k not in unused
+             and not (k == "pooled_prompt" and not v)}  # off: the models trained before the key stay
         if self.joint_clusters(variant):  # its IMSAT loss: the cluster stage's settings
             d["cluster_imsat"] = self.config["cluster"]["imsat"]
         return {**d, **self.variants[variant], "variant": variant, "autoencoder": self.variant_autoencoder(variant),

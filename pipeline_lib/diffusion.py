@@ -41,8 +41,13 @@ def build_unet(sample_size: int, channels: int, params: Mapping[str, Any], gated
     With ``params["pretrained"]`` (a local Stable Diffusion folder in diffusers format, e.g. SD 2.1 as in CLUE
     Table 3) the UNet of its ``unet/`` subfolder is the starting point: its architecture, with ``conv_in`` and
     ``conv_out`` re-initialised when the autoencoder's latent channels differ (8-channel VAE); the size keys of
-    ``params`` are then not used."""
+    ``params`` are then not used. ``pooled_prompt`` (not in the papers, whose prompt enters by cross-attention
+    only): the conditioning tokens are also pooled into the timestep embedding."""
+    pooled = bool(params.get("pooled_prompt", False))
     if params.get("pretrained"):
+        if pooled:
+            raise ValueError("diffusion.pooled_prompt: true adds a layer that a pretrained UNet (diffusion.pretrained) "
+                             "never learnt, at the heart of every block's timestep input; set it false")
         overrides = {"in_channels": channels, "out_channels": channels, "sample_size": sample_size,
                      "attention_type": "gated" if gated else "default"}
         try:
@@ -64,7 +69,18 @@ def build_unet(sample_size: int, channels: int, params: Mapping[str, Any], gated
                                 cross_attention_dim=int(params["cross_attention_dim"]),
                                 attention_head_dim=int(params["attention_head_dim"]),
                                 norm_num_groups=int(params["norm_num_groups"]),
-                                attention_type="gated" if gated else "default")
+                                attention_type="gated" if gated else "default",
+                                # diffusion.pooled_prompt: the prompt, attention-pooled to one vector, added to the
+                                # timestep embedding (diffusers' TextTimeEmbedding, as in unCLIP's decoder), so that
+                                # every ResNet block sees the class, not only the cross-attention levels
+                                addition_embed_type="text" if pooled else None,
+                                addition_embed_type_num_heads=pooling_heads(params))
+
+
+def pooling_heads(params: Mapping[str, Any]) -> int:
+    """Heads of the pooled prompt's attention pooling: the cross-attention's, where its width divides into them."""
+    width, head = int(params["cross_attention_dim"]), int(params["attention_head_dim"])
+    return width // head if width % head == 0 else 1
 
 
 # The noise schedule's keys of ``diffusion`` (null: the pretrained folder's value, else the built-in one).

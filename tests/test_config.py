@@ -184,6 +184,8 @@ def test_each_rule_gets_only_the_keys_it_reads(merged, tiny_config):
     assert "samples_per_cluster" not in plan.generate_params("class", "cfg2", 0)
     assert "guidance_interval" not in plan.generate_params("class", "cfg2", 0)  # unset: the jobs made before it stay
     assert not {"lr_schedule", "lr_warmup_steps"} & set(plan.autoencoder_params("kl4"))  # likewise the autoencoder's
+    assert "pooled_prompt" not in plan.diffusion_params("class")  # off: the denoisers trained before it stay
+    assert plan_of(merged, {"diffusion.pooled_prompt": True}).diffusion_params("class")["pooled_prompt"] is True
     # the perceptual section is a parameter of the autoencoders that train with the term only: the VQ-GAN, and a
     # KL-VAE given a perceptual_weight above 0
     assert "perceptual" not in plan.autoencoder_params("kl4") and "perceptual" in plan.autoencoder_params("vq4")

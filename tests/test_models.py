@@ -36,6 +36,38 @@ def test_unet_attention_levels_must_match():
                           "cross_attention_dim": 8, "attention_head_dim": 4, "norm_num_groups": 4})
 
 
+def _first_block_time_input(unet, prompt: torch.Tensor) -> torch.Tensor:
+    """What the first ResNet block of the UNet receives as its timestep embedding for ``prompt``."""
+    seen = []
+    hook = unet.down_blocks[0].resnets[0].time_emb_proj.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    with torch.no_grad():
+        unet(torch.zeros(1, 4, 8, 8), 10, encoder_hidden_states=prompt)
+    hook.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_pooled_prompt_reaches_the_timestep_input_of_every_block(pooled, tmp_path):
+    """diffusion.pooled_prompt: the prompt's tokens, pooled, join the timestep embedding, so the first level's ResNet
+    (no cross-attention there) sees which prompt it is; without it that input is the timestep's alone. The saved
+    model keeps the layer."""
+    torch.manual_seed(0)
+    params = {"block_out_channels": [16, 32], "attention_levels": [False, True], "layers_per_block": 1,
+              "cross_attention_dim": 16, "attention_head_dim": 8, "norm_num_groups": 8, "pooled_prompt": pooled}
+    unet = build_unet(8, 4, params).eval()
+    a, b = torch.randn(1, 5, 16), torch.randn(1, 5, 16)
+    differs = not torch.equal(_first_block_time_input(unet, a), _first_block_time_input(unet, b))
+    assert differs == pooled
+    unet.save_pretrained(tmp_path)
+    again = type(unet).from_pretrained(tmp_path).eval()
+    assert torch.equal(_first_block_time_input(again, a), _first_block_time_input(unet, a))
+
+
+def test_pooled_prompt_on_a_pretrained_unet_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="diffusion.pooled_prompt: true .* pretrained UNet"):
+        build_unet(8, 4, {"pretrained": str(tmp_path), "pooled_prompt": True})
+
+
 @pytest.fixture(scope="module")
 def trained_diffusion(trained_ae, tiny_manifest, tmp_path_factory, tiny_config):
     out = tmp_path_factory.mktemp("diff")
