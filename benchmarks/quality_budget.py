@@ -71,7 +71,7 @@ from structure_check import CPU, gaussian_agreement  # noqa: E402
 # autoencoder again, on CHOSEN (the default of that time), where 4 latent channels (``lat4``, the default now) won;
 # (e) to (m) on lat4: loss weighting, capacity, noise level, KL weight, learning rate, batch, attention, a more
 # compressed latent, more data and an adversarial decoder, mostly at equal steps (--steps 1200); (n) the prompt in
-# every block of the denoiser, on the default of (m).
+# every block of the denoiser, on the default of (m); (o) the first sampling step and the noisiest steps' loss weight.
 AE = "autoencoder." + yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["diffusion"]["autoencoder"]
 FORMER = {f"{AE}.block_out_channels": [16, 32], f"{AE}.steps": 300, f"{AE}.latent_channels": 8,  # 16 x 16 x 8
           f"{AE}.loss.kl_weight": 1.0e-6,
@@ -175,6 +175,19 @@ SETUPS: dict[str, dict] = {
     # (diffusers' TextTimeEmbedding), where the default's denoiser sees it at its 4 x 4 cross-attention only
     "lat4_gan_perceptual_pooled": {**LAT4, f"{AE}.loss.adversarial_weight": 0.1, f"{AE}.loss.perceptual_weight": 0.1,
                                    f"{AE}.discriminator": GAN, "diffusion.pooled_prompt": True},
+    # the same model sampled from t = 999 (trailing spacing) instead of t = 931 (leading, 16 steps), where the
+    # cosine schedule leaves 0.106 of the signal that pure noise does not have (Lin et al. 2024, section 3.3);
+    # the training does not read the spacing, so the weights are those of lat4_gan_perceptual
+    "lat4_gan_perceptual_trailing": {**LAT4, f"{AE}.loss.adversarial_weight": 0.1,
+                                     f"{AE}.loss.perceptual_weight": 0.1, f"{AE}.discriminator": GAN,
+                                     "diffusion.timestep_spacing": "trailing"},
+    # min-SNR-gamma's v-loss weight min(SNR, 5) / (SNR + 1) is about the SNR at the noisiest steps (2e-9 at t = 999):
+    # the steps that trailing spacing starts from are hardly trained; the plain v-loss weights them as the others
+    "lat4_gan_perceptual_nosnr": {**LAT4, f"{AE}.loss.adversarial_weight": 0.1, f"{AE}.loss.perceptual_weight": 0.1,
+                                  f"{AE}.discriminator": GAN, "diffusion.snr_gamma": None},
+    "lat4_gan_perceptual_nosnr_trailing": {**LAT4, f"{AE}.loss.adversarial_weight": 0.1,
+                                           f"{AE}.loss.perceptual_weight": 0.1, f"{AE}.discriminator": GAN,
+                                           "diffusion.snr_gamma": None, "diffusion.timestep_spacing": "trailing"},
     # diffusion at pixel resolution: a one-level autoencoder (no downsampling, 32 x 32 x 4, near identity) under
     # the same denoiser, the pixel-space baseline without a second diffusion code path
     "pixel": {**CHOSEN, f"{AE}.block_out_channels": [16], f"{AE}.latent_channels": 4},
