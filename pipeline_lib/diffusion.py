@@ -46,8 +46,8 @@ def build_unet(sample_size: int, channels: int, params: Mapping[str, Any], gated
     pooled = bool(params.get("pooled_prompt", False))
     if params.get("pretrained"):
         if pooled:
-            raise ValueError("diffusion.pooled_prompt: true adds a layer that a pretrained UNet (diffusion.pretrained) "
-                             "never learnt, at the heart of every block's timestep input; set it false")
+            raise ValueError("diffusion.pooled_prompt: true adds a layer to every block's timestep input that a "
+                             "pretrained UNet (diffusion.pretrained) never learnt; set it false")
         overrides = {"in_channels": channels, "out_channels": channels, "sample_size": sample_size,
                      "attention_type": "gated" if gated else "default"}
         try:
