@@ -89,6 +89,8 @@ LAT4 = {**CHOSEN, f"{AE}.latent_channels": 4}  # lat4: the default config since 
 LATENT_STD = "study.latent_std"  # a set-up key of this script only: the latents' standard deviation (below)
 GAN = {"channels": 32, "layers": 2, "lr": 1.0e-4, "start_step": 500, "gan_loss": "hinge"}  # (m)'s discriminator
 AE_SEED = "study.autoencoder_seed"  # another: the autoencoder's training seed (the data's stays the config's)
+# lat4_gan_perceptual, the default since (m): the perceptual and adversarial terms, 0.1 each
+LAT4_GP = {**LAT4, f"{AE}.loss.adversarial_weight": 0.1, f"{AE}.loss.perceptual_weight": 0.1, f"{AE}.discriminator": GAN}
 SETUPS: dict[str, dict] = {
     # (a) the latent space
     "baseline": dict(FORMER),
@@ -173,21 +175,16 @@ SETUPS: dict[str, dict] = {
                                         f"{AE}.loss.perceptual_weight": 0.1, f"{AE}.discriminator": GAN, AE_SEED: 1},
     # (n) the class in every ResNet block: the prompt's tokens attention-pooled into the timestep embedding
     # (diffusers' TextTimeEmbedding), where the default's denoiser sees it at its 4 x 4 cross-attention only
-    "lat4_gan_perceptual_pooled": {**LAT4, f"{AE}.loss.adversarial_weight": 0.1, f"{AE}.loss.perceptual_weight": 0.1,
-                                   f"{AE}.discriminator": GAN, "diffusion.pooled_prompt": True},
+    "lat4_gan_perceptual_pooled": {**LAT4_GP, "diffusion.pooled_prompt": True},
     # the same model sampled from t = 999 (trailing spacing) instead of t = 931 (leading, 16 steps), where the
     # cosine schedule leaves 0.106 of the signal that pure noise does not have (Lin et al. 2024, section 3.3);
     # the training does not read the spacing, so the weights are those of lat4_gan_perceptual
-    "lat4_gan_perceptual_trailing": {**LAT4, f"{AE}.loss.adversarial_weight": 0.1,
-                                     f"{AE}.loss.perceptual_weight": 0.1, f"{AE}.discriminator": GAN,
-                                     "diffusion.timestep_spacing": "trailing"},
+    "lat4_gan_perceptual_trailing": {**LAT4_GP, "diffusion.timestep_spacing": "trailing"},
     # min-SNR-gamma's v-loss weight min(SNR, 5) / (SNR + 1) is about the SNR at the noisiest steps (2e-9 at t = 999):
     # the steps that trailing spacing starts from are hardly trained; the plain v-loss weights them as the others
-    "lat4_gan_perceptual_nosnr": {**LAT4, f"{AE}.loss.adversarial_weight": 0.1, f"{AE}.loss.perceptual_weight": 0.1,
-                                  f"{AE}.discriminator": GAN, "diffusion.snr_gamma": None},
-    "lat4_gan_perceptual_nosnr_trailing": {**LAT4, f"{AE}.loss.adversarial_weight": 0.1,
-                                           f"{AE}.loss.perceptual_weight": 0.1, f"{AE}.discriminator": GAN,
-                                           "diffusion.snr_gamma": None, "diffusion.timestep_spacing": "trailing"},
+    "lat4_gan_perceptual_nosnr": {**LAT4_GP, "diffusion.snr_gamma": None},
+    "lat4_gan_perceptual_nosnr_trailing": {**LAT4_GP, "diffusion.snr_gamma": None,
+                                           "diffusion.timestep_spacing": "trailing"},
     # diffusion at pixel resolution: a one-level autoencoder (no downsampling, 32 x 32 x 4, near identity) under
     # the same denoiser, the pixel-space baseline without a second diffusion code path
     "pixel": {**CHOSEN, f"{AE}.block_out_channels": [16], f"{AE}.latent_channels": 4},
